@@ -1,0 +1,152 @@
+//! The CustomResourceDefinition as shipped in `crds/`: the derived schema plus the admission
+//! contract that derive attributes can't express well — bounds, formats, cross-field and
+//! transition (immutability) rules. Every rule a user can hit is listed here, in one place.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResourceExt;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{Value, json};
+
+use super::PredictionBatch;
+use crate::reconcile::shards::MAX_SHARDS;
+
+/// `conditions` as a list-map keyed by `type`, so server-side apply merges by condition type.
+pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let item = Condition::json_schema(generator).to_value();
+    Schema::try_from(json!({
+        "type": "array",
+        "description": "Ready, Reconciling, Stalled and Degraded (and MirrorSynced when the Firestore mirror is on).",
+        "items": item,
+        "maxItems": 16,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"]
+    }))
+    .expect("a JSON object is a schema")
+}
+
+/// The CRD, with every admission rule applied.
+pub fn definition() -> CustomResourceDefinition {
+    let mut crd = serde_json::to_value(PredictionBatch::crd()).expect("CRD serializes");
+    let spec = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    apply_spec_rules(spec);
+    serde_json::from_value(crd).expect("CRD deserializes")
+}
+
+/// The CRD as the YAML document checked in under `crds/`.
+pub fn yaml() -> String {
+    serde_yaml::to_string(&definition()).expect("CRD serializes to YAML")
+}
+
+fn set(schema: &mut Value, path: &[&str], key: &str, value: Value) {
+    let mut node = schema;
+    for p in path {
+        node = &mut node["properties"][*p];
+    }
+    assert!(node.is_object(), "no schema at {path:?}");
+    node[key] = value;
+}
+
+fn rules(schema: &mut Value, path: &[&str], list: Value) {
+    set(schema, path, "x-kubernetes-validations", list);
+}
+
+fn immutable(field: &str) -> Value {
+    json!({ "rule": "self == oldSelf", "message": format!("{field} is immutable") })
+}
+
+fn apply_spec_rules(spec: &mut Value) {
+    // Bounds and formats of plain fields.
+    set(spec, &["gameDate"], "format", json!("date"));
+    set(spec, &["gameDate"], "pattern", json!("^[0-9]{4}-[0-9]{2}-[0-9]{2}$"));
+    set(spec, &["gameDate"], "maxLength", json!(10));
+    for (path, min, max) in [
+        (&["targetCount"][..], 1, Some(100_000)),
+        (&["itemsPerShard"], 1, Some(100_000)),
+        (&["parallelism"], 1, Some(1000)),
+        (&["worker", "backoffLimitPerShard"], 0, Some(1000)),
+        (&["worker", "maxFailedShards"], 0, Some(MAX_SHARDS as i64)),
+        (&["completion", "minSucceededPercent"], 1, Some(100)),
+        (&["completion", "graceSeconds"], 0, Some(7 * 24 * 3600)),
+        (&["consolidation", "backoffLimit"], 0, Some(1000)),
+        (&["export", "backoffLimit"], 0, Some(1000)),
+        (&["ttlSecondsAfterFinished"], 0, None),
+    ] {
+        set(spec, path, "minimum", json!(min));
+        match max {
+            Some(max) => set(spec, path, "maximum", json!(max)),
+            None => set(spec, path, "maximum", json!(i32::MAX)),
+        }
+        // schemars writes "uint32"/"int64" formats the apiserver ignores; keep the CRD clean.
+        set(spec, path, "format", json!("int32"));
+    }
+    set(spec, &["completion", "completeBy"], "format", json!("date-time"));
+    set(spec, &["completion", "completeBy"], "maxLength", json!(64));
+
+    // Immutability: only suspend, parallelism and completion.completeBy may change after creation.
+    for field in ["gameDate", "targetCount", "itemsPerShard", "worker", "consolidation", "export", "ttlSecondsAfterFinished"] {
+        rules(spec, &[field], json!([immutable(&format!("spec.{field}"))]));
+    }
+    rules(spec, &["completion", "minSucceededPercent"], json!([immutable("spec.completion.minSucceededPercent")]));
+    rules(spec, &["completion", "graceSeconds"], json!([immutable("spec.completion.graceSeconds")]));
+
+    // Cross-field rules, and transition rules for optional fields (a per-field rule only runs when
+    // the field exists both before and after, so adding or removing one is checked here).
+    spec["x-kubernetes-validations"] = json!([
+        {
+            "rule": format!("self.targetCount <= self.itemsPerShard * {MAX_SHARDS}"),
+            "message": format!("spec.itemsPerShard: too many shards: ceil(targetCount / itemsPerShard) must be at most {MAX_SHARDS}"),
+            "fieldPath": ".itemsPerShard"
+        },
+        {
+            "rule": "has(self.consolidation) == has(oldSelf.consolidation)",
+            "message": "spec.consolidation cannot be added or removed after creation",
+            "fieldPath": ".consolidation"
+        },
+        {
+            "rule": "has(self.export) == has(oldSelf.export)",
+            "message": "spec.export cannot be added or removed after creation",
+            "fieldPath": ".export"
+        },
+        {
+            "rule": "has(self.ttlSecondsAfterFinished) == has(oldSelf.ttlSecondsAfterFinished)",
+            "message": "spec.ttlSecondsAfterFinished cannot be added or removed after creation",
+            "fieldPath": ".ttlSecondsAfterFinished"
+        }
+    ]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_crd_matches_the_rust_types() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/predictions.dev_predictionbatches.yaml");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == yaml(),
+            "{path} is out of date with the Rust types: regenerate it with \
+             `cargo run --release -- crd > crds/predictions.dev_predictionbatches.yaml`"
+        );
+    }
+
+    #[test]
+    fn fits_in_the_client_side_apply_annotation() {
+        let json = serde_json::to_string(&definition()).unwrap();
+        assert!(json.len() < 200 * 1024, "CRD is {} bytes of JSON", json.len());
+    }
+
+    #[test]
+    fn names_are_the_contract() {
+        let crd = definition();
+        assert_eq!(crd.metadata.name.as_deref(), Some("predictionbatches.predictions.dev"));
+        let names = &crd.spec.names;
+        assert_eq!(names.kind, "PredictionBatch");
+        assert_eq!(names.short_names.as_deref(), Some(&["pb".to_string()][..]));
+        assert_eq!(names.categories.as_deref(), Some(&["predictions".to_string()][..]));
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version.subresources.as_ref().unwrap().status.is_some());
+    }
+}

@@ -1,0 +1,9 @@
+//! The `predictions.dev/v1alpha1` `PredictionBatch` API.
+
+pub mod crd;
+mod spec;
+mod status;
+mod template_schema;
+
+pub use spec::*;
+pub use status::*;

@@ -1,0 +1,143 @@
+//! The desired state of a `PredictionBatch`: what users `kubectl apply`.
+//!
+//! Bounds and defaults live on the fields (schemars); cross-field and transition rules (CEL)
+//! are added in [`super::crd`], where the whole admission contract can be read in one place.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::status::PredictionBatchStatus;
+
+/// A batch of predictions for one game date: worker shards, then one consolidation, then one export.
+/// All progress is kept in `.status`, derived from the Jobs the controller owns, so a controller
+/// restart never loses or repeats a stage.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "predictions.dev",
+    version = "v1alpha1",
+    kind = "PredictionBatch",
+    plural = "predictionbatches",
+    shortname = "pb",
+    category = "predictions",
+    namespaced,
+    status = "PredictionBatchStatus",
+    derive = "PartialEq",
+    doc = "PredictionBatch runs one batch prediction pipeline: an Indexed Job of worker shards, then a consolidation Job, then an export Job. Progress lives in .status.",
+    printcolumn(name = "Date", type_ = "string", json_path = ".spec.gameDate", description = "Game date of the batch"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Pending, Running, Consolidating, Exporting, Succeeded, Failed or Suspended"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress", description = "Succeeded items / target items"),
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.items.failed", description = "Items in failed shards"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Shards", type_ = "integer", json_path = ".status.shards.total", priority = "1", description = "Number of worker shards"),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].message", priority = "1", description = "Message of the Ready condition")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictionBatchSpec {
+    /// Game date this batch predicts, as YYYY-MM-DD. Immutable.
+    pub game_date: String,
+
+    /// Number of work items (e.g. players) to predict, 1..100000. Immutable.
+    pub target_count: u32,
+
+    /// Work items per worker shard (default 1). Shards = ceil(targetCount / itemsPerShard), at most 10000. Immutable.
+    #[serde(default = "default_items_per_shard")]
+    pub items_per_shard: u32,
+
+    /// How many worker shards may run at once (default 10, 1..1000). May be changed while the batch runs.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: u32,
+
+    /// The worker shards: one pod per shard, retried per shard by the Job controller. Immutable.
+    pub worker: WorkerSpec,
+
+    /// When the worker stage counts as done: quorum, grace period and deadline.
+    #[serde(default)]
+    pub completion: CompletionSpec,
+
+    /// The consolidation step, run once after the workers (usually set). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consolidation: Option<StageSpec>,
+
+    /// The export step ("phase 6"), run once after consolidation. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<StageSpec>,
+
+    /// Suspends the batch: running Jobs are suspended (their pods stop) and no new stage starts. Resuming continues where it stopped.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Once the batch has finished, delete its Jobs (and their pods) after this many seconds. The batch itself is kept. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+/// Worker shards.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// Pod template of one worker shard. The controller adds labels and the env PREDICTION_BATCH, GAME_DATE, TARGET_COUNT, SHARD_COUNT, ITEMS_PER_SHARD and SHARD_INDEX to every container.
+    #[schemars(schema_with = "super::template_schema::pod_template")]
+    pub template: PodTemplateSpec,
+
+    /// Retries of one shard before it counts as failed (default 3).
+    #[serde(default = "default_backoff_per_shard")]
+    pub backoff_limit_per_shard: i32,
+
+    /// Fail the batch at once when more shards than this have failed. Unset: only the quorum decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_shards: Option<i32>,
+}
+
+/// When the worker stage is done.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletionSpec {
+    /// Quorum: the share of items (percent, 1..100, default 100) that must succeed for consolidation to run. Immutable.
+    #[serde(default = "default_min_succeeded_percent")]
+    pub min_succeeded_percent: u32,
+
+    /// Once the quorum is met, wait at most this many seconds (default 0) for the remaining shards, then stop them and consolidate. Immutable.
+    #[serde(default)]
+    pub grace_seconds: i64,
+
+    /// RFC 3339 time (e.g. tip-off) at which waiting stops: consolidate if the quorum is met, fail otherwise. May be changed while the batch runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_by: Option<String>,
+}
+
+impl Default for CompletionSpec {
+    fn default() -> Self {
+        Self { min_succeeded_percent: default_min_succeeded_percent(), grace_seconds: 0, complete_by: None }
+    }
+}
+
+/// A single-pod stage (consolidation or export).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageSpec {
+    /// Pod template of the stage. Its containers get the worker env plus SUCCEEDED_SHARDS, FAILED_SHARDS and SUCCEEDED_ITEMS.
+    #[schemars(schema_with = "super::template_schema::pod_template")]
+    pub template: PodTemplateSpec,
+
+    /// Retries of the stage's pod before the stage (and the batch) fails (default 2).
+    #[serde(default = "default_stage_backoff")]
+    pub backoff_limit: i32,
+}
+
+fn default_items_per_shard() -> u32 {
+    1
+}
+fn default_parallelism() -> u32 {
+    10
+}
+fn default_backoff_per_shard() -> i32 {
+    3
+}
+fn default_min_succeeded_percent() -> u32 {
+    100
+}
+fn default_stage_backoff() -> i32 {
+    2
+}

@@ -1,0 +1,162 @@
+//! The observed state of a `PredictionBatch`, written only by the controller through the
+//! status subresource. Everything here is derived from the cluster and is deterministic:
+//! no field changes on a pass that observed nothing new.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state of a PredictionBatch.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictionBatchStatus {
+    /// The .metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Pending, Running, Consolidating, Exporting, Succeeded, Failed or Suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Shard counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardCounts>,
+
+    /// Item counts (items of succeeded / failed shards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<ItemCounts>,
+
+    /// Succeeded items / target items, e.g. "112/120".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+
+    /// Indexes of succeeded shards as compressed ranges, e.g. "0-2,4-6,8-29".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded_shards: Option<String>,
+
+    /// Indexes of failed shards as compressed ranges, e.g. "3,7". Once the worker stage has ended, every shard that did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_shards: Option<String>,
+
+    /// When the quorum (completion.minSucceededPercent) was first met; the grace period counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_time: Option<Time>,
+
+    /// The worker stage (one Indexed Job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<StageStatus>,
+
+    /// The consolidation stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consolidation: Option<StageStatus>,
+
+    /// The export stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<StageStatus>,
+
+    /// When the worker Job was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// When the batch reached Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+
+    /// Ready, Reconciling, Stalled and Degraded (the conditions kstatus, Argo CD and kubectl wait read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::crd::conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Lifecycle phase of a batch. Phases only move forward, except Suspended, which returns to the phase it interrupted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum Phase {
+    Pending,
+    Running,
+    Consolidating,
+    Exporting,
+    Succeeded,
+    Failed,
+    Suspended,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Consolidating => "Consolidating",
+            Phase::Exporting => "Exporting",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Suspended => "Suspended",
+        }
+    }
+}
+
+/// Shard counts.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ShardCounts {
+    /// ceil(targetCount / itemsPerShard).
+    pub total: u32,
+    /// Shards whose pod succeeded.
+    pub succeeded: u32,
+    /// Shards that failed (after their retries), or that were stopped unfinished.
+    pub failed: u32,
+    /// Shards with a running pod.
+    pub active: u32,
+}
+
+/// Item counts.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ItemCounts {
+    /// spec.targetCount.
+    pub target: u32,
+    /// Items of succeeded shards.
+    pub succeeded: u32,
+    /// Items of failed shards.
+    pub failed: u32,
+}
+
+/// One stage and the Job that runs it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// Name of the stage's Job (deterministic).
+    pub job_name: String,
+    /// UID of the stage's Job, once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_uid: Option<String>,
+    /// Pending (about to be created), Running, Stopping (ending early, pods being stopped), Succeeded or Failed.
+    pub state: StageState,
+    /// When the stage's Job started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the stage ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Why the stage ended the way it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// State of one stage.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum StageState {
+    #[default]
+    Pending,
+    Running,
+    Stopping,
+    Succeeded,
+    Failed,
+}
+
+impl StageState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, StageState::Succeeded | StageState::Failed)
+    }
+}

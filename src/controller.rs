@@ -1,0 +1,229 @@
+//! Wiring: watches (batches, and only our labelled Jobs, trimmed), the kube-runtime Controller,
+//! error policy, and leader election.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::api::PredictionBatch;
+use crate::context::Context;
+use crate::error::{Error, Retry, backoff};
+use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::metrics::Metrics;
+use crate::mirror::MirrorHandle;
+use crate::reconcile::reconcile;
+
+/// Settings of the `run` command that shape the controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch one namespace only; all when `None`.
+    pub namespace: Option<String>,
+    pub leader_elect: bool,
+    pub lease_name: String,
+    pub lease_namespace: String,
+    pub identity: String,
+    pub lease_duration_secs: u64,
+    pub concurrency: u16,
+}
+
+/// What the HTTP server reads: readiness and the batch cache (for per-phase gauges).
+#[derive(Default)]
+pub struct Shared {
+    pub ready: AtomicBool,
+    pub batches: Mutex<Option<Store<PredictionBatch>>>,
+}
+
+/// Runs until `shutdown` resolves; with leader election, reconciles only while holding the lease.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    mirror: MirrorHandle,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    if !settings.leader_elect {
+        metrics.is_leader.set(1);
+        run_controller(client, &settings, metrics, mirror, shared, wait_for(shutdown)).await;
+        return Ok(());
+    }
+
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+        .with_namespace(&settings.lease_namespace)
+        .with_identity(&settings.identity)
+        .with_duration(settings.lease_duration_secs)
+        .with_grace((settings.lease_duration_secs / 3).max(1))
+        .build()
+        .await?;
+    let (mut leader_rx, lease_task) = manager.watch().await;
+    // Standbys are ready (they serve probes); they just don't reconcile.
+    shared.ready.store(true, Ordering::SeqCst);
+    let mut shutdown_rx = shutdown.clone();
+    loop {
+        // Wait to become leader (or shut down).
+        while !*leader_rx.borrow_and_update() {
+            tokio::select! {
+                changed = leader_rx.changed() => if changed.is_err() { break },
+                _ = shutdown_rx.wait_for(|s| *s) => break,
+            }
+        }
+        if *shutdown_rx.borrow() || !*leader_rx.borrow() {
+            break;
+        }
+        info!(identity = settings.identity, lease = settings.lease_name, "acquired leadership; starting to reconcile");
+        metrics.is_leader.set(1);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let controller = run_controller(client.clone(), &settings, metrics.clone(), mirror.clone(), shared.clone(), wait_for(stop_rx));
+        tokio::pin!(controller);
+        let lost = tokio::select! {
+            _ = &mut controller => false,
+            _ = leader_rx.wait_for(|l| !*l) => true,
+            _ = shutdown_rx.wait_for(|s| *s) => false,
+        };
+        metrics.is_leader.set(0);
+        if lost {
+            // Stop writing at once: drop the controller without waiting for in-flight work.
+            warn!(identity = settings.identity, "lost leadership; stopped reconciling");
+            continue;
+        }
+        // Graceful shutdown: let in-flight reconciles finish (bounded), then release the lease.
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(Duration::from_secs(20), &mut controller).await.is_err() {
+            warn!("in-flight reconciles did not finish within 20s; stopping anyway");
+        }
+        break;
+    }
+    drop(leader_rx);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("released the leader lease"),
+        Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader lease"),
+        Ok(Err(e)) => warn!(error = %e, "lease task failed"),
+        Err(_) => warn!("timed out releasing the leader lease"),
+    }
+    Ok(())
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Strips what reconcile never reads from cached Jobs (managed fields, the pod template):
+/// most of a Job's size, and so most of the controller's memory.
+fn trim_job(job: &mut Job) {
+    job.managed_fields_mut().clear();
+    job.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+    if let Some(spec) = job.spec.as_mut() {
+        spec.template = Default::default();
+        spec.selector = None;
+        spec.pod_failure_policy = None;
+    }
+    if let Some(status) = job.status.as_mut() {
+        status.uncounted_terminated_pods = None;
+    }
+}
+
+fn trim_batch(batch: &mut PredictionBatch) {
+    batch.managed_fields_mut().clear();
+    batch.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
+async fn run_controller(
+    client: Client,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    mirror: MirrorHandle,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (batches, jobs): (Api<PredictionBatch>, Api<Job>) = match &settings.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (job_store, job_writer) = reflector::store();
+    let job_stream = watcher(jobs, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
+        .default_backoff()
+        .modify(trim_job)
+        .reflect(job_writer)
+        .touched_objects();
+    let (batch_store, batch_writer) = reflector::store();
+    let batch_stream = watcher(batches, watcher::Config::default())
+        .default_backoff()
+        .modify(trim_batch)
+        .reflect(batch_writer)
+        .applied_objects();
+
+    let reporter = Reporter { controller: "prediction-batch-controller".into(), instance: Some(settings.identity.clone()) };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        jobs: job_store.clone(),
+        recorder: Recorder::new(client, reporter),
+        metrics,
+        mirror,
+        last_write: Mutex::new(HashMap::new()),
+        failures: Mutex::new(HashMap::new()),
+    });
+    *shared.batches.lock().expect("poisoned") = Some(batch_store.clone());
+
+    let ready_flag = shared.clone();
+    let (bs, js) = (batch_store.clone(), job_store.clone());
+    let leader_elect = settings.leader_elect;
+    tokio::spawn(async move {
+        let _ = bs.wait_until_ready().await;
+        let _ = js.wait_until_ready().await;
+        if !leader_elect {
+            ready_flag.ready.store(true, Ordering::SeqCst);
+        }
+        info!(batches = bs.len(), jobs = js.len(), "caches synced");
+    });
+
+    Controller::for_stream(batch_stream, batch_store)
+        .owns_stream(job_stream)
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            |batch, ctx| {
+                let span = info_span!("reconcile", batch = %format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any()));
+                reconcile(batch, ctx).instrument(span)
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+    info!("controller stopped");
+}
+
+fn error_policy(batch: Arc<PredictionBatch>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(batch.as_ref());
+    let name = format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any());
+    match error.retry() {
+        Retry::Soon => {
+            info!(batch = name, %error, "stale view; looking again shortly");
+            Action::requeue(Duration::from_millis(200))
+        }
+        Retry::Backoff => {
+            let n = {
+                let mut failures = ctx.failures.lock().expect("poisoned");
+                let n = failures.entry(key).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let wait = backoff(n - 1);
+            warn!(batch = name, %error, attempt = n, backoff_ms = wait.as_millis() as u64, "reconcile failed; backing off");
+            Action::requeue(wait)
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Errors of a reconcile, classified by what the controller should do about them.
+
+use std::time::Duration;
+
+/// An error of one reconcile pass.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the apiserver failed.
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The object lacks what every stored object has (name, namespace, UID).
+    #[error("batch object is missing {0}")]
+    MissingObjectKey(&'static str),
+}
+
+/// What to do after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Our view was stale (a write conflicted): look again soon, without growing backoff.
+    Soon,
+    /// Transient (throttling, timeouts, server errors, anything unknown): back off exponentially.
+    Backoff,
+}
+
+impl Error {
+    pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
+        Error::Kube { action: action.into(), source }
+    }
+
+    pub fn retry(&self) -> Retry {
+        match self {
+            Error::Kube { source, .. } if status_code(source) == Some(409) => Retry::Soon,
+            _ => Retry::Backoff,
+        }
+    }
+
+    /// A short label for metrics (bounded cardinality).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube { source, .. } => match status_code(source) {
+                Some(409) => "conflict",
+                Some(429) => "throttled",
+                Some(c) if c >= 500 => "server",
+                Some(_) => "client",
+                None => "transport",
+            },
+            Error::MissingObjectKey(_) => "object",
+        }
+    }
+}
+
+/// HTTP status of an apiserver error response, if it was one.
+pub fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Exponential backoff for the n-th consecutive failure of one object: 250 ms doubling, at most 2 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let ms = 250u64.saturating_mul(1u64 << failures.min(16));
+    Duration::from_millis(ms.min(120_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(250));
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(40), Duration::from_secs(120));
+    }
+}

@@ -1,0 +1,12 @@
+//! Names the controller stamps on what it creates. These are a public contract: selectors,
+//! dashboards and other tools rely on them.
+
+/// Field manager of every write (server-side apply and patches).
+pub const FIELD_MANAGER: &str = "prediction-batch-controller";
+/// Label on child Jobs (and their pods): the owning batch's name (shortened with a hash if over 63 characters).
+pub const BATCH_LABEL: &str = "predictions.dev/batch";
+/// Label on child Jobs (and their pods): `workers`, `consolidation` or `export`.
+pub const STAGE_LABEL: &str = "predictions.dev/stage";
+/// Standard label naming the controller that manages an object.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "prediction-batch-controller";

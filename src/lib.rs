@@ -1,0 +1,12 @@
+//! prediction-batch-controller: runs batch prediction pipelines (worker shards → consolidation →
+//! export) from `PredictionBatch` resources, with all progress kept in the resource's status.
+
+pub mod api;
+pub mod context;
+pub mod controller;
+pub mod error;
+pub mod http;
+pub mod labels;
+pub mod metrics;
+pub mod mirror;
+pub mod reconcile;

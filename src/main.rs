@@ -1,0 +1,142 @@
+//! `prediction-batch-controller`: `run` (default) reconciles PredictionBatches; `crd` prints the CRD.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use prediction_batch_controller::controller::{self, Settings, Shared};
+use prediction_batch_controller::metrics::Metrics;
+use prediction_batch_controller::mirror::MirrorHandle;
+use prediction_batch_controller::{api, http};
+use tokio::sync::watch;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "prediction-batch-controller", version, about = "Runs PredictionBatch pipelines: worker shards → consolidation → export")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the controller (the default).
+    Run(RunArgs),
+    /// Print the PredictionBatch CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz (port 0 picks a free port and logs it).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Reconcile only while holding a coordination.k8s.io Lease (for several replicas).
+    #[arg(long, default_value_t = false)]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "prediction-batch-controller")]
+    lease_name: String,
+    /// Namespace of the leader-election Lease (default: the pod's namespace, else "default").
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Seconds a leader's lease is valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// Identity in the lease and in events (default: the pod name, else hostname-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Batches reconciled at once (0 = unbounded).
+    #[arg(long, default_value_t = 0)]
+    concurrency: u16,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", api::crd::yaml());
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // kube and firestore must agree on one rustls crypto provider; install it before any TLS.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    init_tracing(&args.log_format);
+
+    let client = kube::Client::try_default().await?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let settings = Settings {
+        namespace: args.namespace.clone(),
+        leader_elect: args.leader_elect,
+        lease_name: args.lease_name.clone(),
+        lease_namespace: args.lease_namespace.clone().unwrap_or_else(|| "default".into()),
+        identity,
+        lease_duration_secs: args.lease_duration,
+        concurrency: args.concurrency,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let mut http_shutdown = shutdown_rx.clone();
+    http::serve(args.http_addr, metrics.clone(), shared.clone(), async move {
+        let _ = http_shutdown.wait_for(|s| *s).await;
+    })
+    .await?;
+
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown signal received");
+        let _ = shutdown_tx.send(true);
+    });
+
+    info!(namespace = settings.namespace.as_deref().unwrap_or("<all>"), leader_elect = settings.leader_elect, "starting");
+    if let Err(e) = controller::run(client, settings, metrics, MirrorHandle::disabled(), shared, shutdown_rx).await {
+        error!(error = %e, "controller failed");
+        return Err(e);
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

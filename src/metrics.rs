@@ -1,0 +1,100 @@
+//! Prometheus metrics. Labels are bounded (result, error kind, phase, stage): never per object.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::Phase;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub errors: Family<KindLabel, Counter>,
+    pub reconcile_duration: Histogram,
+    pub batches: Family<PhaseLabel, Gauge>,
+    pub stage_duration: Family<StageLabel, Histogram>,
+    pub status_writes: Counter,
+    pub mirror_failures: Counter,
+    pub is_leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("prediction_batch");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        registry.register("reconciles", "Reconcile passes by result (ok, error)", reconciles.clone());
+        let errors = Family::<KindLabel, Counter>::default();
+        registry.register("reconcile_errors", "Reconcile errors by kind", errors.clone());
+        let reconcile_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register("reconcile_duration_seconds", "Duration of one reconcile pass", reconcile_duration.clone());
+        let batches = Family::<PhaseLabel, Gauge>::default();
+        registry.register("batches", "PredictionBatches in the cache by phase", batches.clone());
+        let stage_duration =
+            Family::<StageLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 16)));
+        registry.register("stage_duration_seconds", "Duration of finished stages (Job start to end)", stage_duration.clone());
+        let status_writes = Counter::default();
+        registry.register("status_writes", "Status patches written", status_writes.clone());
+        let mirror_failures = Counter::default();
+        registry.register("mirror_failures", "Failed writes to the Firestore mirror", mirror_failures.clone());
+        let is_leader = Gauge::default();
+        registry.register("leader", "1 while this replica holds the leader lease (or runs without election)", is_leader.clone());
+        Metrics {
+            registry,
+            reconciles,
+            errors,
+            reconcile_duration,
+            batches,
+            stage_duration,
+            status_writes,
+            mirror_failures,
+            is_leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// Sets the per-phase gauges from a full count (called at scrape time from the cache).
+    pub fn set_phases(&self, counts: &[(Phase, i64)]) {
+        for phase in [
+            Phase::Pending,
+            Phase::Running,
+            Phase::Consolidating,
+            Phase::Exporting,
+            Phase::Succeeded,
+            Phase::Failed,
+            Phase::Suspended,
+        ] {
+            let n = counts.iter().filter(|(p, _)| *p == phase).map(|(_, n)| n).sum();
+            self.batches.get_or_create(&PhaseLabel { phase: phase.as_str() }).set(n);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}

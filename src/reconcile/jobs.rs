@@ -1,0 +1,219 @@
+//! Builders for the three child Jobs (pure). Every Job gets a deterministic name, a controller
+//! ownerReference to its batch, our labels, and the env contract its containers rely on.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+
+use super::ranges::IndexSet;
+use super::shards::ShardLayout;
+use super::stage::{Stage, batch_label_value};
+use crate::api::{PredictionBatch, PredictionBatchStatus};
+use crate::labels::{BATCH_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, STAGE_LABEL};
+
+/// Annotation the Job controller puts on Indexed Job pods.
+const COMPLETION_INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
+
+/// Labels identifying a batch's children (also the selector of the controller's Job watch).
+pub fn child_labels(batch: &PredictionBatch, stage: Stage) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (BATCH_LABEL.to_string(), batch_label_value(batch.metadata.name.as_deref().unwrap_or_default())),
+        (STAGE_LABEL.to_string(), stage.label().to_string()),
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+    ])
+}
+
+/// The Job for `stage`, or `None` when the spec has no such stage or the batch has no UID yet.
+pub fn build(batch: &PredictionBatch, stage: Stage) -> Option<Job> {
+    let spec = &batch.spec;
+    let name = batch.metadata.name.clone()?;
+    let owner = batch.controller_owner_ref(&())?;
+    let layout = ShardLayout::new(spec.target_count, spec.items_per_shard)?;
+    let shards = layout.shard_count();
+    let labels = child_labels(batch, stage);
+
+    let mut env = vec![
+        env("PREDICTION_BATCH", &name),
+        env("GAME_DATE", &spec.game_date),
+        env("TARGET_COUNT", &spec.target_count.to_string()),
+        env("SHARD_COUNT", &shards.to_string()),
+        env("ITEMS_PER_SHARD", &spec.items_per_shard.to_string()),
+    ];
+    let (template, job_spec) = match stage {
+        Stage::Workers => {
+            env.push(EnvVar {
+                name: "SHARD_INDEX".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: format!("metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let template = pod_template(&spec.worker.template, &labels, &env);
+            let never = template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Never");
+            let job_spec = JobSpec {
+                completion_mode: Some("Indexed".into()),
+                completions: Some(shards as i32),
+                parallelism: Some(spec.parallelism.min(shards) as i32),
+                backoff_limit_per_index: Some(spec.worker.backoff_limit_per_shard),
+                max_failed_indexes: spec.worker.max_failed_shards,
+                // Evictions and preemptions are not the shard's fault: don't spend its retries on them.
+                // (A pod failure policy requires restartPolicy Never.)
+                pod_failure_policy: never.then(|| PodFailurePolicy {
+                    rules: vec![PodFailurePolicyRule {
+                        action: "Ignore".into(),
+                        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                            type_: "DisruptionTarget".into(),
+                            status: Some("True".into()),
+                        }]),
+                        ..Default::default()
+                    }],
+                }),
+                template,
+                ..Default::default()
+            };
+            (None::<()>, job_spec)
+        }
+        Stage::Consolidation | Stage::Export => {
+            let stage_spec = match stage {
+                Stage::Consolidation => spec.consolidation.as_ref()?,
+                _ => spec.export.as_ref()?,
+            };
+            let status = batch.status.clone().unwrap_or_default();
+            env.extend(result_env(&status, layout));
+            let template = pod_template(&stage_spec.template, &labels, &env);
+            let job_spec = JobSpec {
+                completions: Some(1),
+                parallelism: Some(1),
+                backoff_limit: Some(stage_spec.backoff_limit),
+                template,
+                ..Default::default()
+            };
+            (None, job_spec)
+        }
+    };
+    let _ = template;
+    Some(Job {
+        metadata: ObjectMeta {
+            name: Some(stage.job_name(&name)),
+            namespace: batch.metadata.namespace.clone(),
+            labels: Some(labels),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec { suspend: Some(spec.suspend), ..job_spec }),
+        status: None,
+    })
+}
+
+/// SUCCEEDED_SHARDS / FAILED_SHARDS / SUCCEEDED_ITEMS: the fixed result of the worker stage.
+fn result_env(status: &PredictionBatchStatus, layout: ShardLayout) -> Vec<EnvVar> {
+    let succeeded = IndexSet::parse_opt(status.succeeded_shards.as_deref()).unwrap_or_default();
+    let failed = succeeded.complement(layout.shard_count());
+    vec![
+        env("SUCCEEDED_SHARDS", &succeeded.to_string()),
+        env("FAILED_SHARDS", &failed.to_string()),
+        env("SUCCEEDED_ITEMS", &layout.items_in(&succeeded).to_string()),
+    ]
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+/// The user's template with our labels added (theirs kept; ours win on a clash, since selectors
+/// rely on them), restartPolicy Never unless set, and our env first in every container (a
+/// container's own env with the same name comes later and wins, as Kubernetes resolves it).
+fn pod_template(user: &PodTemplateSpec, labels: &BTreeMap<String, String>, env_vars: &[EnvVar]) -> PodTemplateSpec {
+    let mut t = user.clone();
+    let meta = t.metadata.get_or_insert_with(Default::default);
+    let l = meta.labels.get_or_insert_with(Default::default);
+    l.extend(labels.clone());
+    let pod = t.spec.get_or_insert_with(Default::default);
+    pod.restart_policy.get_or_insert_with(|| "Never".into());
+    for c in &mut pod.containers {
+        let mut all = env_vars.to_vec();
+        all.extend(c.env.take().unwrap_or_default());
+        c.env = Some(all);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{PredictionBatchSpec, StageSpec, WorkerSpec};
+
+    fn template(image: &str) -> PodTemplateSpec {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"team": "nba"}, "annotations": {"a": "b"}},
+            "spec": {"containers": [{"name": "main", "image": image, "env": [{"name": "GAME_DATE", "value": "override"}]}]}
+        }))
+        .unwrap()
+    }
+
+    fn batch() -> PredictionBatch {
+        let spec: PredictionBatchSpec = serde_json::from_value(serde_json::json!({
+            "gameDate": "2026-01-02", "targetCount": 120, "itemsPerShard": 4, "parallelism": 50,
+            "worker": {"template": serde_json::to_value(template("w")).unwrap()},
+        }))
+        .unwrap();
+        let mut b = PredictionBatch::new("nba-2026-01-02", PredictionBatchSpec {
+            consolidation: Some(StageSpec { template: template("c"), backoff_limit: 2 }),
+            worker: WorkerSpec { max_failed_shards: Some(5), ..spec.worker.clone() },
+            ..spec
+        });
+        b.metadata.namespace = Some("ns".into());
+        b.metadata.uid = Some("uid-1".into());
+        b
+    }
+
+    #[test]
+    fn worker_job_is_indexed_with_per_shard_retries() {
+        let job = build(&batch(), Stage::Workers).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("nba-2026-01-02-workers"));
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("uid-1", Some(true)));
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+        assert_eq!(spec.completions, Some(30));
+        assert_eq!(spec.parallelism, Some(30));
+        assert_eq!(spec.backoff_limit_per_index, Some(3));
+        assert_eq!(spec.max_failed_indexes, Some(5));
+        assert_eq!(spec.suspend, Some(false));
+        assert!(spec.ttl_seconds_after_finished.is_none(), "TTL is applied by the controller, not the Job");
+        let meta = spec.template.metadata.unwrap();
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["team"], "nba");
+        assert_eq!(labels[STAGE_LABEL], "workers");
+        assert_eq!(labels[BATCH_LABEL], "nba-2026-01-02");
+        assert_eq!(meta.annotations.unwrap()["a"], "b");
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let names: Vec<_> = pod.containers[0].env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["PREDICTION_BATCH", "GAME_DATE", "TARGET_COUNT", "SHARD_COUNT", "ITEMS_PER_SHARD", "SHARD_INDEX", "GAME_DATE"]);
+    }
+
+    #[test]
+    fn consolidation_gets_the_fixed_result() {
+        let mut b = batch();
+        b.status = Some(PredictionBatchStatus { succeeded_shards: Some("0-2,4-6,8-29".into()), ..Default::default() });
+        let job = build(&b, Stage::Consolidation).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("nba-2026-01-02-consolidate"));
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(2));
+        assert!(spec.completion_mode.is_none());
+        let env = spec.template.spec.unwrap().containers[0].env.clone().unwrap();
+        let get = |n: &str| env.iter().find(|e| e.name == n).and_then(|e| e.value.clone()).unwrap();
+        assert_eq!(get("SUCCEEDED_SHARDS"), "0-2,4-6,8-29");
+        assert_eq!(get("FAILED_SHARDS"), "3,7");
+        assert_eq!(get("SUCCEEDED_ITEMS"), "112");
+        assert!(build(&b, Stage::Export).is_none(), "no export stage in the spec");
+    }
+}

@@ -1,0 +1,118 @@
+//! What one reconcile pass saw: the batch's child Jobs, reduced to the facts the planner reads.
+//! Building these views is pure too, so the planner can be fed arbitrary (even nonsensical) input.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::jiff::Timestamp;
+
+use super::stage::Stage;
+
+/// How a Job ended, as its conditions say. `SuccessCriteriaMet` / `FailureTarget` come before
+/// `Complete` / `Failed` (which wait for the pods to be gone) and are the earliest moment to react.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    Running,
+    Succeeded { at: Option<Timestamp> },
+    Failed { reason: String, message: String, at: Option<Timestamp> },
+}
+
+/// One child Job as the planner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobView {
+    pub name: String,
+    pub uid: String,
+    /// The Job's controller ownerReference points at this batch (by UID).
+    pub owned: bool,
+    pub suspended: bool,
+    pub parallelism: Option<i32>,
+    pub active: u32,
+    pub terminating: u32,
+    pub completed_indexes: Option<String>,
+    pub failed_indexes: Option<String>,
+    pub outcome: JobOutcome,
+    pub created: Option<Timestamp>,
+    pub start_time: Option<Timestamp>,
+}
+
+impl JobView {
+    pub fn from_job(job: &Job, batch_uid: &str) -> Self {
+        let meta = &job.metadata;
+        let owned = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.uid == batch_uid);
+        let spec = job.spec.as_ref();
+        let status = job.status.clone().unwrap_or_default();
+        let conditions = status.conditions.unwrap_or_default();
+        let is_true = |t: &str| conditions.iter().find(|c| c.type_ == t && c.status == "True");
+        let outcome = if let Some(c) = is_true("Failed").or_else(|| is_true("FailureTarget")) {
+            JobOutcome::Failed {
+                reason: c.reason.clone().unwrap_or_default(),
+                message: c.message.clone().unwrap_or_default(),
+                at: c.last_transition_time.as_ref().map(|t| t.0),
+            }
+        } else if let Some(c) = is_true("Complete").or_else(|| is_true("SuccessCriteriaMet")) {
+            let at = status.completion_time.as_ref().map(|t| t.0).or(c.last_transition_time.as_ref().map(|t| t.0));
+            JobOutcome::Succeeded { at }
+        } else {
+            JobOutcome::Running
+        };
+        let count = |v: Option<i32>| v.unwrap_or(0).max(0) as u32;
+        JobView {
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            owned,
+            suspended: spec.and_then(|s| s.suspend).unwrap_or(false),
+            parallelism: spec.and_then(|s| s.parallelism),
+            active: count(status.active),
+            terminating: count(status.terminating),
+            completed_indexes: status.completed_indexes,
+            failed_indexes: status.failed_indexes,
+            outcome,
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            start_time: status.start_time.map(|t| t.0),
+        }
+    }
+
+    /// Pods still running or shutting down.
+    pub fn has_pods(&self) -> bool {
+        self.active > 0 || self.terminating > 0
+    }
+}
+
+/// Everything one pass observed about a batch besides the batch itself.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub workers: Option<JobView>,
+    pub consolidation: Option<JobView>,
+    pub export: Option<JobView>,
+    /// Creates the apiserver refused as invalid in this pass (e.g. a bad pod template), with its message.
+    pub rejected: Vec<(Stage, String)>,
+    pub now: Timestamp,
+}
+
+impl Observed {
+    pub fn new(now: Timestamp) -> Self {
+        Observed { workers: None, consolidation: None, export: None, rejected: Vec::new(), now }
+    }
+
+    pub fn job(&self, stage: Stage) -> Option<&JobView> {
+        match stage {
+            Stage::Workers => self.workers.as_ref(),
+            Stage::Consolidation => self.consolidation.as_ref(),
+            Stage::Export => self.export.as_ref(),
+        }
+    }
+
+    pub fn set_job(&mut self, stage: Stage, job: Option<JobView>) {
+        match stage {
+            Stage::Workers => self.workers = job,
+            Stage::Consolidation => self.consolidation = job,
+            Stage::Export => self.export = job,
+        }
+    }
+
+    pub fn rejection(&self, stage: Stage) -> Option<&str> {
+        self.rejected.iter().find(|(s, _)| *s == stage).map(|(_, m)| m.as_str())
+    }
+}

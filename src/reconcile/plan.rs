@@ -1,0 +1,672 @@
+//! The planner: a pure function from (batch, observed Jobs, now) to the next status and actions.
+//! No I/O happens here; this is where the pipeline's rules live and where most tests go.
+//!
+//! Invariants the rest of the controller relies on (property-tested below):
+//! - a stage's Job is planned for creation only while its status says it was never created;
+//! - the next stage is planned only once the previous stage's outcome is in the status being
+//!   written (the reconciler writes status before acting), so a crash never repeats a stage;
+//! - consolidation is never planned before the quorum is met;
+//! - phases only move forward (Suspended aside), and counts never shrink;
+//! - nothing here panics, whatever the input.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use super::observed::{JobOutcome, JobView, Observed};
+use super::ranges::IndexSet;
+use super::shards::{MAX_SHARDS, ShardLayout};
+use super::stage::Stage;
+use crate::api::{ItemCounts, Phase, PredictionBatch, PredictionBatchStatus, ShardCounts, StageState, StageStatus};
+
+/// What to do to the cluster after the status has been written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create the stage's Job (AlreadyExists with our owner counts as success).
+    Create(Stage),
+    /// Set `spec.suspend` of the stage's Job.
+    Suspend { stage: Stage, suspend: bool },
+    /// Set `spec.parallelism` of the worker Job.
+    Parallelism(i32),
+    /// The batch finished `ttlSecondsAfterFinished` ago: delete its Jobs (never the batch).
+    DeleteJobs,
+}
+
+/// A Kubernetes Event to publish once the status is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventNote {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The planner's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub status: PredictionBatchStatus,
+    pub actions: Vec<Action>,
+    /// Wake up again after this long even if nothing changes (grace period, deadline, TTL).
+    pub requeue_after: Option<Duration>,
+    pub events: Vec<EventNote>,
+}
+
+pub const CONDITION_READY: &str = "Ready";
+pub const CONDITION_RECONCILING: &str = "Reconciling";
+pub const CONDITION_STALLED: &str = "Stalled";
+pub const CONDITION_DEGRADED: &str = "Degraded";
+
+/// How long to wait before looking again at a name conflict (a foreign Job is not watched).
+const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
+
+/// Why a batch stopped for good (or is stuck until its spec or the cluster changes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stop {
+    reason: &'static str,
+    message: String,
+    /// Terminal (phase Failed) or only stalled until something changes (invalid spec, name conflict).
+    terminal: bool,
+}
+
+pub fn plan(batch: &PredictionBatch, observed: &Observed) -> Plan {
+    Planner::new(batch, observed).run()
+}
+
+struct Planner<'a> {
+    batch: &'a PredictionBatch,
+    obs: &'a Observed,
+    now: Timestamp,
+    prev: PredictionBatchStatus,
+    st: PredictionBatchStatus,
+    actions: Vec<Action>,
+    requeue: Option<Duration>,
+    stop: Option<Stop>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(batch: &'a PredictionBatch, obs: &'a Observed) -> Self {
+        let prev = batch.status.clone().unwrap_or_default();
+        Planner {
+            batch,
+            obs,
+            now: obs.now,
+            st: prev.clone(),
+            prev,
+            actions: Vec::new(),
+            requeue: None,
+            stop: None,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.batch.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    fn run(mut self) -> Plan {
+        let spec = &self.batch.spec;
+        let layout = ShardLayout::new(spec.target_count, spec.items_per_shard)
+            .filter(|l| u64::from(l.shard_count()) <= MAX_SHARDS);
+        let complete_by = match spec.completion.complete_by.as_deref().map(str::parse::<Timestamp>) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                return self.invalid_spec(format!("spec.completion.completeBy is not an RFC 3339 time: {e}"));
+            }
+            None => None,
+        };
+        let Some(layout) = layout else {
+            return self.invalid_spec(format!(
+                "spec.targetCount {} with spec.itemsPerShard {} does not give 1..{MAX_SHARDS} shards",
+                spec.target_count, spec.items_per_shard
+            ));
+        };
+
+        if self.st.phase.is_some_and(Phase::is_terminal) {
+            self.finished_batch(layout);
+        } else {
+            self.workers(layout, complete_by);
+            if self.stop.is_none() && stage_done(&self.st.workers) {
+                self.single_job_stage(Stage::Consolidation);
+                if self.stop.is_none() && self.stage_done_or_skipped(Stage::Consolidation) {
+                    self.single_job_stage(Stage::Export);
+                }
+            }
+            self.settle_phase();
+        }
+        self.finish(layout)
+    }
+
+    // ---- workers -------------------------------------------------------------------------
+
+    fn workers(&mut self, layout: ShardLayout, complete_by: Option<Timestamp>) {
+        let n = layout.shard_count();
+        self.st.shards.get_or_insert_with(|| ShardCounts { total: n, ..Default::default() }).total = n;
+        self.st.items.get_or_insert_with(|| ItemCounts { target: layout.target, ..Default::default() }).target =
+            layout.target;
+
+        let Some(job) = self.attach(Stage::Workers) else { return };
+        if stage_done(&self.st.workers) {
+            return;
+        }
+        if self.st.start_time.is_none() {
+            self.st.start_time = job.created.or(job.start_time).map(Time);
+        }
+
+        let succeeded = IndexSet::parse_opt(job.completed_indexes.as_deref()).unwrap_or_default().clamp(n);
+        let failed = IndexSet::parse_opt(job.failed_indexes.as_deref()).unwrap_or_default().clamp(n);
+        let failed = IndexSet::from_indexes(failed.iter().filter(|i| !succeeded.contains(*i)));
+        self.record_shards(layout, &succeeded, &failed, job.active);
+
+        let stopping = self.st.workers.as_ref().is_some_and(|w| w.state == StageState::Stopping);
+        if stopping {
+            if !job.has_pods() || job.outcome != JobOutcome::Running {
+                self.finalize_workers(layout, &succeeded, job);
+            } else if !job.suspended {
+                self.actions.push(Action::Suspend { stage: Stage::Workers, suspend: true });
+            }
+            return;
+        }
+
+        match &job.outcome {
+            JobOutcome::Succeeded { .. } => return self.finalize_workers(layout, &succeeded, job),
+            // Every index finished and some failed: the quorum decides.
+            JobOutcome::Failed { reason, .. } if reason == "FailedIndexes" => {
+                return self.finalize_workers(layout, &succeeded, job);
+            }
+            JobOutcome::Failed { reason, message, .. } => {
+                let why = if reason == "MaxFailedIndexesExceeded" { "MaxFailedShardsExceeded" } else { "WorkersFailed" };
+                return self.fail(Stage::Workers, why, format!("worker Job {}: {reason}: {message}", job.name));
+            }
+            JobOutcome::Running => {}
+        }
+        if succeeded.len() + failed.len() == u64::from(n) && !job.has_pods() {
+            return self.finalize_workers(layout, &succeeded, job);
+        }
+
+        let spec = &self.batch.spec;
+        let pct = spec.completion.min_succeeded_percent;
+        let failed_items = layout.items_in(&failed);
+        let succeeded_items = layout.items_in(&succeeded);
+        if !layout.meets_quorum(u64::from(layout.target).saturating_sub(failed_items), pct) {
+            return self.fail(
+                Stage::Workers,
+                "QuorumUnreachable",
+                format!(
+                    "{failed_items} of {} items failed (shards {failed}); {pct}% can no longer succeed",
+                    layout.target
+                ),
+            );
+        }
+        if layout.meets_quorum(succeeded_items, pct) {
+            let since = self.st.quorum_time.get_or_insert(Time(self.now)).0;
+            let grace_end = since
+                .checked_add(SignedDuration::from_secs(spec.completion.grace_seconds.max(0)))
+                .unwrap_or(since);
+            let (deadline, why) = match complete_by {
+                Some(t) if t < grace_end => (t, "completeBy reached"),
+                _ => (grace_end, "grace period over"),
+            };
+            if self.now >= deadline {
+                return self.begin_stop(format!("quorum met ({succeeded_items}/{} items), {why}", layout.target));
+            }
+            self.wake_at(deadline);
+        } else if let Some(t) = complete_by {
+            if self.now >= t {
+                return self.fail(
+                    Stage::Workers,
+                    "DeadlineExceeded",
+                    format!(
+                        "completeBy {t} passed with {succeeded_items}/{} items, below the {pct}% quorum",
+                        layout.target
+                    ),
+                );
+            }
+            self.wake_at(t);
+        }
+        self.sync_running_job(Stage::Workers, job);
+        let want = i32::try_from(spec.parallelism.min(n)).unwrap_or(i32::MAX);
+        if job.parallelism != Some(want) && !job.suspended {
+            self.actions.push(Action::Parallelism(want));
+        }
+    }
+
+    fn record_shards(&mut self, layout: ShardLayout, succeeded: &IndexSet, failed: &IndexSet, active: u32) {
+        let n = layout.shard_count();
+        self.st.shards = Some(ShardCounts {
+            total: n,
+            succeeded: succeeded.len() as u32,
+            failed: failed.len() as u32,
+            active: active.min(n),
+        });
+        let succeeded_items = layout.items_in(succeeded) as u32;
+        self.st.items =
+            Some(ItemCounts { target: layout.target, succeeded: succeeded_items, failed: layout.items_in(failed) as u32 });
+        self.st.progress = Some(format!("{succeeded_items}/{}", layout.target));
+        self.st.succeeded_shards = Some(succeeded.to_string()).filter(|s| !s.is_empty());
+        self.st.failed_shards = Some(failed.to_string()).filter(|s| !s.is_empty());
+    }
+
+    /// End the worker stage early: record it, then suspend the Job so its remaining pods stop and
+    /// consolidation sees a fixed set of shards.
+    fn begin_stop(&mut self, message: String) {
+        let w = self.st.workers.as_mut().expect("attached");
+        w.state = StageState::Stopping;
+        w.message = Some(message);
+        self.actions.push(Action::Suspend { stage: Stage::Workers, suspend: true });
+    }
+
+    fn finalize_workers(&mut self, layout: ShardLayout, succeeded: &IndexSet, job: &JobView) {
+        let n = layout.shard_count();
+        // Once the stage is over, a shard that did not succeed counts as failed.
+        let failed = succeeded.complement(n);
+        self.record_shards(layout, succeeded, &failed, 0);
+        let pct = self.batch.spec.completion.min_succeeded_percent;
+        let succeeded_items = layout.items_in(succeeded);
+        if !layout.meets_quorum(succeeded_items, pct) {
+            return self.fail(
+                Stage::Workers,
+                "QuorumNotMet",
+                format!("{succeeded_items}/{} items succeeded, below the {pct}% quorum (failed shards: {failed})", layout.target),
+            );
+        }
+        let at = match &job.outcome {
+            JobOutcome::Succeeded { at: Some(t) } | JobOutcome::Failed { at: Some(t), .. } => *t,
+            _ => self.now,
+        };
+        let w = self.st.workers.as_mut().expect("attached");
+        w.state = StageState::Succeeded;
+        w.completion_time = Some(Time(at));
+        w.message = Some(format!("{succeeded_items}/{} items succeeded", layout.target));
+        if job.has_pods() && !job.suspended {
+            // Stragglers of a Job the Job controller already ended (e.g. success policy).
+            self.actions.push(Action::Suspend { stage: Stage::Workers, suspend: true });
+        }
+    }
+
+    // ---- consolidation and export ------------------------------------------------------
+
+    fn stage_spec_present(&self, stage: Stage) -> bool {
+        match stage {
+            Stage::Workers => true,
+            Stage::Consolidation => self.batch.spec.consolidation.is_some(),
+            Stage::Export => self.batch.spec.export.is_some(),
+        }
+    }
+
+    fn stage_done_or_skipped(&self, stage: Stage) -> bool {
+        !self.stage_spec_present(stage) || stage_done(stage_status(&self.st, stage))
+    }
+
+    fn single_job_stage(&mut self, stage: Stage) {
+        if !self.stage_spec_present(stage) {
+            return;
+        }
+        let Some(job) = self.attach(stage) else { return };
+        if stage_done(stage_status(&self.st, stage)) {
+            return;
+        }
+        match &job.outcome {
+            JobOutcome::Succeeded { at } => {
+                let s = stage_status_mut(&mut self.st, stage).as_mut().expect("attached");
+                s.state = StageState::Succeeded;
+                s.completion_time = Some(Time(at.unwrap_or(self.now)));
+                s.message = None;
+            }
+            JobOutcome::Failed { reason, message, .. } => {
+                let why = match stage {
+                    Stage::Consolidation => "ConsolidationFailed",
+                    _ => "ExportFailed",
+                };
+                self.fail(stage, why, format!("{} Job {}: {reason}: {message}", stage.label(), job.name));
+            }
+            JobOutcome::Running => self.sync_running_job(stage, job),
+        }
+    }
+
+    // ---- shared stage mechanics --------------------------------------------------------
+
+    /// Connects a stage's status to its Job: plans the create when none was ever made, adopts
+    /// one we made but did not record (crash between create and status write), and detects a Job
+    /// deleted before its outcome was recorded. Returns the Job only once status has its UID.
+    fn attach(&mut self, stage: Stage) -> Option<&'a JobView> {
+        let obs: &'a Observed = self.obs;
+        let job_name = stage.job_name(self.name());
+        let job = obs.job(stage);
+        let status = stage_status(&self.st, stage).clone();
+        match (status.as_ref().and_then(|s| s.job_uid.clone()), job) {
+            (Some(_), _) if status.as_ref().is_some_and(|s| s.state.is_finished()) => None,
+            (Some(uid), Some(j)) if j.uid == uid => Some(j),
+            (Some(_), _) => {
+                self.fail(
+                    stage,
+                    "JobDeleted",
+                    format!("{} Job {job_name} was deleted before its outcome was recorded", stage.label()),
+                );
+                None
+            }
+            (None, Some(j)) if !j.owned => {
+                self.stop = Some(Stop {
+                    reason: "JobNameConflict",
+                    message: format!("a Job named {} exists and is not owned by this batch; it will not be adopted", j.name),
+                    terminal: false,
+                });
+                self.requeue_in(CONFLICT_RECHECK);
+                None
+            }
+            (None, Some(j)) => {
+                let s = stage_status_mut(&mut self.st, stage);
+                let entry = s.get_or_insert_with(|| StageStatus { job_name: j.name.clone(), ..Default::default() });
+                entry.job_name = j.name.clone();
+                entry.job_uid = Some(j.uid.clone());
+                entry.state = StageState::Running;
+                entry.start_time = j.start_time.or(j.created).map(Time);
+                Some(j)
+            }
+            (None, None) => {
+                if let Some(message) = obs.rejection(stage) {
+                    let message = format!("the apiserver rejected the {} Job: {message}", stage.label());
+                    self.fail(stage, "JobRejected", message);
+                    return None;
+                }
+                *stage_status_mut(&mut self.st, stage) =
+                    Some(StageStatus { job_name, state: StageState::Pending, ..Default::default() });
+                if !self.batch.spec.suspend {
+                    self.actions.push(Action::Create(stage));
+                }
+                None
+            }
+        }
+    }
+
+    /// Keep a running Job's suspension in line with `spec.suspend`.
+    fn sync_running_job(&mut self, stage: Stage, job: &JobView) {
+        let want = self.batch.spec.suspend;
+        if job.suspended != want {
+            self.actions.push(Action::Suspend { stage, suspend: want });
+        }
+    }
+
+    fn fail(&mut self, stage: Stage, reason: &'static str, message: String) {
+        let s = stage_status_mut(&mut self.st, stage);
+        let entry = s.get_or_insert_with(|| StageStatus { job_name: stage.job_name(self.batch.metadata.name.as_deref().unwrap_or_default()), ..Default::default() });
+        entry.state = StageState::Failed;
+        entry.completion_time.get_or_insert(Time(self.now));
+        entry.message = Some(message.clone());
+        self.stop = Some(Stop { reason, message, terminal: true });
+        self.st.phase = Some(Phase::Failed);
+        self.st.completion_time.get_or_insert(Time(self.now));
+        self.stop_leftover_pods();
+    }
+
+    /// A failed batch must not leave pods running.
+    fn stop_leftover_pods(&mut self) {
+        for stage in Stage::ALL {
+            if let Some(job) = self.obs.job(stage) {
+                let action = Action::Suspend { stage, suspend: true };
+                if job.owned && job.has_pods() && !job.suspended && job.outcome == JobOutcome::Running && !self.actions.contains(&action) {
+                    self.actions.push(action);
+                }
+            }
+        }
+    }
+
+    // ---- finished batches ------------------------------------------------------------------
+
+    fn finished_batch(&mut self, layout: ShardLayout) {
+        let _ = layout;
+        if self.st.phase == Some(Phase::Failed) {
+            self.stop_leftover_pods();
+        }
+        let Some(ttl) = self.batch.spec.ttl_seconds_after_finished else { return };
+        let any_job = Stage::ALL.iter().any(|s| self.obs.job(*s).is_some_and(|j| j.owned));
+        if !any_job {
+            return;
+        }
+        let done = self.st.completion_time.as_ref().map_or(self.now, |t| t.0);
+        let expiry = done.checked_add(SignedDuration::from_secs(ttl.max(0))).unwrap_or(done);
+        if self.now >= expiry {
+            self.actions.retain(|a| !matches!(a, Action::Suspend { .. }));
+            self.actions.push(Action::DeleteJobs);
+        } else {
+            self.wake_at(expiry);
+        }
+    }
+
+    fn settle_phase(&mut self) {
+        if self.st.phase == Some(Phase::Failed) {
+            return;
+        }
+        let all_done = stage_done(&self.st.workers)
+            && self.stage_done_or_skipped(Stage::Consolidation)
+            && self.stage_done_or_skipped(Stage::Export);
+        if all_done {
+            self.st.phase = Some(Phase::Succeeded);
+            let last = [&self.st.export, &self.st.consolidation, &self.st.workers]
+                .into_iter()
+                .flatten()
+                .find_map(|s| s.completion_time.clone());
+            self.st.completion_time = Some(last.unwrap_or(Time(self.now)));
+            return;
+        }
+        let in_flight = |s: &Option<StageStatus>| s.as_ref().is_some_and(|s| !s.state.is_finished());
+        let phase = if self.batch.spec.suspend {
+            Phase::Suspended
+        } else if in_flight(&self.st.export) {
+            Phase::Exporting
+        } else if in_flight(&self.st.consolidation) {
+            Phase::Consolidating
+        } else if self.st.workers.as_ref().is_some_and(|w| w.job_uid.is_some()) {
+            Phase::Running
+        } else {
+            Phase::Pending
+        };
+        // Phases never move backwards (a resumed batch returns to where it was).
+        let prev = self.prev.phase.filter(|p| *p != Phase::Suspended);
+        self.st.phase = Some(match prev {
+            Some(p) if phase != Phase::Suspended && p > phase => p,
+            _ => phase,
+        });
+    }
+
+    fn invalid_spec(mut self, message: String) -> Plan {
+        self.stop = Some(Stop { reason: "InvalidSpec", message, terminal: false });
+        if self.st.phase.is_none() {
+            self.st.phase = Some(Phase::Pending);
+        }
+        let layout = ShardLayout { target: self.batch.spec.target_count, per_shard: 1 };
+        self.finish(layout)
+    }
+
+    fn wake_at(&mut self, t: Timestamp) {
+        let wait = t.duration_since(self.now);
+        let wait = Duration::try_from(wait).unwrap_or_default() + Duration::from_millis(50);
+        self.requeue_in(wait);
+    }
+
+    fn requeue_in(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+
+    // ---- status and conditions -----------------------------------------------------------
+
+    fn finish(mut self, layout: ShardLayout) -> Plan {
+        let generation = self.batch.metadata.generation;
+        self.st.observed_generation = generation;
+        let wanted = self.conditions(layout);
+        self.st.conditions = merge_conditions(&self.prev.conditions, wanted, generation, self.now);
+        let events = transition_events(&self.prev, &self.st, self.stop.as_ref());
+        Plan { status: self.st, actions: self.actions, requeue_after: self.requeue, events }
+    }
+
+    fn conditions(&self, layout: ShardLayout) -> Vec<(&'static str, &'static str, String, String)> {
+        let st = &self.st;
+        let items = st.items.clone().unwrap_or_default();
+        let shards = st.shards.clone().unwrap_or_default();
+        let progress = format!("{}/{} items", items.succeeded, layout.target);
+        let phase = st.phase.unwrap_or(Phase::Pending);
+        // A stored terminal state keeps its reason across passes.
+        let stop = self.stop.clone().or_else(|| {
+            (phase == Phase::Failed).then(|| {
+                let prev = self.prev.conditions.iter().find(|c| c.type_ == CONDITION_STALLED);
+                Stop {
+                    reason: "Failed",
+                    message: prev.map(|c| c.message.clone()).unwrap_or_default(),
+                    terminal: true,
+                }
+            })
+        });
+        let stored_reason = self
+            .prev
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_STALLED && c.status == "True")
+            .map(|c| c.reason.clone());
+
+        let (ready, reconciling, stalled) = match (&stop, phase) {
+            (Some(s), _) => {
+                let reason = if self.stop.is_none() { stored_reason.unwrap_or_else(|| s.reason.to_string()) } else { s.reason.to_string() };
+                (
+                    ("False", reason.clone(), s.message.clone()),
+                    ("False", reason.clone(), s.message.clone()),
+                    ("True", reason, s.message.clone()),
+                )
+            }
+            (None, Phase::Succeeded) => {
+                let coverage = if items.succeeded == layout.target {
+                    format!("{progress} succeeded")
+                } else {
+                    format!(
+                        "{progress} succeeded ({:.1}% coverage)",
+                        f64::from(items.succeeded) * 100.0 / f64::from(layout.target.max(1))
+                    )
+                };
+                (
+                    ("True", "Succeeded".to_string(), coverage.clone()),
+                    ("False", "Succeeded".to_string(), coverage),
+                    ("False", "Succeeded".to_string(), String::new()),
+                )
+            }
+            (None, Phase::Suspended) => (
+                ("Unknown", "Suspended".to_string(), format!("suspended at {progress}")),
+                ("False", "Suspended".to_string(), format!("suspended at {progress}")),
+                ("False", "Suspended".to_string(), String::new()),
+            ),
+            (None, p) => {
+                let message = format!("{}: {progress}, {} shards active", p.as_str(), shards.active);
+                (
+                    ("Unknown", p.as_str().to_string(), message.clone()),
+                    ("True", p.as_str().to_string(), message),
+                    ("False", "Progressing".to_string(), String::new()),
+                )
+            }
+        };
+        let degraded = if shards.failed > 0 {
+            let list = st.failed_shards.clone().unwrap_or_default();
+            let list = if list.len() > 200 { format!("{}…", &list[..list.char_indices().nth(200).map_or(list.len(), |(i, _)| i)]) } else { list };
+            ("True", "ShardsFailed".to_string(), format!(
+                "{} of {} shards failed ({} of {} items): {list}",
+                shards.failed, shards.total, items.failed, layout.target
+            ))
+        } else {
+            ("False", "NoFailedShards".to_string(), String::new())
+        };
+        vec![
+            (CONDITION_READY, ready.0, ready.1, ready.2),
+            (CONDITION_RECONCILING, reconciling.0, reconciling.1, reconciling.2),
+            (CONDITION_STALLED, stalled.0, stalled.1, stalled.2),
+            (CONDITION_DEGRADED, degraded.0, degraded.1, degraded.2),
+        ]
+    }
+}
+
+fn stage_done(s: &Option<StageStatus>) -> bool {
+    s.as_ref().is_some_and(|s| s.state == StageState::Succeeded)
+}
+
+fn stage_status(st: &PredictionBatchStatus, stage: Stage) -> &Option<StageStatus> {
+    match stage {
+        Stage::Workers => &st.workers,
+        Stage::Consolidation => &st.consolidation,
+        Stage::Export => &st.export,
+    }
+}
+
+fn stage_status_mut(st: &mut PredictionBatchStatus, stage: Stage) -> &mut Option<StageStatus> {
+    match stage {
+        Stage::Workers => &mut st.workers,
+        Stage::Consolidation => &mut st.consolidation,
+        Stage::Export => &mut st.export,
+    }
+}
+
+/// Conditions in a fixed order; `lastTransitionTime` moves only when a condition's status does,
+/// so an unchanged batch produces a byte-identical status. Conditions we don't own (e.g. the
+/// mirror's `MirrorSynced`) are kept as they are.
+fn merge_conditions(
+    prev: &[Condition],
+    wanted: Vec<(&'static str, &'static str, String, String)>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let mut out: Vec<Condition> = wanted
+        .into_iter()
+        .map(|(type_, status, reason, message)| {
+            let old = prev.iter().find(|c| c.type_ == type_);
+            let last_transition_time = match old {
+                Some(c) if c.status == status => c.last_transition_time.clone(),
+                _ => Time(now),
+            };
+            Condition {
+                type_: type_.to_string(),
+                status: status.to_string(),
+                reason,
+                message,
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect();
+    let ours = [CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, CONDITION_DEGRADED];
+    out.extend(prev.iter().filter(|c| !ours.contains(&c.type_.as_str())).cloned());
+    out
+}
+
+fn transition_events(prev: &PredictionBatchStatus, next: &PredictionBatchStatus, stop: Option<&Stop>) -> Vec<EventNote> {
+    let mut events = Vec::new();
+    let mut note = |warning, reason, note: String| events.push(EventNote { warning, reason, note });
+    for (stage, before, after) in [
+        (Stage::Workers, &prev.workers, &next.workers),
+        (Stage::Consolidation, &prev.consolidation, &next.consolidation),
+        (Stage::Export, &prev.export, &next.export),
+    ] {
+        let Some(after) = after else { continue };
+        let before_state = before.as_ref().map(|b| (b.state, b.job_uid.is_some()));
+        let label = stage.label();
+        if after.job_uid.is_some() && before_state.is_none_or(|(_, had_uid)| !had_uid) {
+            note(false, "StageStarted", format!("{label} Job {} started", after.job_name));
+        }
+        if before_state.map(|b| b.0) != Some(after.state) {
+            match after.state {
+                StageState::Stopping => note(false, "StoppingStragglers", format!(
+                    "{label}: {}; stopping the remaining shards", after.message.clone().unwrap_or_default()
+                )),
+                StageState::Succeeded => note(false, "StageSucceeded", format!("{label} succeeded")),
+                StageState::Failed => note(true, "StageFailed", format!("{label} failed: {}", after.message.clone().unwrap_or_default())),
+                _ => {}
+            }
+        }
+    }
+    if prev.phase != next.phase {
+        match next.phase {
+            Some(Phase::Succeeded) => note(false, "BatchSucceeded", format!("batch succeeded: {}", next.progress.clone().unwrap_or_default())),
+            Some(Phase::Failed) => note(true, "BatchFailed", stop.map(|s| s.message.clone()).unwrap_or_default()),
+            _ => {}
+        }
+    }
+    if let Some(s) = stop.filter(|s| !s.terminal) {
+        let was = prev.conditions.iter().any(|c| c.type_ == CONDITION_STALLED && c.status == "True" && c.reason == s.reason);
+        if !was {
+            note(true, s.reason, s.message.clone());
+        }
+    }
+    events
+}

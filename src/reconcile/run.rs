@@ -1,0 +1,301 @@
+//! One reconcile pass: observe (cache reads) → plan (pure) → write status → act, repeated until
+//! the plan has nothing left to do. Status is always written before the actions it enables, so
+//! a stage's outcome is on record before the next stage's Job is created.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action as ControllerAction;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::jobs;
+use super::observed::{JobView, Observed};
+use super::plan::{Action, Plan, plan};
+use super::stage::Stage;
+use crate::api::{PredictionBatch, PredictionBatchStatus, StageState};
+use crate::context::Context;
+use crate::error::{Error, status_code};
+use crate::labels::FIELD_MANAGER;
+
+/// Progress-only status changes (counts, not stage transitions) are written at most this often per batch.
+const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// Bound on plan/act rounds in one pass (a full pipeline needs about six).
+const MAX_ROUNDS: usize = 12;
+
+pub async fn reconcile(batch: Arc<PredictionBatch>, ctx: Arc<Context>) -> Result<ControllerAction, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&batch, &ctx).await;
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    let key = ObjectRef::from_obj(batch.as_ref());
+    match &result {
+        Ok(_) => {
+            ctx.metrics.reconciles.get_or_create(&crate::metrics::ResultLabel { result: "ok" }).inc();
+            ctx.failures.lock().expect("poisoned").remove(&key);
+        }
+        Err(e) => {
+            ctx.metrics.reconciles.get_or_create(&crate::metrics::ResultLabel { result: "error" }).inc();
+            ctx.metrics.errors.get_or_create(&crate::metrics::KindLabel { kind: e.kind() }).inc();
+        }
+    }
+    result
+}
+
+async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<ControllerAction, Error> {
+    if batch.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the Jobs and pods.
+        return Ok(ControllerAction::await_change());
+    }
+    let ns = batch.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let uid = batch.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = ObjectRef::from_obj(batch);
+
+    let mut current = batch.clone();
+    // What this pass learned from its own writes, newer than the cache.
+    let mut overlay: HashMap<Stage, Option<JobView>> = HashMap::new();
+    let mut rejected: Vec<(Stage, String)> = Vec::new();
+
+    for _round in 0..MAX_ROUNDS {
+        let observed = observe(ctx, &jobs_api, &current, &uid, &overlay, &rejected).await?;
+        let plan = plan(&current, &observed);
+
+        if current.status.as_ref() != Some(&plan.status) {
+            if plan.actions.is_empty() && progress_only(current.status.as_ref(), &plan.status) {
+                let last = ctx.last_write.lock().expect("poisoned").get(&key).copied();
+                if let Some(wait) = last.and_then(|t| PROGRESS_WRITE_INTERVAL.checked_sub(t.elapsed())) {
+                    debug!(?wait, "coalescing a progress-only status change");
+                    return Ok(ControllerAction::requeue(wait));
+                }
+            }
+            current = write_status(ctx, &current, &plan).await?;
+            ctx.last_write.lock().expect("poisoned").insert(key.clone(), Instant::now());
+            publish_events(ctx, &current, &plan).await;
+            ctx.mirror.notify(&current);
+        }
+
+        if plan.actions.is_empty() {
+            return Ok(match plan.requeue_after {
+                Some(d) => ControllerAction::requeue(d),
+                None => ControllerAction::await_change(),
+            });
+        }
+        for action in &plan.actions {
+            act(&jobs_api, &current, &uid, action, &mut overlay, &mut rejected).await?;
+        }
+    }
+    warn!("plan did not settle within {MAX_ROUNDS} rounds; looking again shortly");
+    Ok(ControllerAction::requeue(Duration::from_secs(1)))
+}
+
+/// Reads the batch's Jobs from the cache (or this pass's own writes). A Job that status says
+/// exists but the cache lacks is confirmed with a direct read before anyone concludes it was
+/// deleted: the cache may simply not have caught up with a Job we just created.
+async fn observe(
+    ctx: &Context,
+    api: &Api<Job>,
+    batch: &PredictionBatch,
+    uid: &str,
+    overlay: &HashMap<Stage, Option<JobView>>,
+    rejected: &[(Stage, String)],
+) -> Result<Observed, Error> {
+    let ns = batch.namespace().unwrap_or_default();
+    let name = batch.name_any();
+    let status = batch.status.clone().unwrap_or_default();
+    let mut observed = Observed::new(Timestamp::now());
+    observed.rejected = rejected.to_vec();
+    for stage in Stage::ALL {
+        let job_name = stage.job_name(&name);
+        let view = match overlay.get(&stage) {
+            Some(v) => v.clone(),
+            None => {
+                let cached = ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)).map(|j| JobView::from_job(&j, uid));
+                let recorded = stage_status(&status, stage)
+                    .filter(|s| !s.state.is_finished())
+                    .and_then(|s| s.job_uid.clone());
+                match (cached, recorded) {
+                    (Some(v), Some(r)) if v.uid == r => Some(v),
+                    (_, Some(_)) => {
+                        let job = api.get_opt(&job_name).await.map_err(|e| Error::kube(format!("get Job {job_name}"), e))?;
+                        job.map(|j| JobView::from_job(&j, uid))
+                    }
+                    (cached, None) => cached,
+                }
+            }
+        };
+        observed.set_job(stage, view);
+    }
+    Ok(observed)
+}
+
+fn stage_status(status: &PredictionBatchStatus, stage: Stage) -> Option<&crate::api::StageStatus> {
+    match stage {
+        Stage::Workers => status.workers.as_ref(),
+        Stage::Consolidation => status.consolidation.as_ref(),
+        Stage::Export => status.export.as_ref(),
+    }
+}
+
+/// True when only counts and messages moved: no phase, stage or condition-status change.
+fn progress_only(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) -> bool {
+    let Some(prev) = prev else { return false };
+    let shape = |s: &PredictionBatchStatus| {
+        let stages: Vec<_> = [&s.workers, &s.consolidation, &s.export]
+            .iter()
+            .map(|st| st.as_ref().map(|st| (st.state, st.job_uid.clone())))
+            .collect();
+        let conditions: Vec<_> = s.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect();
+        (s.phase, stages, s.quorum_time.clone(), s.observed_generation, conditions)
+    };
+    shape(prev) == shape(next)
+}
+
+/// Server-side apply of the whole status, conditional on the resourceVersion we planned from:
+/// a stale view (another replica, a lagging cache) gets 409 and is retried, never written over
+/// newer state.
+async fn write_status(ctx: &Context, batch: &PredictionBatch, plan: &Plan) -> Result<PredictionBatch, Error> {
+    let api: Api<PredictionBatch> = Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
+    let mut status = serde_json::to_value(&plan.status).expect("status serializes");
+    // Conditions owned by other writers (the mirror's MirrorSynced) are theirs to apply.
+    if let Some(conds) = status.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+        conds.retain(|c| c["type"] != crate::mirror::CONDITION_MIRROR_SYNCED);
+    }
+    let patch = json!({
+        "apiVersion": PredictionBatch::api_version(&()),
+        "kind": PredictionBatch::kind(&()),
+        "metadata": { "name": batch.name_any(), "resourceVersion": batch.resource_version() },
+        "status": status,
+    });
+    let written = api
+        .patch_status(&batch.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|e| Error::kube("write status", e))?;
+    ctx.metrics.status_writes.inc();
+    let phase = plan.status.phase.map(|p| p.as_str()).unwrap_or("-");
+    info!(phase, progress = plan.status.progress.as_deref().unwrap_or("-"), "status written");
+    observe_stage_durations(ctx, batch.status.as_ref(), &plan.status);
+    Ok(written)
+}
+
+fn observe_stage_durations(ctx: &Context, prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) {
+    for stage in Stage::ALL {
+        let before = prev.and_then(|p| stage_status(p, stage)).map(|s| s.state);
+        let Some(after) = stage_status(next, stage) else { continue };
+        if after.state == StageState::Succeeded && before != Some(StageState::Succeeded) {
+            if let (Some(a), Some(b)) = (&after.start_time, &after.completion_time) {
+                let secs = b.0.duration_since(a.0).as_secs_f64().max(0.0);
+                ctx.metrics
+                    .stage_duration
+                    .get_or_create(&crate::metrics::StageLabel { stage: stage.label() })
+                    .observe(secs);
+            }
+        }
+    }
+}
+
+async fn publish_events(ctx: &Context, batch: &PredictionBatch, plan: &Plan) {
+    let reference = batch.object_ref(&());
+    for e in &plan.events {
+        let event = Event {
+            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            reason: e.reason.to_string(),
+            note: Some(e.note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if e.warning {
+            warn!(reason = e.reason, "{}", e.note);
+        } else {
+            info!(reason = e.reason, "{}", e.note);
+        }
+        // Events are best effort: losing one must not fail or repeat the reconcile.
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            debug!(%err, "could not publish event");
+        }
+    }
+}
+
+async fn act(
+    api: &Api<Job>,
+    batch: &PredictionBatch,
+    uid: &str,
+    action: &Action,
+    overlay: &mut HashMap<Stage, Option<JobView>>,
+    rejected: &mut Vec<(Stage, String)>,
+) -> Result<(), Error> {
+    let name = batch.name_any();
+    match *action {
+        Action::Create(stage) => {
+            let Some(job) = jobs::build(batch, stage) else { return Ok(()) };
+            let job_name = stage.job_name(&name);
+            let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            match api.create(&pp, &job).await {
+                Ok(created) => {
+                    info!(job = job_name, stage = stage.label(), "created Job");
+                    overlay.insert(stage, Some(JobView::from_job(&created, uid)));
+                }
+                Err(e) if status_code(&e) == Some(409) => {
+                    // Deterministic names make a repeated create a no-op; whose Job it is decides.
+                    let existing = api.get_opt(&job_name).await.map_err(|e| Error::kube(format!("get Job {job_name}"), e))?;
+                    overlay.insert(stage, existing.map(|j| JobView::from_job(&j, uid)));
+                }
+                Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                    warn!(job = job_name, message = %s.message, "the apiserver rejected the Job");
+                    rejected.push((stage, s.message.clone()));
+                }
+                Err(e) => return Err(Error::kube(format!("create Job {job_name}"), e)),
+            }
+        }
+        Action::Suspend { stage, suspend } => {
+            let job_name = stage.job_name(&name);
+            let patch = json!({ "spec": { "suspend": suspend } });
+            patch_job(api, uid, stage, &job_name, patch, overlay).await?;
+            info!(job = job_name, suspend, "set Job suspension");
+        }
+        Action::Parallelism(n) => {
+            let job_name = Stage::Workers.job_name(&name);
+            patch_job(api, uid, Stage::Workers, &job_name, json!({ "spec": { "parallelism": n } }), overlay).await?;
+        }
+        Action::DeleteJobs => {
+            let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+            for stage in Stage::ALL {
+                let job_name = stage.job_name(&name);
+                match api.delete(&job_name, &dp).await {
+                    Ok(_) => info!(job = job_name, "deleted Job (ttlSecondsAfterFinished)"),
+                    Err(e) if status_code(&e) == Some(404) => {}
+                    Err(e) => return Err(Error::kube(format!("delete Job {job_name}"), e)),
+                }
+                overlay.insert(stage, None);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn patch_job(
+    api: &Api<Job>,
+    uid: &str,
+    stage: Stage,
+    job_name: &str,
+    patch: serde_json::Value,
+    overlay: &mut HashMap<Stage, Option<JobView>>,
+) -> Result<(), Error> {
+    match api.patch(job_name, &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&patch)).await {
+        Ok(job) => {
+            overlay.insert(stage, Some(JobView::from_job(&job, uid)));
+            Ok(())
+        }
+        Err(e) if status_code(&e) == Some(404) => {
+            overlay.insert(stage, None);
+            Ok(())
+        }
+        Err(e) => Err(Error::kube(format!("patch Job {job_name}"), e)),
+    }
+}

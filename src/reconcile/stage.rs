@@ -1,0 +1,106 @@
+//! The three stages of a batch and the deterministic names of their Jobs.
+
+use sha2::{Digest, Sha256};
+
+/// A stage of the pipeline; each runs as exactly one Job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    Workers,
+    Consolidation,
+    Export,
+}
+
+/// Longest Job name we create. Indexed Job pods are named `<job>-<index>-<5 random>` and get the
+/// hostname `<job>-<index>` (a 63-character DNS label), so leave room for up to 5 index digits.
+pub const MAX_JOB_NAME: usize = 52;
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Workers, Stage::Consolidation, Stage::Export];
+
+    /// Value of the `predictions.dev/stage` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Workers => "workers",
+            Stage::Consolidation => "consolidation",
+            Stage::Export => "export",
+        }
+    }
+
+    pub fn from_label(value: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.label() == value)
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Stage::Workers => "workers",
+            Stage::Consolidation => "consolidate",
+            Stage::Export => "export",
+        }
+    }
+
+    /// `<batch>-workers`, `<batch>-consolidate`, `<batch>-export`; a batch name too long for that
+    /// is cut and given a hash of the full name, so names stay unique and stable.
+    pub fn job_name(self, batch: &str) -> String {
+        let suffix = self.suffix();
+        let plain = format!("{batch}-{suffix}");
+        if plain.len() <= MAX_JOB_NAME {
+            return plain;
+        }
+        let hash = short_hash(batch);
+        let keep = MAX_JOB_NAME - suffix.len() - hash.len() - 2;
+        let prefix: String = batch.chars().take(keep).collect();
+        let prefix = prefix.trim_end_matches(['-', '.']);
+        format!("{prefix}-{hash}-{suffix}")
+    }
+}
+
+/// Value of the `predictions.dev/batch` label: the batch name, or a cut name with a hash when the
+/// name is not a valid label value (over 63 characters).
+pub fn batch_label_value(batch: &str) -> String {
+    if batch.len() <= 63 {
+        return batch.to_string();
+    }
+    let hash = short_hash(batch);
+    let prefix: String = batch.chars().take(63 - hash.len() - 1).collect();
+    format!("{}-{hash}", prefix.trim_end_matches(['-', '.']))
+}
+
+fn short_hash(s: &str) -> String {
+    let digest = Sha256::digest(s.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn plain_names() {
+        assert_eq!(Stage::Workers.job_name("nba-2026-01-02"), "nba-2026-01-02-workers");
+        assert_eq!(Stage::Consolidation.job_name("b"), "b-consolidate");
+        assert_eq!(Stage::Export.job_name("b"), "b-export");
+    }
+
+    proptest! {
+        #[test]
+        fn long_names_are_short_unique_and_stable(name in "[a-z][a-z0-9-]{0,200}[a-z0-9]") {
+            for stage in Stage::ALL {
+                let job = stage.job_name(&name);
+                prop_assert!(job.len() <= MAX_JOB_NAME, "{}", job);
+                prop_assert_eq!(&job, &stage.job_name(&name));
+                prop_assert!(job.ends_with(stage.suffix()));
+                prop_assert!(!job.starts_with('-'));
+                prop_assert!(!job.contains("--") || name.contains("--"));
+            }
+            let label = batch_label_value(&name);
+            prop_assert!(label.len() <= 63);
+        }
+
+        #[test]
+        fn different_long_names_get_different_job_names(a in "[a-z]{60,80}", b in "[a-z]{60,80}") {
+            prop_assume!(a != b);
+            prop_assert_ne!(Stage::Workers.job_name(&a), Stage::Workers.job_name(&b));
+        }
+    }
+}
