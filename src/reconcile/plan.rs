@@ -641,16 +641,23 @@ fn transition_events(prev: &PredictionBatchStatus, next: &PredictionBatchStatus,
         let Some(after) = after else { continue };
         let before_state = before.as_ref().map(|b| (b.state, b.job_uid.is_some()));
         let label = stage.label();
+        // Reasons name the stage: the event recorder folds events with the same reason together.
+        let (started, succeeded, failed) = match stage {
+            Stage::Workers => ("WorkersStarted", "WorkersSucceeded", "WorkersFailed"),
+            Stage::Consolidation => ("ConsolidationStarted", "ConsolidationSucceeded", "ConsolidationFailed"),
+            Stage::Export => ("ExportStarted", "ExportSucceeded", "ExportFailed"),
+        };
         if after.job_uid.is_some() && before_state.is_none_or(|(_, had_uid)| !had_uid) {
-            note(false, "StageStarted", format!("{label} Job {} started", after.job_name));
+            note(false, started, format!("{label} Job {} started", after.job_name));
         }
         if before_state.map(|b| b.0) != Some(after.state) {
+            let message = after.message.clone().unwrap_or_default();
             match after.state {
-                StageState::Stopping => note(false, "StoppingStragglers", format!(
-                    "{label}: {}; stopping the remaining shards", after.message.clone().unwrap_or_default()
-                )),
-                StageState::Succeeded => note(false, "StageSucceeded", format!("{label} succeeded")),
-                StageState::Failed => note(true, "StageFailed", format!("{label} failed: {}", after.message.clone().unwrap_or_default())),
+                StageState::Stopping => {
+                    note(false, "StoppingStragglers", format!("{label}: {message}; stopping the remaining shards"))
+                }
+                StageState::Succeeded => note(false, succeeded, format!("{label} succeeded")),
+                StageState::Failed => note(true, failed, format!("{label} failed: {message}")),
                 _ => {}
             }
         }
