@@ -351,3 +351,36 @@ fn audit_log_records_the_controller_identity() {
         || format!("audit log: {}", c.audit_log.display()),
     );
 }
+
+#[test]
+fn rbac_is_enforced_for_identities_outside_system_masters() {
+    let c = cluster();
+    let ns = TestNamespace::new("rbac");
+    let rbac = c.controller_rbac_kubeconfig.to_str().unwrap();
+    let out = kubectl_output(&["--kubeconfig", rbac, "get", "jobs", "-n", ns.name()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Forbidden"),
+        "pbc-controller-rbac must be refused without a binding: {stderr}"
+    );
+    kubectl(&[
+        "create",
+        "rolebinding",
+        "jobs-view",
+        "-n",
+        ns.name(),
+        "--clusterrole=view",
+        "--user=pbc-controller-rbac",
+    ]);
+    support::wait_until(
+        "the RoleBinding to take effect",
+        Duration::from_secs(10),
+        || {
+            kubectl_output(&["--kubeconfig", rbac, "get", "jobs", "-n", ns.name()])
+                .status
+                .success()
+                .then_some(())
+        },
+        String::new,
+    );
+}

@@ -48,6 +48,9 @@ pub struct Cluster {
     /// Kubeconfig of user `pbc-controller` (system:masters): the controller's identity, told apart
     /// in the audit log.
     pub controller_kubeconfig: PathBuf,
+    /// Kubeconfig of user `pbc-controller-rbac`, in no group: it may do only what RBAC grants it
+    /// (bind the chart's ClusterRole to this user to test the chart's permissions).
+    pub controller_rbac_kubeconfig: PathBuf,
     /// The kubectl built with the cluster (v1.35.4), not whatever is on PATH.
     pub kubectl: PathBuf,
     pub logs: PathBuf,
@@ -76,6 +79,7 @@ pub fn cluster() -> &'static Cluster {
         let c = Cluster {
             kubeconfig: dir.join("kubeconfig"),
             controller_kubeconfig: dir.join("controller.kubeconfig"),
+            controller_rbac_kubeconfig: dir.join("controller-rbac.kubeconfig"),
             kubectl: dir.join("bin/kubectl"),
             logs: dir.join("logs"),
             audit_log: dir.join("logs/audit.log"),
