@@ -209,21 +209,18 @@ async fn run_controller(
 fn error_policy(batch: Arc<PredictionBatch>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjectRef::from_obj(batch.as_ref());
     let name = format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any());
-    match error.retry() {
-        Retry::Soon => {
-            info!(batch = name, %error, "stale view; looking again shortly");
-            Action::requeue(Duration::from_millis(200))
-        }
-        Retry::Backoff => {
-            let n = {
-                let mut failures = ctx.failures.lock().expect("poisoned");
-                let n = failures.entry(key).or_insert(0);
-                *n += 1;
-                *n
-            };
-            let wait = backoff(n - 1);
-            warn!(batch = name, %error, attempt = n, backoff_ms = wait.as_millis() as u64, "reconcile failed; backing off");
-            Action::requeue(wait)
-        }
-    }
+    // Consecutive failures of this batch; reset by the next successful reconcile.
+    let attempt = {
+        let mut failures = ctx.failures.lock().expect("poisoned");
+        let n = failures.entry(key).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let wait = match error.retry() {
+        // A stale view (409): look again soon, growing only if it keeps happening.
+        Retry::Soon => (backoff(attempt - 1) / 5).max(Duration::from_millis(50)),
+        Retry::Backoff => backoff(attempt - 1),
+    };
+    warn!(batch = name, %error, attempt, backoff_ms = wait.as_millis() as u64, "reconcile failed; backing off");
+    Action::requeue(wait)
 }

@@ -61,10 +61,10 @@ pub fn status_code(e: &kube::Error) -> Option<u16> {
     }
 }
 
-/// Exponential backoff for the n-th consecutive failure of one object: 250 ms doubling, at most 2 minutes.
+/// Exponential backoff for the n-th consecutive failure of one object: 250 ms doubling, at most 1 minute.
 pub fn backoff(failures: u32) -> Duration {
     let ms = 250u64.saturating_mul(1u64 << failures.min(16));
-    Duration::from_millis(ms.min(120_000))
+    Duration::from_millis(ms.min(60_000))
 }
 
 #[cfg(test)]
@@ -76,6 +76,6 @@ mod tests {
         assert_eq!(backoff(0), Duration::from_millis(250));
         assert_eq!(backoff(1), Duration::from_millis(500));
         assert_eq!(backoff(4), Duration::from_secs(4));
-        assert_eq!(backoff(40), Duration::from_secs(120));
+        assert_eq!(backoff(40), Duration::from_secs(60));
     }
 }

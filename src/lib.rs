@@ -5,6 +5,7 @@ pub mod api;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod faults;
 pub mod http;
 pub mod labels;
 pub mod metrics;

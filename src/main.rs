@@ -55,6 +55,9 @@ struct RunArgs {
     /// Batches reconciled at once (0 = unbounded).
     #[arg(long, default_value_t = 0)]
     concurrency: u16,
+    /// Test only: fail this share (0..1) of API requests with 409/429/500/timeouts.
+    #[arg(long, hide = true, default_value_t = 0.0)]
+    inject_api_faults: f64,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -88,7 +91,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     init_tracing(&args.log_format);
 
-    let client = kube::Client::try_default().await?;
+    let client = build_client(args.inject_api_faults).await?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         format!("{host}-{}", std::process::id())
@@ -125,6 +128,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+async fn build_client(fault_rate: f64) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer().await?;
+    if fault_rate <= 0.0 {
+        return Ok(kube::Client::try_from(config)?);
+    }
+    tracing::warn!(fault_rate, "injecting API faults (test only)");
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+    let layer = prediction_batch_controller::faults::FaultLayer::new(fault_rate, seed);
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build())
 }
 
 async fn shutdown_signal() {

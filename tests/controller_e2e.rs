@@ -9,73 +9,9 @@ mod controller;
 
 use std::time::{Duration, Instant};
 
-use controller::{Controller, JobWatch, batch_json, condition, ensure_crd};
-use serde_json::{Value, json};
+use controller::{Controller, JobWatch, apply, batch, batch_json, condition, ensure_crd, phase, wait_batch};
+use serde_json::json;
 use support::{TestNamespace, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
-
-/// A batch like examples/batch.yaml (120 items, 4 per shard = 30 shards, all three stages),
-/// with `patch` merged into its spec and `worker_meta` merged into the worker template metadata.
-fn batch(name: &str, spec_patch: Value, worker_meta: Value) -> Value {
-    let mut b = json!({
-        "apiVersion": "predictions.dev/v1alpha1",
-        "kind": "PredictionBatch",
-        "metadata": { "name": name },
-        "spec": {
-            "gameDate": "2026-01-02",
-            "targetCount": 120,
-            "itemsPerShard": 4,
-            "parallelism": 10,
-            "worker": {
-                "backoffLimitPerShard": 0,
-                "template": {
-                    "metadata": { "labels": { "app": "prediction-worker" } },
-                    "spec": { "containers": [{ "name": "worker", "image": "example.com/worker:1" }] }
-                }
-            },
-            "consolidation": { "template": { "spec": { "containers": [{ "name": "c", "image": "example.com/consolidate:1" }] } } },
-            "export": { "template": { "spec": { "containers": [{ "name": "e", "image": "example.com/export:1" }] } } }
-        }
-    });
-    merge(&mut b["spec"], &spec_patch);
-    merge(&mut b["spec"]["worker"]["template"]["metadata"], &worker_meta);
-    b
-}
-
-fn merge(into: &mut Value, patch: &Value) {
-    match (into, patch) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v.clone(),
-    }
-}
-
-fn apply(ns: &str, obj: &Value) {
-    kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &obj.to_string());
-}
-
-fn phase(b: &Value) -> &str {
-    b["status"]["phase"].as_str().unwrap_or("")
-}
-
-/// Waits until the batch satisfies `pred`, printing the batch, its Jobs and the controller log on timeout.
-fn wait_batch(ns: &str, name: &str, ctl: &Controller, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    wait_until(
-        &format!("batch {ns}/{name}: {what}"),
-        timeout,
-        || batch_json(ns, name).filter(|b| pred(b)),
-        || {
-            format!(
-                "{}\n{}\n{}",
-                kubectl_output(&["get", "pb", name, "-n", ns, "-o", "yaml"]).stdout.iter().map(|&b| b as char).collect::<String>(),
-                String::from_utf8_lossy(&kubectl_output(&["get", "jobs,pods", "-n", ns, "-o", "wide"]).stdout),
-                ctl.log_tail()
-            )
-        },
-    )
-}
 
 fn get_pb_row(ns: &str, name: &str) -> String {
     kubectl(&["get", "pb", name, "-n", ns, "--no-headers"])

@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::support::{cluster, kubectl, kubectl_output, wait_until};
+use serde_json::{Value, json};
+
+use super::support::{cluster, kubectl, kubectl_output, kubectl_stdin, wait_until};
 
 /// Applies the checked-in CRD once per test binary and waits until it is Established.
 pub fn ensure_crd() {
@@ -208,3 +210,265 @@ impl Drop for JobWatch {
         self.task.abort();
     }
 }
+
+/// Every status version of every PredictionBatch in a namespace, as a watch of our own saw them,
+/// checked on arrival for anything that moved backwards.
+#[derive(Default, Debug, Clone)]
+pub struct StatusRecord {
+    /// Status versions seen per batch.
+    pub versions: std::collections::BTreeMap<String, usize>,
+    /// Human-readable descriptions of regressions.
+    pub regressions: Vec<String>,
+    /// How many times the watch (re)listed: more than one means it expired and recovered.
+    pub inits: usize,
+    last: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+fn phase_rank(p: &str) -> Option<u8> {
+    Some(match p {
+        "Pending" => 0,
+        "Running" => 1,
+        "Consolidating" => 2,
+        "Exporting" => 3,
+        "Succeeded" | "Failed" => 4,
+        _ => return None,
+    })
+}
+
+fn stage_rank(s: &str) -> u8 {
+    match s {
+        "Pending" => 0,
+        "Running" => 1,
+        "Stopping" => 2,
+        "Succeeded" | "Failed" => 3,
+        _ => 0,
+    }
+}
+
+impl StatusRecord {
+    fn observe(&mut self, name: &str, status: &serde_json::Value) {
+        if status.is_null() {
+            return;
+        }
+        *self.versions.entry(name.to_string()).or_default() += 1;
+        if let Some(prev) = self.last.get(name) {
+            let mut bad = |what: String| self.regressions.push(format!("{name}: {what}"));
+            let (pp, np) = (prev["phase"].as_str().unwrap_or(""), status["phase"].as_str().unwrap_or(""));
+            if let (Some(a), Some(b)) = (phase_rank(pp), phase_rank(np)) {
+                if b < a || (a == 4 && pp != np) {
+                    bad(format!("phase {pp} -> {np}"));
+                }
+            }
+            for path in [["shards", "succeeded"], ["items", "succeeded"]] {
+                let (a, b) = (prev[path[0]][path[1]].as_u64(), status[path[0]][path[1]].as_u64());
+                if let (Some(a), Some(b)) = (a, b) {
+                    if b < a {
+                        bad(format!("{}.{} {a} -> {b}", path[0], path[1]));
+                    }
+                }
+            }
+            for stage in ["workers", "consolidation", "export"] {
+                let (a, b) = (&prev[stage], &status[stage]);
+                if a.is_object() && !b.is_object() {
+                    bad(format!("{stage} status disappeared"));
+                    continue;
+                }
+                let (ra, rb) = (stage_rank(a["state"].as_str().unwrap_or("")), stage_rank(b["state"].as_str().unwrap_or("")));
+                if a.is_object() && rb < ra {
+                    bad(format!("{stage}.state {} -> {}", a["state"], b["state"]));
+                }
+                if a["jobUid"].is_string() && a["jobUid"] != b["jobUid"] {
+                    bad(format!("{stage}.jobUid {} -> {}", a["jobUid"], b["jobUid"]));
+                }
+            }
+        }
+        self.last.insert(name.to_string(), status.clone());
+    }
+
+    pub fn last(&self, name: &str) -> Option<&serde_json::Value> {
+        self.last.get(name)
+    }
+}
+
+/// Watches the PredictionBatches of `ns` until dropped, recording and checking every status.
+pub struct StatusWatch {
+    pub record: std::sync::Arc<std::sync::Mutex<StatusRecord>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StatusWatch {
+    pub async fn start(ns: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let client = super::support::client().await;
+        let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+            client,
+            ns,
+            &kube::api::ApiResource {
+                group: "predictions.dev".into(),
+                version: "v1alpha1".into(),
+                api_version: "predictions.dev/v1alpha1".into(),
+                kind: "PredictionBatch".into(),
+                plural: "predictionbatches".into(),
+            },
+        );
+        let record = std::sync::Arc::new(std::sync::Mutex::new(StatusRecord::default()));
+        let r = record.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+            while let Some(ev) = stream.next().await {
+                let mut rec = r.lock().unwrap();
+                match ev {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        let name = o.metadata.name.clone().unwrap_or_default();
+                        rec.observe(&name, &o.data["status"]);
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        rec.inits += 1;
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        StatusWatch { record, task }
+    }
+
+    pub fn snapshot(&self) -> StatusRecord {
+        self.record.lock().unwrap().clone()
+    }
+}
+
+impl Drop for StatusWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Batch name → stage → Job UIDs, from a [`JobRecord`]-like watch keyed by the batch label.
+pub type UidsByBatch = std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>>;
+
+/// Like [`JobWatch`], but keyed by (batch, stage) for many batches in one namespace.
+pub struct MultiJobWatch {
+    pub uids: std::sync::Arc<std::sync::Mutex<UidsByBatch>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MultiJobWatch {
+    pub async fn start(ns: &str) -> Self {
+        use futures::StreamExt;
+        use k8s_openapi::api::batch::v1::Job;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let client = super::support::client().await;
+        let api: kube::Api<Job> = kube::Api::namespaced(client, ns);
+        let uids = std::sync::Arc::new(std::sync::Mutex::new(UidsByBatch::new()));
+        let u = uids.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
+                        let labels = j.metadata.labels.clone().unwrap_or_default();
+                        let batch = labels.get("predictions.dev/batch").cloned().unwrap_or_default();
+                        let stage = labels.get("predictions.dev/stage").cloned().unwrap_or_default();
+                        u.lock().unwrap().entry((batch, stage)).or_default().insert(j.metadata.uid.unwrap_or_default());
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        MultiJobWatch { uids, task }
+    }
+
+    pub fn count(&self, batch: &str, stage: &str) -> usize {
+        self.uids.lock().unwrap().get(&(batch.to_string(), stage.to_string())).map_or(0, |s| s.len())
+    }
+
+    pub fn max_per_stage(&self) -> usize {
+        self.uids.lock().unwrap().values().map(|s| s.len()).max().unwrap_or(0)
+    }
+}
+
+impl Drop for MultiJobWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A batch like examples/batch.yaml (120 items, 4 per shard = 30 shards, all three stages),
+/// with `patch` merged into its spec and `worker_meta` merged into the worker template metadata.
+pub fn batch(name: &str, spec_patch: Value, worker_meta: Value) -> Value {
+    let mut b = json!({
+        "apiVersion": "predictions.dev/v1alpha1",
+        "kind": "PredictionBatch",
+        "metadata": { "name": name },
+        "spec": {
+            "gameDate": "2026-01-02",
+            "targetCount": 120,
+            "itemsPerShard": 4,
+            "parallelism": 10,
+            "worker": {
+                "backoffLimitPerShard": 0,
+                "template": {
+                    "metadata": { "labels": { "app": "prediction-worker" } },
+                    "spec": { "containers": [{ "name": "worker", "image": "example.com/worker:1" }] }
+                }
+            },
+            "consolidation": { "template": { "spec": { "containers": [{ "name": "c", "image": "example.com/consolidate:1" }] } } },
+            "export": { "template": { "spec": { "containers": [{ "name": "e", "image": "example.com/export:1" }] } } }
+        }
+    });
+    merge(&mut b["spec"], &spec_patch);
+    merge(&mut b["spec"]["worker"]["template"]["metadata"], &worker_meta);
+    b
+}
+
+pub fn merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v.clone(),
+    }
+}
+
+pub fn apply(ns: &str, obj: &Value) {
+    kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &obj.to_string());
+}
+
+pub fn phase(b: &Value) -> &str {
+    b["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// Waits until the batch satisfies `pred`, printing the batch, its Jobs and the controller log on timeout.
+pub fn wait_batch(ns: &str, name: &str, ctl: &Controller, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    wait_until(
+        &format!("batch {ns}/{name}: {what}"),
+        timeout,
+        || batch_json(ns, name).filter(|b| pred(b)),
+        || {
+            format!(
+                "{}\n{}\n{}",
+                kubectl_output(&["get", "pb", name, "-n", ns, "-o", "yaml"]).stdout.iter().map(|&b| b as char).collect::<String>(),
+                String::from_utf8_lossy(&kubectl_output(&["get", "jobs,pods", "-n", ns, "-o", "wide"]).stdout),
+                ctl.log_tail()
+            )
+        },
+    )
+}
+
