@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use prediction_batch_controller::controller::{self, Settings, Shared};
 use prediction_batch_controller::metrics::Metrics;
-use prediction_batch_controller::mirror::MirrorHandle;
+use prediction_batch_controller::mirror::{self, MirrorHandle};
 use prediction_batch_controller::{api, http};
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -22,6 +22,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup; the Firestore flags (issue 8) tipped it over
 enum Command {
     /// Run the controller (the default).
     Run(RunArgs),
@@ -61,6 +62,22 @@ struct RunArgs {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
+    // --- Firestore mirror (issue 8) ---
+    /// Mirror batch state to Firestore in this Google Cloud project (off when unset: nothing
+    /// contacts Firestore). Auth: Application Default Credentials; FIRESTORE_EMULATOR_HOST selects
+    /// an emulator.
+    #[arg(long)]
+    firestore_project: Option<String>,
+    /// Collection of the mirrored documents (`<collection>/<namespace>.<name>`).
+    #[arg(long, default_value = "prediction_batches")]
+    firestore_collection: String,
+    /// Firestore database (default: the `(default)` database).
+    #[arg(long)]
+    firestore_database: Option<String>,
+    /// Seconds a deleted batch waits for its document to be marked deleted before it goes anyway.
+    #[arg(long, default_value_t = 30)]
+    firestore_delete_timeout: u64,
+    // --- end Firestore mirror ---
 }
 
 fn main() -> anyhow::Result<()> {
@@ -122,7 +139,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     info!(namespace = settings.namespace.as_deref().unwrap_or("<all>"), leader_elect = settings.leader_elect, "starting");
-    if let Err(e) = controller::run(client, settings, metrics, MirrorHandle::disabled(), shared, shutdown_rx).await {
+    // --- Firestore mirror (issue 8) ---
+    let mirror = match &args.firestore_project {
+        Some(project) => {
+            let options = mirror::firestore::FirestoreOptions {
+                project: project.clone(),
+                database: args.firestore_database.clone(),
+                collection: args.firestore_collection.clone(),
+                emulator_host: None,
+            };
+            info!(project, collection = options.collection, database = options.database.as_deref().unwrap_or("(default)"), "mirroring batch state to Firestore");
+            let config = mirror::worker::MirrorConfig {
+                delete_timeout: std::time::Duration::from_secs(args.firestore_delete_timeout),
+                ..Default::default()
+            };
+            mirror::worker::firestore_mirror(options, client.clone(), metrics.clone(), config)
+        }
+        None => MirrorHandle::disabled(),
+    };
+    // --- end Firestore mirror ---
+    if let Err(e) = controller::run(client, settings, metrics, mirror, shared, shutdown_rx).await {
         error!(error = %e, "controller failed");
         return Err(e);
     }

@@ -49,6 +49,11 @@ pub async fn reconcile(batch: Arc<PredictionBatch>, ctx: Arc<Context>) -> Result
 }
 
 async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<ControllerAction, Error> {
+    // Firestore mirror (issue 8): its bounded finalizer. No API call unless the mirror is on, or
+    // a batch being deleted still carries the finalizer from a run with the mirror on.
+    if let Some(action) = crate::mirror::finalizer::reconcile(batch, ctx).await? {
+        return Ok(action);
+    }
     if batch.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the Jobs and pods.
         return Ok(ControllerAction::await_change());

@@ -1,0 +1,647 @@
+//! The mirror's background worker: keeps Firestore writes off the reconcile's critical path.
+//!
+//! [`Mirror::notify`] only maps the batch to its document and records it as the batch's pending
+//! snapshot (newest watermark wins, so a burst of status writes coalesces into one Firestore
+//! write); it never waits. Per batch, at most one task writes, taking the newest pending snapshot
+//! each time round, retrying failures with exponential backoff (capped low, so the document
+//! catches up within seconds of Firestore's return), and at most `concurrency` writes are in
+//! flight at once. The queue is bounded: one entry per batch, at most `max_batches` batches.
+//!
+//! The `MirrorSynced` condition is applied (server-side apply, field manager
+//! [`MIRROR_FIELD_MANAGER`], only that condition) when its status or reason would change: `False`
+//! with the error's reason on the first failure, `True` once nothing is pending. Idle batches
+//! cost nothing, and a snapshot whose document content equals the last one written is not
+//! re-sent. Every failed attempt counts in `prediction_batch_mirror_failures`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use super::document::BatchDocument;
+use super::firestore::{DocumentStore, FirestoreOptions, FirestoreStore, MirrorError, WriteOutcome};
+use super::{CONDITION_MIRROR_SYNCED, DEFAULT_DELETE_TIMEOUT, Deletion, MIRROR_FIELD_MANAGER, MirrorHandle, MirrorSink};
+use crate::api::PredictionBatch;
+use crate::metrics::Metrics;
+
+/// Tuning of the worker.
+#[derive(Clone, Debug)]
+pub struct MirrorConfig {
+    /// Wait after the first failed attempt; doubles per further failure...
+    pub initial_backoff: Duration,
+    /// ...up to this (small: after an outage the document is at most this late).
+    pub max_backoff: Duration,
+    /// One attempt (connect, transaction, commit) gives up after this.
+    pub attempt_timeout: Duration,
+    /// Firestore writes in flight at once.
+    pub concurrency: usize,
+    /// Batches tracked at once; notifications of further batches are dropped (and counted).
+    pub max_batches: usize,
+    /// How long a deletion waits for the document to be marked deleted.
+    pub delete_timeout: Duration,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(10),
+            concurrency: 8,
+            max_batches: 10_000,
+            delete_timeout: DEFAULT_DELETE_TIMEOUT,
+        }
+    }
+}
+
+impl MirrorConfig {
+    /// Wait before the attempt after `failures` consecutive failures (at least one).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32 << failures.saturating_sub(1).min(16);
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// `MirrorSynced` as far as it decides whether to write: status and reason (not the message,
+/// which carries error detail that changes from attempt to attempt).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncedState {
+    pub status: bool,
+    pub reason: String,
+}
+
+impl SyncedState {
+    fn synced() -> Self {
+        SyncedState { status: true, reason: "Synced".into() }
+    }
+}
+
+/// The condition to apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncedCondition {
+    pub state: SyncedState,
+    pub message: String,
+    pub observed_generation: Option<i64>,
+}
+
+/// Why a condition write failed.
+#[derive(Debug)]
+pub enum ConditionError {
+    /// The batch no longer exists.
+    Gone,
+    Other(String),
+}
+
+/// Writes the `MirrorSynced` condition (the apiserver, or a fake in tests).
+#[async_trait]
+pub trait ConditionWriter: Send + Sync {
+    async fn apply(&self, namespace: &str, name: &str, condition: &SyncedCondition) -> Result<(), ConditionError>;
+}
+
+/// Server-side apply of the status subresource with only `MirrorSynced`, under the mirror's own
+/// field manager (the reconciler strips the condition from its applies, so they never conflict).
+pub struct KubeConditions {
+    client: kube::Client,
+}
+
+impl KubeConditions {
+    pub fn new(client: kube::Client) -> Self {
+        KubeConditions { client }
+    }
+}
+
+#[async_trait]
+impl ConditionWriter for KubeConditions {
+    async fn apply(&self, namespace: &str, name: &str, c: &SyncedCondition) -> Result<(), ConditionError> {
+        let api: Api<PredictionBatch> = Api::namespaced(self.client.clone(), namespace);
+        let mut condition = json!({
+            "type": CONDITION_MIRROR_SYNCED,
+            "status": if c.state.status { "True" } else { "False" },
+            "reason": c.state.reason,
+            "message": c.message.chars().take(1000).collect::<String>(),
+            "lastTransitionTime": Timestamp::now().to_string(),
+        });
+        if let Some(g) = c.observed_generation {
+            condition["observedGeneration"] = json!(g);
+        }
+        let patch = json!({
+            "apiVersion": PredictionBatch::api_version(&()),
+            "kind": PredictionBatch::kind(&()),
+            "metadata": { "name": name },
+            "status": { "conditions": [condition] },
+        });
+        match api.patch_status(name, &PatchParams::apply(MIRROR_FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(ConditionError::Gone),
+            Err(e) => Err(ConditionError::Other(e.to_string())),
+        }
+    }
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct Entry {
+    /// Newest snapshot not yet confirmed in Firestore.
+    pending: Option<BatchDocument>,
+    /// A task is writing this batch.
+    running: bool,
+    /// Last document this process confirmed written (to skip re-sending identical content).
+    written: Option<BatchDocument>,
+    /// Highest watermark confirmed in Firestore (written, or found newer there).
+    confirmed: u64,
+    /// UID whose `deleted: true` document has landed.
+    confirmed_deleted: Option<String>,
+    /// UID being deleted, and when this process first tried to mark it.
+    deletion_started: Option<(String, Instant)>,
+    /// The newest snapshot is a deletion: no condition writes any more.
+    deleting: bool,
+    /// `MirrorSynced` as last known on the object (seen on it, or applied by us).
+    condition: Option<SyncedState>,
+    generation: Option<i64>,
+    /// Consecutive failed attempts, and the last error.
+    failures: u32,
+    last_error: Option<MirrorError>,
+    /// The batch is gone: drop the entry once nothing is left to write.
+    gone: bool,
+}
+
+struct Inner {
+    store: Arc<dyn DocumentStore>,
+    conditions: Arc<dyn ConditionWriter>,
+    metrics: Arc<Metrics>,
+    config: MirrorConfig,
+    entries: Mutex<HashMap<Key, Entry>>,
+    permits: Semaphore,
+}
+
+/// The mirror: a [`MirrorSink`] that writes documents in the background.
+#[derive(Clone)]
+pub struct Mirror {
+    inner: Arc<Inner>,
+}
+
+/// The Firestore mirror of the `run` command: writes to `options`, conditions through `client`.
+pub fn firestore_mirror(options: FirestoreOptions, client: kube::Client, metrics: Arc<Metrics>, config: MirrorConfig) -> MirrorHandle {
+    let mirror = Mirror::new(Arc::new(FirestoreStore::new(options)), Arc::new(KubeConditions::new(client)), metrics, config);
+    MirrorHandle::new(Arc::new(mirror))
+}
+
+fn observed_condition(batch: &PredictionBatch) -> Option<SyncedState> {
+    let c = batch.status.as_ref()?.conditions.iter().find(|c| c.type_ == CONDITION_MIRROR_SYNCED)?;
+    Some(SyncedState { status: c.status == "True", reason: c.reason.clone() })
+}
+
+impl Mirror {
+    pub fn new(store: Arc<dyn DocumentStore>, conditions: Arc<dyn ConditionWriter>, metrics: Arc<Metrics>, config: MirrorConfig) -> Self {
+        let permits = Semaphore::new(config.concurrency.max(1));
+        Mirror { inner: Arc::new(Inner { store, conditions, metrics, config, entries: Mutex::new(HashMap::new()), permits }) }
+    }
+
+    /// Batches tracked (pending, failing or remembered for de-duplication).
+    pub fn tracked(&self) -> usize {
+        self.inner.entries.lock().expect("poisoned").len()
+    }
+
+    /// Records the snapshot; starts the batch's task unless one runs. Never waits.
+    fn enqueue(&self, batch: &PredictionBatch, deleted: bool) {
+        let doc = match BatchDocument::from_batch(batch, Timestamp::now(), deleted) {
+            Ok(doc) => doc,
+            Err(e) => {
+                self.inner.metrics.mirror_failures.inc();
+                warn!(error = %e, "cannot mirror this batch");
+                return;
+            }
+        };
+        let key = (doc.namespace.clone(), doc.name.clone());
+        let start = {
+            let mut entries = self.inner.entries.lock().expect("poisoned");
+            if !entries.contains_key(&key) && entries.len() >= self.inner.config.max_batches {
+                self.inner.metrics.mirror_failures.inc();
+                warn!(batch = doc.id, limit = self.inner.config.max_batches, "mirror queue full; dropping this update");
+                return;
+            }
+            let e = entries.entry(key.clone()).or_default();
+            if e.condition.is_none() {
+                e.condition = observed_condition(batch);
+            }
+            e.generation = batch.metadata.generation;
+            e.deleting = deleted;
+            if !deleted {
+                e.gone = false;
+            }
+            if doc.status_version > e.confirmed && e.pending.as_ref().is_none_or(|p| p.status_version < doc.status_version) {
+                e.pending = Some(doc);
+            }
+            let start = e.pending.is_some() && !e.running;
+            if start {
+                e.running = true;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(self.inner.clone().run(key));
+        }
+    }
+}
+
+impl MirrorSink for Mirror {
+    fn notify(&self, batch: &PredictionBatch) {
+        self.enqueue(batch, false);
+    }
+
+    fn deletion(&self, batch: &PredictionBatch) -> Deletion {
+        let key = (batch.namespace().unwrap_or_default(), batch.name_any());
+        {
+            let entries = self.inner.entries.lock().expect("poisoned");
+            if let Some(e) = entries.get(&key)
+                && e.confirmed_deleted.is_some()
+                && e.confirmed_deleted == batch.metadata.uid
+            {
+                return Deletion::Done;
+            }
+        }
+        self.enqueue(batch, true);
+        let mut entries = self.inner.entries.lock().expect("poisoned");
+        let Some(e) = entries.get_mut(&key) else {
+            return Deletion::Pending { waiting: Duration::ZERO, last_error: None };
+        };
+        let uid = batch.metadata.uid.clone().unwrap_or_default();
+        let started = match &e.deletion_started {
+            Some((u, t)) if *u == uid => *t,
+            _ => {
+                let now = Instant::now();
+                e.deletion_started = Some((uid, now));
+                now
+            }
+        };
+        Deletion::Pending { waiting: started.elapsed(), last_error: e.last_error.as_ref().map(|e| e.to_string()) }
+    }
+
+    fn release(&self, batch: &PredictionBatch) {
+        let key = (batch.namespace().unwrap_or_default(), batch.name_any());
+        let mut entries = self.inner.entries.lock().expect("poisoned");
+        if let Some(e) = entries.get_mut(&key) {
+            if e.running {
+                e.gone = true;
+            } else {
+                entries.remove(&key);
+            }
+        }
+    }
+
+    fn delete_timeout(&self) -> Duration {
+        self.inner.config.delete_timeout
+    }
+}
+
+impl Inner {
+    /// The task of one batch: write the newest pending snapshot until none is left, then bring
+    /// `MirrorSynced` up to date; back off after failures.
+    async fn run(self: Arc<Self>, key: Key) {
+        let id = format!("{}.{}", key.0, key.1);
+        loop {
+            // 1. The newest pending snapshot, unless it says nothing new.
+            let work = {
+                let entries = self.entries.lock().expect("poisoned");
+                let Some(e) = entries.get(&key) else { return };
+                e.pending.clone().map(|doc| {
+                    let unchanged = e.written.as_ref().is_some_and(|w| w.same_content(&doc));
+                    (doc, unchanged)
+                })
+            };
+            let mut failed = false;
+            if let Some((doc, unchanged)) = work {
+                let result = if unchanged { Ok(None) } else { self.write(&doc).await.map(Some) };
+                let mut entries = self.entries.lock().expect("poisoned");
+                let Some(e) = entries.get_mut(&key) else { return };
+                match result {
+                    Ok(outcome) => {
+                        if e.failures > 0 {
+                            info!(batch = id, failed_attempts = e.failures, "Firestore mirror caught up");
+                        }
+                        e.failures = 0;
+                        e.last_error = None;
+                        e.confirmed = e.confirmed.max(doc.status_version);
+                        if e.pending.as_ref().is_some_and(|p| p.status_version <= doc.status_version) {
+                            e.pending = None;
+                        }
+                        match outcome {
+                            Some(WriteOutcome::Written) => {
+                                debug!(batch = id, status_version = doc.status_version, phase = doc.phase, "mirrored");
+                                e.written = Some(doc.clone());
+                            }
+                            Some(WriteOutcome::Stale { stored }) => {
+                                info!(batch = id, ours = doc.status_version, stored, "Firestore holds a newer document; not overwriting it");
+                            }
+                            None => {}
+                        }
+                        if doc.deleted {
+                            e.confirmed_deleted = Some(doc.uid.clone());
+                        }
+                    }
+                    Err(err) => {
+                        self.metrics.mirror_failures.inc();
+                        e.failures += 1;
+                        if e.failures == 1 || e.failures.is_multiple_of(20) {
+                            warn!(batch = id, attempt = e.failures, error = %err, "Firestore mirror write failed; retrying with backoff");
+                        }
+                        e.last_error = Some(err);
+                        failed = true;
+                    }
+                }
+            }
+
+            // 2. MirrorSynced, when its status or reason changes (never for a batch being deleted).
+            let change = {
+                let entries = self.entries.lock().expect("poisoned");
+                let Some(e) = entries.get(&key) else { return };
+                let want = match (&e.last_error, &e.pending) {
+                    (Some(err), _) => Some(SyncedCondition {
+                        state: SyncedState { status: false, reason: err.reason.clone() },
+                        message: format!("writing the Firestore document {id} failed; retrying with backoff: {}", err.message),
+                        observed_generation: e.generation,
+                    }),
+                    (None, None) => Some(SyncedCondition {
+                        state: SyncedState::synced(),
+                        message: format!("the Firestore document {id} is up to date"),
+                        observed_generation: e.generation,
+                    }),
+                    (None, Some(_)) => None,
+                };
+                want.filter(|w| !e.deleting && e.condition.as_ref() != Some(&w.state))
+            };
+            let mut condition_failed = false;
+            if let Some(c) = change {
+                let result = self.conditions.apply(&key.0, &key.1, &c).await;
+                let mut entries = self.entries.lock().expect("poisoned");
+                let Some(e) = entries.get_mut(&key) else { return };
+                match result {
+                    Ok(()) => {
+                        debug!(batch = id, status = c.state.status, reason = c.state.reason, "applied MirrorSynced");
+                        e.condition = Some(c.state);
+                    }
+                    // The batch is gone: nothing to tell.
+                    Err(ConditionError::Gone) => e.condition = Some(c.state),
+                    Err(ConditionError::Other(msg)) => {
+                        debug!(batch = id, error = msg, "could not apply MirrorSynced; will retry");
+                        condition_failed = true;
+                    }
+                }
+            }
+
+            // 3. Done, or wait and go round again.
+            let wait = {
+                let mut entries = self.entries.lock().expect("poisoned");
+                let Some(e) = entries.get_mut(&key) else { return };
+                if e.pending.is_none() && !condition_failed {
+                    e.running = false;
+                    if e.gone {
+                        entries.remove(&key);
+                    }
+                    return;
+                }
+                if failed {
+                    Some(self.config.backoff(e.failures))
+                } else if condition_failed {
+                    Some(self.config.max_backoff)
+                } else {
+                    None
+                }
+            };
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    async fn write(&self, doc: &BatchDocument) -> Result<WriteOutcome, MirrorError> {
+        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        match tokio::time::timeout(self.config.attempt_timeout, self.store.write(doc)).await {
+            Ok(result) => result,
+            Err(_) => Err(MirrorError::new(
+                "FirestoreTimeout",
+                format!("no answer from Firestore within {:?}", self.config.attempt_timeout),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::Notify;
+
+    /// A store that records writes, fails while `down`, and can hold writes at a gate.
+    #[derive(Default)]
+    struct FakeStore {
+        writes: Mutex<Vec<(u64, bool)>>,
+        stored: Mutex<u64>,
+        down: AtomicBool,
+        gate: Mutex<Option<Arc<Notify>>>,
+    }
+
+    #[async_trait]
+    impl DocumentStore for FakeStore {
+        async fn write(&self, doc: &BatchDocument) -> Result<WriteOutcome, MirrorError> {
+            let gate = self.gate.lock().unwrap().clone();
+            if let Some(g) = gate {
+                g.notified().await;
+            }
+            if self.down.load(Ordering::SeqCst) {
+                return Err(MirrorError::new("FirestoreUnavailable", "connection refused"));
+            }
+            let mut stored = self.stored.lock().unwrap();
+            if *stored >= doc.status_version {
+                return Ok(WriteOutcome::Stale { stored: *stored });
+            }
+            *stored = doc.status_version;
+            self.writes.lock().unwrap().push((doc.status_version, doc.deleted));
+            Ok(WriteOutcome::Written)
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeConditions {
+        applied: Mutex<Vec<(bool, String)>>,
+    }
+
+    #[async_trait]
+    impl ConditionWriter for FakeConditions {
+        async fn apply(&self, _ns: &str, _name: &str, c: &SyncedCondition) -> Result<(), ConditionError> {
+            self.applied.lock().unwrap().push((c.state.status, c.state.reason.clone()));
+            Ok(())
+        }
+    }
+
+    fn config() -> MirrorConfig {
+        MirrorConfig {
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            attempt_timeout: Duration::from_secs(5),
+            ..Default::default()
+        }
+    }
+
+    fn setup() -> (Mirror, Arc<FakeStore>, Arc<FakeConditions>, Arc<Metrics>) {
+        let store = Arc::new(FakeStore::default());
+        let conds = Arc::new(FakeConditions::default());
+        let metrics = Arc::new(Metrics::default());
+        (Mirror::new(store.clone(), conds.clone(), metrics.clone(), config()), store, conds, metrics)
+    }
+
+    fn batch(rv: u64, succeeded: u32) -> PredictionBatch {
+        let mut b: PredictionBatch = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: predictions.dev/v1alpha1
+kind: PredictionBatch
+metadata: {{name: b, namespace: ns, uid: u1, generation: 1, resourceVersion: "{rv}"}}
+spec:
+  gameDate: "2026-01-02"
+  targetCount: 10
+  worker: {{template: {{spec: {{containers: [{{name: w, image: w}}]}}}}}}
+status:
+  phase: Running
+  items: {{target: 10, succeeded: {succeeded}, failed: 0}}
+"#
+        ))
+        .unwrap();
+        b.metadata.resource_version = Some(rv.to_string());
+        b
+    }
+
+    fn with_condition(mut b: PredictionBatch, status: &str, reason: &str) -> PredictionBatch {
+        b.status.as_mut().unwrap().conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: CONDITION_MIRROR_SYNCED.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        });
+        b
+    }
+
+    async fn settle(m: &Mirror) {
+        for _ in 0..500 {
+            let idle = m.inner.entries.lock().unwrap().values().all(|e| !e.running);
+            if idle {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("the mirror did not settle");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_updates_coalesces() {
+        let (m, store, conds, _) = setup();
+        let gate = Arc::new(Notify::new());
+        *store.gate.lock().unwrap() = Some(gate.clone());
+        m.notify(&batch(10, 1));
+        tokio::time::sleep(Duration::from_millis(20)).await; // the first write waits at the gate
+        for rv in 11..=15 {
+            m.notify(&batch(rv, rv as u32 - 9));
+        }
+        *store.gate.lock().unwrap() = None;
+        gate.notify_one();
+        settle(&m).await;
+        assert_eq!(*store.writes.lock().unwrap(), vec![(10, false), (15, false)], "the middle snapshots coalesce");
+        assert_eq!(*conds.applied.lock().unwrap(), vec![(true, "Synced".to_string())], "True once, when caught up");
+    }
+
+    #[tokio::test]
+    async fn idle_batches_cost_no_writes() {
+        let (m, store, conds, _) = setup();
+        m.notify(&batch(10, 1));
+        settle(&m).await;
+        // Same content at a newer resourceVersion (e.g. a message-only status change), condition already True.
+        m.notify(&with_condition(batch(11, 1), "True", "Synced"));
+        settle(&m).await;
+        assert_eq!(store.writes.lock().unwrap().len(), 1);
+        assert_eq!(conds.applied.lock().unwrap().len(), 1);
+        // An older snapshot than the one confirmed is ignored outright.
+        m.notify(&batch(9, 0));
+        settle(&m).await;
+        assert_eq!(store.writes.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_already_marked_synced_gets_no_condition_write() {
+        let (m, store, conds, _) = setup();
+        m.notify(&with_condition(batch(10, 1), "True", "Synced"));
+        settle(&m).await;
+        assert_eq!(store.writes.lock().unwrap().len(), 1);
+        assert!(conds.applied.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn failures_set_false_once_then_true_on_recovery() {
+        let (m, store, conds, metrics) = setup();
+        store.down.store(true, Ordering::SeqCst);
+        m.notify(&batch(10, 1));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        m.notify(&batch(11, 2));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let failures = metrics.mirror_failures.get();
+        assert!(failures >= 3, "retried with backoff ({failures} failures)");
+        assert_eq!(*conds.applied.lock().unwrap(), vec![(false, "FirestoreUnavailable".to_string())], "False once");
+        store.down.store(false, Ordering::SeqCst);
+        settle(&m).await;
+        assert_eq!(*store.writes.lock().unwrap(), vec![(11, false)], "only the newest snapshot is written");
+        assert_eq!(
+            *conds.applied.lock().unwrap(),
+            vec![(false, "FirestoreUnavailable".to_string()), (true, "Synced".to_string())]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newer_stored_document_is_not_overwritten() {
+        let (m, store, conds, _) = setup();
+        *store.stored.lock().unwrap() = 100;
+        m.notify(&batch(10, 1));
+        settle(&m).await;
+        assert!(store.writes.lock().unwrap().is_empty());
+        assert_eq!(conds.applied.lock().unwrap().len(), 1, "caught up: nothing newer to write");
+    }
+
+    #[tokio::test]
+    async fn deletion_waits_for_the_deleted_document() {
+        let (m, store, conds, _) = setup();
+        m.notify(&batch(10, 1));
+        settle(&m).await;
+        store.down.store(true, Ordering::SeqCst);
+        let deleting = batch(12, 1);
+        assert!(matches!(m.deletion(&deleting), Deletion::Pending { last_error: None, .. }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        match m.deletion(&deleting) {
+            Deletion::Pending { waiting, last_error: Some(_) } => assert!(waiting >= Duration::from_millis(30)),
+            other => panic!("{other:?}"),
+        }
+        store.down.store(false, Ordering::SeqCst);
+        settle(&m).await;
+        assert_eq!(m.deletion(&deleting), Deletion::Done);
+        assert_eq!(store.writes.lock().unwrap().last(), Some(&(12, true)));
+        assert_eq!(conds.applied.lock().unwrap().len(), 1, "no condition writes for a batch being deleted");
+        m.release(&deleting);
+        assert_eq!(m.tracked(), 0);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let c = MirrorConfig::default();
+        assert_eq!(c.backoff(1), Duration::from_millis(250));
+        assert_eq!(c.backoff(2), Duration::from_millis(500));
+        assert_eq!(c.backoff(3), Duration::from_secs(1));
+        assert_eq!(c.backoff(4), Duration::from_secs(2));
+        assert_eq!(c.backoff(40), Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,699 @@
+//! The Firestore mirror (issue 8) against a real gRPC peer: the npm `@firestore-emulator/server`
+//! (pinned in tests/firestore-emulator/package-lock.json; `npm ci` there first), started by these
+//! tests on 127.0.0.1 with a free port, and the release controller binary on the local control
+//! plane of `tests/cluster/` (`tests/cluster/up`, or `tests/run-all`).
+//!
+//! These tests FAIL, never skip, when node, the installed emulator package or the cluster is
+//! missing. Each test has its own namespace, emulator and controller (watching only that
+//! namespace), so they run in parallel with each other and with the rest of the suite.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use prediction_batch_controller::mirror::document::{BatchDocument, FieldValue};
+use prediction_batch_controller::mirror::firestore::{DocumentStore, FirestoreOptions, FirestoreStore, StoredDocument, WriteOutcome};
+use serde_json::Value;
+use support::{TestNamespace, cluster, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
+
+const PROJECT: &str = "test-project";
+const COLLECTION: &str = "prediction_batches";
+const FINALIZER: &str = "predictions.dev/firestore-mirror";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+// ------------------------------------------------------------------------------------ emulator
+
+/// One `@firestore-emulator/server` process (in-memory: a restart starts empty).
+struct Emulator {
+    child: Child,
+    port: u16,
+}
+
+impl Emulator {
+    /// Starts on `port` (0: a free one) and waits until it listens.
+    fn start(port: u16) -> Emulator {
+        let dir = repo_root().join("tests/firestore-emulator");
+        let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+        assert!(node_ok, "node is required for the Firestore emulator (apt-get install nodejs npm), then `npm ci` in {}", dir.display());
+        let package = dir.join("node_modules/@firestore-emulator/server/package.json");
+        assert!(
+            package.exists(),
+            "the Firestore emulator is not installed: run `npm ci` in {} (missing {})",
+            dir.display(),
+            package.display()
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("start.js"))
+            .arg(port.to_string())
+            .current_dir(&dir)
+            .stdin(Stdio::piped()) // closed when we drop the child: the emulator exits then
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start node tests/firestore-emulator/start.js");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the Firestore emulator did not start within 60s");
+            }
+        };
+        let port = line
+            .trim()
+            .strip_prefix("listening on 127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected emulator output {line:?}"));
+        Emulator { child, port }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A reader/writer of the emulator's documents (the mirror's own store, pointed at it).
+struct Docs {
+    rt: tokio::runtime::Runtime,
+    store: FirestoreStore,
+}
+
+impl Docs {
+    fn new(host: &str) -> Docs {
+        install_crypto_provider();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let store = FirestoreStore::new(FirestoreOptions {
+            project: PROJECT.into(),
+            database: None,
+            collection: COLLECTION.into(),
+            emulator_host: Some(host.into()),
+        });
+        Docs { rt, store }
+    }
+
+    /// The document, `None` when missing or unreachable.
+    fn get(&self, id: &str) -> Option<StoredDocument> {
+        self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), self.store.read(id)).await.ok()?.ok()? })
+    }
+}
+
+// ---------------------------------------------------------------------------------- controller
+
+/// The release controller binary, watching one namespace, logging JSON to a file.
+struct Controller {
+    child: Child,
+    log: PathBuf,
+    namespace: String,
+}
+
+impl Controller {
+    fn start(ns: &str, emulator_host: &str, extra: &[&str]) -> Controller {
+        install_crd();
+        let log = cluster().logs.join(format!("controller-{ns}.log"));
+        let file = std::fs::File::create(&log).expect("create the controller log");
+        let child = Command::new(env!("CARGO_BIN_EXE_prediction-batch-controller"))
+            .args(["run", "--http-addr", "127.0.0.1:0", "--namespace", ns, "--log-format", "json"])
+            .args(extra)
+            .env("KUBECONFIG", &cluster().controller_kubeconfig)
+            .env("FIRESTORE_EMULATOR_HOST", emulator_host)
+            .env("RUST_LOG", "info,prediction_batch_controller=debug,kube=warn")
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start the controller binary");
+        Controller { child, log, namespace: ns.to_string() }
+    }
+
+    fn with_mirror(ns: &str, emulator_host: &str, extra: &[&str]) -> Controller {
+        let mut args = vec!["--firestore-project", PROJECT];
+        args.extend_from_slice(extra);
+        Controller::start(ns, emulator_host, &args)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address of /metrics, from the startup log line.
+    fn http_addr(&self) -> String {
+        wait_until(
+            "the controller's HTTP address in its log",
+            Duration::from_secs(30),
+            || {
+                self.log_text().lines().find_map(|l| {
+                    let v: Value = serde_json::from_str(l).ok()?;
+                    v["fields"]["addr"].as_str().map(String::from)
+                })
+            },
+            || self.log_text(),
+        )
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let body = http_get(&self.http_addr(), "/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // Delete the test's batches while the controller can still release its finalizer,
+            // so the namespace can go too.
+            let _ = kubectl_output(&["delete", "predictionbatch", "--all", "-n", &self.namespace, "--timeout=60s"]);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("controller log: {}", self.log.display());
+        }
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn install_crd() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crd = repo_root().join("crds/predictions.dev_predictionbatches.yaml");
+        kubectl(&["apply", "--server-side", "--force-conflicts", "--field-manager=firestore-mirror-tests", "-f", crd.to_str().unwrap()]);
+        wait_until(
+            "the PredictionBatch CRD to be Established",
+            Duration::from_secs(60),
+            || {
+                let crd = kubectl_json(&["get", "crd", "predictionbatches.predictions.dev"]);
+                let conditions = crd["status"]["conditions"].as_array()?;
+                conditions.iter().any(|c| c["type"] == "Established" && c["status"] == "True").then_some(())
+            },
+            String::new,
+        );
+    });
+}
+
+// -------------------------------------------------------------------------------------- batches
+
+/// A batch of `examples/batch.yaml`'s shape; `worker_annotations` go on the worker pod template.
+fn batch_yaml(name: &str, target: u32, per_shard: u32, parallelism: u32, worker_annotations: &[(&str, &str)]) -> String {
+    let annotations = if worker_annotations.is_empty() {
+        "{}".to_string()
+    } else {
+        let items: Vec<String> = worker_annotations.iter().map(|(k, v)| format!("{k:?}: {v:?}")).collect();
+        format!("{{{}}}", items.join(", "))
+    };
+    format!(
+        r#"apiVersion: predictions.dev/v1alpha1
+kind: PredictionBatch
+metadata:
+  name: {name}
+spec:
+  gameDate: "2026-01-02"
+  targetCount: {target}
+  itemsPerShard: {per_shard}
+  parallelism: {parallelism}
+  worker:
+    backoffLimitPerShard: 3
+    template:
+      metadata:
+        labels:
+          app: prediction-worker
+        annotations: {annotations}
+      spec:
+        containers:
+          - name: worker
+            image: registry.example.com/nba/prediction-worker:1.4.2
+            args: ["predict", "--game-date=$(GAME_DATE)", "--shard=$(SHARD_INDEX)"]
+  completion:
+    minSucceededPercent: 100
+  consolidation:
+    template:
+      spec:
+        containers:
+          - name: consolidate
+            image: registry.example.com/nba/prediction-consolidator:1.4.2
+  export:
+    template:
+      spec:
+        containers:
+          - name: export
+            image: registry.example.com/nba/phase6-exporter:1.4.2
+"#
+    )
+}
+
+fn get_batch(ns: &str, name: &str) -> Option<Value> {
+    let out = kubectl_output(&["get", "predictionbatch", name, "-n", ns, "-o", "json", "--ignore-not-found"]);
+    if !out.status.success() || out.stdout.is_empty() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn phase(b: &Value) -> &str {
+    b["status"]["phase"].as_str().unwrap_or("")
+}
+
+fn condition<'a>(b: &'a Value, type_: &str) -> Option<&'a Value> {
+    b["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+fn describe(ns: &str, name: &str, c: &Controller) -> String {
+    let b = kubectl_output(&["get", "predictionbatch", name, "-n", ns, "-o", "yaml"]);
+    let log = c.log_text();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    format!(
+        "batch:\n{}\ncontroller log (last lines, newest first):\n{}",
+        String::from_utf8_lossy(&b.stdout),
+        tail.join("\n")
+    )
+}
+
+fn wait_for_phase(ns: &str, name: &str, want: &str, timeout: Duration, c: &Controller) -> Value {
+    wait_until(
+        &format!("batch {ns}/{name} phase {want}"),
+        timeout,
+        || get_batch(ns, name).filter(|b| phase(b) == want),
+        || describe(ns, name, c),
+    )
+}
+
+/// Whether the document shows the finished batch exactly.
+fn doc_is_final(d: &StoredDocument, uid: &str, expected: i64) -> bool {
+    d.bool("is_complete") == Some(true)
+        && d.str("phase") == Some("Succeeded")
+        && d.int("expected_players") == Some(expected)
+        && d.int("completed_players") == Some(expected)
+        && d.int("failed_players") == Some(0)
+        && d.bool("consolidation_triggered") == Some(true)
+        && d.bool("consolidation_completed") == Some(true)
+        && d.bool("export_completed") == Some(true)
+        && d.bool("deleted") == Some(false)
+        && d.str("uid") == Some(uid)
+}
+
+fn stored_summary(d: &Option<StoredDocument>) -> String {
+    match d {
+        None => "no document".into(),
+        Some(d) => format!("{:#?}", d.fields),
+    }
+}
+
+// ---------------------------------------------------------------------------------------- tests
+
+#[test]
+fn the_document_tracks_a_batch_to_completion_and_deletion() {
+    let emulator = Emulator::start(0);
+    let docs = Docs::new(&emulator.host());
+    let ns = TestNamespace::new("fs-e2e");
+    let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &[]);
+    let name = "nba-2026-01-02";
+    let id = format!("{}.{name}", ns.name());
+    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 120, 4, 10, &[]));
+
+    // Follow the document while the batch runs.
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    let started = Instant::now();
+    let done = loop {
+        let d = docs.get(&id);
+        if let Some(d) = &d {
+            let state = (d.str("phase").unwrap_or("").to_string(), d.int("completed_players").unwrap_or(-1));
+            if seen.last() != Some(&state) {
+                seen.push(state);
+            }
+        }
+        let batch = get_batch(ns.name(), name);
+        if let (Some(d), Some(b)) = (&d, &batch) {
+            let uid = b["metadata"]["uid"].as_str().unwrap_or("");
+            if phase(b) == "Succeeded" && doc_is_final(d, uid, 120) {
+                break (d.clone(), b.clone());
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the batch or its document did not finish within 120s; document states seen {seen:?}\ndocument: {}\n{}",
+            stored_summary(&d),
+            describe(ns.name(), name, &ctl)
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    };
+    let (doc, batch) = done;
+    println!("document states seen: {seen:?}");
+    assert!(
+        seen.iter().any(|(p, c)| p != "Succeeded" || *c < 120),
+        "the document showed only the final state, never the progress: {seen:?}"
+    );
+    let completed: Vec<i64> = seen.iter().map(|(_, c)| *c).collect();
+    assert!(completed.windows(2).all(|w| w[0] <= w[1]), "completed_players went backwards: {seen:?}");
+    assert_eq!(doc.str("batch_id"), Some(id.as_str()));
+    assert_eq!(doc.str("game_date"), Some("2026-01-02"));
+    assert_eq!(doc.int("generation"), batch["metadata"]["generation"].as_i64());
+    let rv: i64 = batch["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let version = doc.int("status_version").expect("status_version");
+    assert!(version > 0 && version <= rv, "status_version {version} vs resourceVersion {rv}");
+    assert!(matches!(doc.get("updated_at"), Some(FieldValue::Time(_))));
+    assert!(matches!(doc.get("completed_at"), Some(FieldValue::Time(_))));
+
+    // The finalizer is there (mirror on) and MirrorSynced ends True under the mirror's own manager.
+    let b = wait_until(
+        "MirrorSynced=True",
+        Duration::from_secs(15),
+        || get_batch(ns.name(), name).filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "True")),
+        || describe(ns.name(), name, &ctl),
+    );
+    let finalizers = b["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+    assert!(finalizers.iter().any(|f| f == FINALIZER), "finalizer missing: {finalizers:?}");
+    let managed = kubectl_json(&["get", "predictionbatch", name, "-n", ns.name(), "--show-managed-fields"]);
+    let mirror_manages_condition = managed["metadata"]["managedFields"].as_array().unwrap().iter().any(|m| {
+        m["manager"] == "prediction-batch-controller-mirror" && m["subresource"] == "status" && m["fieldsV1"].to_string().contains("MirrorSynced")
+    });
+    assert!(mirror_manages_condition, "MirrorSynced is not owned by the mirror's field manager:\n{managed:#}");
+
+    // Deleting the batch marks its document deleted (phase kept) and lets the batch go.
+    kubectl(&["delete", "predictionbatch", name, "-n", ns.name(), "--wait=false"]);
+    let deleted = wait_until(
+        "the document marked deleted",
+        Duration::from_secs(20),
+        || docs.get(&id).filter(|d| d.bool("deleted") == Some(true)),
+        || format!("{}\n{}", stored_summary(&docs.get(&id)), describe(ns.name(), name, &ctl)),
+    );
+    assert_eq!(deleted.str("phase"), Some("Succeeded"), "the phase is kept");
+    assert_eq!(deleted.int("completed_players"), Some(120));
+    wait_until(
+        "the batch to be gone",
+        Duration::from_secs(20),
+        || get_batch(ns.name(), name).is_none().then_some(()),
+        || describe(ns.name(), name, &ctl),
+    );
+    assert_eq!(ctl.metric("prediction_batch_mirror_failures_total"), 0.0);
+}
+
+#[test]
+fn a_firestore_outage_neither_delays_the_batch_nor_loses_the_final_state() {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    const RUN_FOR_SECS: u64 = 20;
+    let mut emulator = Emulator::start(0);
+    let port = emulator.port;
+    let host = emulator.host();
+    let ns = TestNamespace::new("fs-outage");
+    let ctl = Controller::with_mirror(ns.name(), &host, &[]);
+    let name = "outage";
+    let id = format!("{}.{name}", ns.name());
+    // 10 shards that all run 20 s: the batch is mid-run when Firestore goes away.
+    let run_for = format!("{RUN_FOR_SECS}s");
+    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 10, 1, 10, &[(stages::RUN_FOR, &run_for)]));
+
+    {
+        let docs = Docs::new(&host);
+        wait_until(
+            "the document to show the batch running",
+            Duration::from_secs(60),
+            || docs.get(&id).filter(|d| d.str("phase") == Some("Running")),
+            || describe(ns.name(), name, &ctl),
+        );
+    }
+    emulator.stop();
+    let down_at = Instant::now();
+    println!("emulator stopped");
+
+    // The batch goes on and finishes during the outage, on time; MirrorSynced turns False.
+    let mut saw_false: Option<Value> = None;
+    let finished = wait_until(
+        "the batch to succeed while Firestore is down",
+        Duration::from_secs(55),
+        || {
+            let b = get_batch(ns.name(), name)?;
+            if let Some(c) = condition(&b, "MirrorSynced").filter(|c| c["status"] == "False") {
+                saw_false.get_or_insert_with(|| c.clone());
+            }
+            (phase(&b) == "Succeeded").then_some(b)
+        },
+        || describe(ns.name(), name, &ctl),
+    );
+    assert!(down_at.elapsed() < OUTAGE, "the batch did not finish within the outage");
+    let start: Timestamp = finished["status"]["startTime"].as_str().unwrap().parse().unwrap();
+    let end: Timestamp = finished["status"]["completionTime"].as_str().unwrap().parse().unwrap();
+    let took = end.duration_since(start).as_secs_f64();
+    println!("batch took {took:.1}s (workers run {RUN_FOR_SECS}s) with Firestore down");
+    assert!(took < (RUN_FOR_SECS + 15) as f64, "the outage slowed the batch: {took:.1}s");
+    let synced_false = match saw_false {
+        Some(c) => c,
+        None => {
+            let b = get_batch(ns.name(), name).unwrap();
+            condition(&b, "MirrorSynced").cloned().filter(|c| c["status"] == "False").unwrap_or_else(|| {
+                panic!("MirrorSynced never went False during the outage\n{}", describe(ns.name(), name, &ctl))
+            })
+        }
+    };
+    println!("MirrorSynced during the outage: {synced_false}");
+    assert!(ctl.metric("prediction_batch_mirror_failures_total") > 0.0, "failures are counted");
+
+    // Firestore comes back (empty: the emulator keeps nothing); the final state lands within 5 s.
+    if let Some(rest) = OUTAGE.checked_sub(down_at.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let _emulator = Emulator::start(port);
+    let back_at = Instant::now();
+    println!("emulator back after {:.1}s", down_at.elapsed().as_secs_f64());
+    let docs = Docs::new(&host);
+    let uid = finished["metadata"]["uid"].as_str().unwrap().to_string();
+    let doc = wait_until(
+        "the final document after the outage",
+        Duration::from_secs(30),
+        || docs.get(&id).filter(|d| doc_is_final(d, &uid, 10)),
+        || format!("{}\n{}", stored_summary(&docs.get(&id)), describe(ns.name(), name, &ctl)),
+    );
+    let lag = back_at.elapsed();
+    println!("final document correct {:.2}s after the emulator's return", lag.as_secs_f64());
+    assert!(lag < Duration::from_secs(5), "the final document took {lag:?} after Firestore's return");
+    assert_eq!(doc.int("completed_players"), Some(10));
+
+    let b = wait_until(
+        "MirrorSynced=True after the outage",
+        Duration::from_secs(15),
+        || get_batch(ns.name(), name).filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "True")),
+        || describe(ns.name(), name, &ctl),
+    );
+    println!("MirrorSynced back True {:.2}s after the emulator's return", back_at.elapsed().as_secs_f64());
+    assert_eq!(phase(&b), "Succeeded");
+}
+
+/// A document from a newer writer (higher watermark) is never overwritten; fields that become
+/// empty are cleared; equal watermarks do not rewrite.
+#[test]
+fn the_store_never_moves_a_document_backwards() {
+    let emulator = Emulator::start(0);
+    let docs = Docs::new(&emulator.host());
+    let now: Timestamp = "2026-01-02T12:00:00Z".parse().unwrap();
+    let doc = |version: u64, phase: &str, completed: i64| BatchDocument {
+        id: "ns.stale".into(),
+        namespace: "ns".into(),
+        name: "stale".into(),
+        uid: "uid-1".into(),
+        generation: 1,
+        status_version: version,
+        game_date: "2026-01-02".into(),
+        phase: phase.into(),
+        expected_players: 120,
+        completed_players: completed,
+        failed_players: 0,
+        progress: Some(format!("{completed}/120")),
+        total_shards: 30,
+        completed_shards: 0,
+        failed_shards: 0,
+        failed_shard_indexes: None,
+        is_complete: phase == "Succeeded",
+        consolidation_triggered: false,
+        consolidation_completed: false,
+        export_completed: false,
+        started_at: Some(now),
+        completed_at: None,
+        message: Some("waiting".into()),
+        deleted: false,
+        updated_at: now,
+    };
+    let write = |d: &BatchDocument| docs.rt.block_on(docs.store.write(d)).expect("write");
+
+    assert_eq!(write(&doc(100, "Running", 10)), WriteOutcome::Written);
+    // A newer writer got there first...
+    docs.rt.block_on(docs.store.write_unchecked(&doc(1000, "Succeeded", 120))).unwrap();
+    // ...so an older snapshot (a stale or restarted controller) is skipped, as is an equal one.
+    assert_eq!(write(&doc(500, "Running", 60)), WriteOutcome::Stale { stored: 1000 });
+    assert_eq!(write(&doc(1000, "Running", 60)), WriteOutcome::Stale { stored: 1000 });
+    let stored = docs.get("ns.stale").unwrap();
+    assert_eq!(stored.int("status_version"), Some(1000));
+    assert_eq!(stored.str("phase"), Some("Succeeded"));
+    assert_eq!(stored.int("completed_players"), Some(120));
+
+    // A newer snapshot is written, and fields it no longer has are cleared, not left stale.
+    let mut newer = doc(1001, "Succeeded", 120);
+    newer.message = None;
+    newer.progress = None;
+    assert_eq!(write(&newer), WriteOutcome::Written);
+    let stored = docs.get("ns.stale").unwrap();
+    assert_eq!(stored.int("status_version"), Some(1001));
+    assert!(stored.is_null("message"), "message was not cleared: {:?}", stored.get("message"));
+    assert!(stored.is_null("progress"));
+    assert_eq!(stored.str("uid"), Some("uid-1"));
+}
+
+/// A controller that is behind the stored document (restarted from an old state, or a stale
+/// replica) leaves it alone, and still reports itself caught up.
+#[test]
+fn a_controller_behind_the_stored_document_never_overwrites_it() {
+    const FUTURE_VERSION: i64 = 1_000_000_000_000_000;
+    let emulator = Emulator::start(0);
+    let docs = Docs::new(&emulator.host());
+    let ns = TestNamespace::new("fs-stale");
+    let name = "stale";
+    let id = format!("{}.{name}", ns.name());
+    let future = BatchDocument {
+        id: id.clone(),
+        namespace: ns.name().into(),
+        name: name.into(),
+        uid: "from-the-future".into(),
+        generation: 9,
+        // Far ahead of any resourceVersion (and exact in the emulator's JavaScript numbers).
+        status_version: FUTURE_VERSION as u64,
+        game_date: "2026-01-02".into(),
+        phase: "Succeeded".into(),
+        expected_players: 7,
+        completed_players: 7,
+        failed_players: 0,
+        progress: None,
+        total_shards: 7,
+        completed_shards: 7,
+        failed_shards: 0,
+        failed_shard_indexes: None,
+        is_complete: true,
+        consolidation_triggered: true,
+        consolidation_completed: true,
+        export_completed: true,
+        started_at: None,
+        completed_at: None,
+        message: None,
+        deleted: false,
+        updated_at: Timestamp::UNIX_EPOCH,
+    };
+    docs.rt.block_on(docs.store.write_unchecked(&future)).unwrap();
+    let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &[]);
+    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
+    wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
+    wait_until(
+        "MirrorSynced=True",
+        Duration::from_secs(15),
+        || get_batch(ns.name(), name).filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "True")),
+        || describe(ns.name(), name, &ctl),
+    );
+    let stored = docs.get(&id).expect("the planted document");
+    assert_eq!(stored.str("uid"), Some("from-the-future"), "overwritten: {:#?}", stored.fields);
+    assert_eq!(stored.int("expected_players"), Some(7));
+    assert_eq!(stored.int("status_version"), Some(FUTURE_VERSION));
+    assert!(ctl.log_text().contains("Firestore holds a newer document"), "the skip is logged");
+}
+
+/// Deleting a batch while Firestore is down goes through after the (configured) timeout, with a
+/// Warning event.
+#[test]
+fn deletion_is_bounded_when_firestore_stays_down() {
+    let mut emulator = Emulator::start(0);
+    let ns = TestNamespace::new("fs-delete");
+    let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &["--firestore-delete-timeout", "5"]);
+    let name = "bounded";
+    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 4, 4, 1, &[]));
+    wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
+    let b = get_batch(ns.name(), name).unwrap();
+    assert!(b["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|f| f == FINALIZER)));
+    emulator.stop();
+    let deleted_at = Instant::now();
+    kubectl(&["delete", "predictionbatch", name, "-n", ns.name(), "--wait=false"]);
+    wait_until(
+        "the batch to be gone despite Firestore being down",
+        Duration::from_secs(30),
+        || get_batch(ns.name(), name).is_none().then_some(()),
+        || describe(ns.name(), name, &ctl),
+    );
+    let took = deleted_at.elapsed();
+    println!("deletion went through after {:.1}s with Firestore down (timeout 5s)", took.as_secs_f64());
+    assert!(took >= Duration::from_secs(3), "the finalizer did not wait for Firestore: {took:?}");
+    let events = wait_until(
+        "the MirrorDeleteTimedOut event",
+        Duration::from_secs(15),
+        || {
+            let out = kubectl(&["get", "events", "-n", ns.name(), "--field-selector", "reason=MirrorDeleteTimedOut", "-o", "json"]);
+            let v: Value = serde_json::from_str(&out).ok()?;
+            v["items"].as_array().filter(|i| !i.is_empty()).cloned()
+        },
+        || kubectl(&["get", "events", "-n", ns.name()]),
+    );
+    assert_eq!(events[0]["type"], "Warning");
+    println!("event: {}", events[0]["message"].as_str().or(events[0]["note"].as_str()).unwrap_or(""));
+}
+
+/// With the mirror off (the default), the controller never connects to Firestore, even with
+/// FIRESTORE_EMULATOR_HOST set, and adds neither the finalizer nor the condition.
+#[test]
+fn with_the_mirror_off_nothing_reaches_firestore() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if conn.is_ok() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let ns = TestNamespace::new("fs-off");
+    let ctl = Controller::start(ns.name(), &host, &[]);
+    let name = "mirror-off";
+    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
+    let b = wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
+    assert!(b["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty()), "a finalizer was added: {b:#}");
+    assert!(condition(&b, "MirrorSynced").is_none(), "MirrorSynced was written: {b:#}");
+    kubectl(&["delete", "predictionbatch", name, "-n", ns.name(), "--wait=true", "--timeout=30s"]);
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "the controller connected to FIRESTORE_EMULATOR_HOST");
+    assert_eq!(ctl.metric("prediction_batch_mirror_failures_total"), 0.0);
+}
