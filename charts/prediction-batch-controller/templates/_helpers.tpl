@@ -1,0 +1,92 @@
+{{/* Chart name, truncated to 63 characters (DNS label). */}}
+{{- define "pbc.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified name: the release name, plus the chart name unless the release contains it. */}}
+{{- define "pbc.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pbc.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pbc.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pbc.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "pbc.labels" -}}
+helm.sh/chart: {{ include "pbc.chart" . }}
+{{ include "pbc.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/part-of: prediction-batch-controller
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "pbc.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pbc.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "pbc.leaseName" -}}
+{{- default (include "pbc.fullname" .) .Values.controller.leaderElection.leaseName }}
+{{- end }}
+
+{{- define "pbc.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The controller's rules on the namespace(s) it watches: exactly the API calls it makes (see
+src/reconcile/run.rs and src/controller.rs). Shared by the ClusterRole (all namespaces) and the
+Role (controller.watchNamespace). No Secrets, no Pods, no wildcards.
+*/}}
+{{- define "pbc.controllerRules" -}}
+# Watch PredictionBatches (reflector list/watch; get for direct reads).
+- apiGroups: ["predictions.dev"]
+  resources: ["predictionbatches"]
+  verbs: ["get", "list", "watch"]
+# Status is written with server-side apply (a patch) on the status subresource only.
+- apiGroups: ["predictions.dev"]
+  resources: ["predictionbatches/status"]
+  verbs: ["patch", "update"]
+# Jobs are created with an ownerReference (blockOwnerDeletion) to their batch: needs update on
+# the batch's finalizers subresource where OwnerReferencesPermissionEnforcement is enabled.
+- apiGroups: ["predictions.dev"]
+  resources: ["predictionbatches/finalizers"]
+  verbs: ["update"]
+# The stage Jobs: watched by label, created, suspended/resized (merge patch), deleted after the TTL.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Kubernetes events about batches (kube-runtime's Recorder: events.k8s.io/v1 create, and patch
+# to count repeats; core/v1 for older tooling).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- with .Values.rbac.extraRules }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

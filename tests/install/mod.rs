@@ -1,0 +1,403 @@
+//! Helpers of the install tests (tests/chart.rs, tests/gitops.rs, tests/dockerfile.rs): the Go
+//! tools of tests/tools (built on demand into the cache, like the cluster binaries), Helm against
+//! the test cluster, ServiceAccount kubeconfigs, and the release binary as a child process.
+//! Included with `mod install;` after `mod support;`.
+//!
+//! Nothing here skips: a missing tool, Go toolchain or cluster is a failure that says what to do.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{cluster, kubectl, kubectl_output, wait_until};
+
+pub const CHART_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/prediction-batch-controller");
+/// The binary cargo built for this test run (release under `cargo test --release`): the same
+/// flags as the image's `cargo build --release --locked`.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_prediction-batch-controller");
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Path of a tool of tests/tools/build (`helm`, `kstatus`, `dockerfile-lint`), building it into
+/// the cache when missing (Helm: about 2.5 minutes, once per machine). Panics with the build log
+/// when it cannot be built (e.g. no Go toolchain).
+pub fn tool(name: &str) -> PathBuf {
+    static TOOLS: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut tools = TOOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = tools.get(name) {
+        return p.clone();
+    }
+    let script = repo().join("tests/tools/build");
+    let started = Instant::now();
+    let out = Command::new(&script)
+        .arg(name)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout.lines().last().map(PathBuf::from).unwrap_or_default();
+    if !out.status.success() || !path.is_file() {
+        panic!(
+            "tool {name} is missing and could not be built with `tests/tools/build {name}` ({}):\n{}{}\n\
+             It is built from its Go module into ~/.cache/prediction-batch-controller (needs Go >= 1.26 \
+             and the Go module proxy); .ci/run builds it up front.",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            stdout
+        );
+    }
+    if started.elapsed() > Duration::from_secs(5) {
+        eprintln!("built {name} in {:?}: {}", started.elapsed(), path.display());
+    }
+    tools.insert(name.to_string(), path.clone());
+    path
+}
+
+/// A command of a tool, with the cluster's admin kubeconfig and (for Helm) private cache and
+/// config directories, so tests never read or write the user's ~/.config/helm.
+pub fn tool_command(name: &str) -> Command {
+    let mut cmd = Command::new(tool(name));
+    if name.starts_with("helm") {
+        let home = helm_home();
+        cmd.env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .env("KUBECONFIG", &cluster_kubeconfig_if_running());
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn helm_home() -> &'static PathBuf {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let dir = repo().join("target/helm-home");
+        std::fs::create_dir_all(&dir).expect("create target/helm-home");
+        dir
+    })
+}
+
+/// `helm template` and `helm lint` need no cluster; install/upgrade do (they call `cluster()`).
+fn cluster_kubeconfig_if_running() -> PathBuf {
+    let dir = std::env::var_os("CLUSTER_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_absolute() { d } else { repo().join(d) })
+        .unwrap_or_else(|| repo().join("target/test-cluster"));
+    dir.join("kubeconfig")
+}
+
+/// Runs a command and returns its Output, panicking only when it cannot be started.
+pub fn output(mut cmd: Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command; returns stdout, panics with stderr on failure.
+pub fn run_ok(cmd: Command) -> String {
+    let what = format!("{cmd:?}");
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 stdout")
+}
+
+/// `helm ARGS...`; panics with Helm's output on failure.
+pub fn helm(args: &[&str]) -> String {
+    let mut cmd = tool_command("helm");
+    cmd.args(args);
+    run_ok(cmd)
+}
+
+/// `helm template <release> <chart> --namespace <ns> <extra...>`, parsed into documents.
+pub fn render(release: &str, namespace: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", release, CHART_DIR, "--namespace", namespace];
+    args.extend_from_slice(extra);
+    parse_documents(&helm(&args))
+}
+
+pub fn parse_documents(yaml: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|doc| {
+            let v = serde_yaml::Value::deserialize(doc).expect("rendered YAML parses");
+            (!v.is_null()).then(|| serde_json::to_value(v).expect("YAML to JSON"))
+        })
+        .collect()
+}
+
+/// The documents of a kind (in render order).
+pub fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+pub fn one_of_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found = of_kind(docs, kind);
+    assert_eq!(found.len(), 1, "expected exactly one {kind}, got {}", found.len());
+    found[0]
+}
+
+/// A Helm release installed by a test; uninstalled (without waiting) when dropped unless the test
+/// failed (then it stays for inspection while the cluster lives).
+pub struct Release {
+    pub name: String,
+    pub namespace: String,
+    uninstalled: bool,
+}
+
+impl Release {
+    /// `helm install <name> <chart> -n <ns> --create-namespace <extra...>`.
+    pub fn install(name: &str, namespace: &str, extra: &[&str]) -> Self {
+        cluster();
+        let mut args = vec!["install", name, CHART_DIR, "--namespace", namespace, "--create-namespace"];
+        args.extend_from_slice(extra);
+        helm(&args);
+        Release { name: name.into(), namespace: namespace.into(), uninstalled: false }
+    }
+
+    pub fn uninstall(&mut self) -> String {
+        self.uninstalled = true;
+        helm(&["uninstall", &self.name, "--namespace", &self.namespace, "--wait", "--timeout", "60s"])
+    }
+
+    /// Name of the chart's ServiceAccount (and ClusterRole, Role, lease): the fullname.
+    pub fn fullname(&self) -> String {
+        if self.name.contains("prediction-batch-controller") {
+            self.name.clone()
+        } else {
+            format!("{}-prediction-batch-controller", self.name)
+        }
+    }
+
+    pub fn service_account(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.fullname())
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if self.uninstalled || std::thread::panicking() {
+            if std::thread::panicking() {
+                eprintln!("keeping Helm release {}/{} of the failed test", self.namespace, self.name);
+            }
+            return;
+        }
+        let mut cmd = tool_command("helm");
+        cmd.args(["uninstall", &self.name, "--namespace", &self.namespace]);
+        let _ = cmd.output();
+        let _ = kubectl_output(&["delete", "namespace", &self.namespace, "--wait=false"]);
+    }
+}
+
+/// A unique, DNS-safe suffix for release and namespace names of this test process.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{:x}{:x}{}", std::process::id() & 0xfff, nanos & 0xfff, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Writes a kubeconfig that authenticates with a fresh token of `namespace/service_account`
+/// (`kubectl create token`), with the server and CA of the admin kubeconfig, into `path` (0644, so
+/// an unprivileged UID can read it).
+pub fn service_account_kubeconfig(namespace: &str, service_account: &str, path: &Path) {
+    let token = kubectl(&["create", "token", service_account, "-n", namespace, "--duration=2h"]);
+    let admin: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&cluster().kubeconfig).expect("admin kubeconfig"))
+            .expect("admin kubeconfig parses");
+    let c = &admin["clusters"][0]["cluster"];
+    let server = c["server"].as_str().expect("server in the admin kubeconfig");
+    let ca = c["certificate-authority-data"].as_str().expect("certificate-authority-data in the admin kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    \
+         certificate-authority-data: {ca}\nusers:\n- name: {service_account}\n  user:\n    token: {token}\n\
+         contexts:\n- name: test\n  context:\n    cluster: test\n    user: {service_account}\n    namespace: {namespace}\n\
+         current-context: test\n",
+        token = token.trim()
+    );
+    std::fs::write(path, text).expect("write the ServiceAccount kubeconfig");
+    set_mode(path, 0o644);
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// `kubectl auth can-i VERB RESOURCE --as=<user> [-n ns]` (admin impersonating): true for "yes".
+pub fn can_i(user: &str, verb: &str, resource: &str, namespace: Option<&str>) -> bool {
+    let as_user = format!("--as={user}");
+    // "resource/subresource" is spelled --subresource for kubectl.
+    let (resource, sub) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(format!("--subresource={s}"))),
+        None => (resource, None),
+    };
+    let mut args = vec!["auth", "can-i", verb, resource, as_user.as_str()];
+    if let Some(s) = &sub {
+        args.push(s);
+    }
+    match namespace {
+        Some(ns) => args.extend(["-n", ns]),
+        None => args.push("--all-namespaces"),
+    }
+    let out = kubectl_output(&args);
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match answer.as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!("kubectl {args:?}: unexpected answer {answer:?}: {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// The release binary as a child process; SIGTERMed (then SIGKILLed) when dropped.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts `cmd` (a command running the binary), logging to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let out = File::create(&log).expect("controller log file");
+        let child = cmd
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+        ControllerProcess { child: Some(child), log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        format!("--- last lines of {} ---\n{}", self.log.display(), lines[lines.len().saturating_sub(40)..].join("\n"))
+    }
+
+    /// Waits until the log contains `needle` (and the process still runs).
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let log = self.log.clone();
+        let child = self.child.as_mut().expect("running");
+        wait_until(
+            &format!("controller log line containing {needle:?}"),
+            timeout,
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the controller exited ({status}) before logging {needle:?}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                }
+                std::fs::read_to_string(&log).unwrap_or_default().contains(needle).then_some(())
+            },
+            || String::new(),
+        );
+    }
+
+    /// SIGTERM, and the exit status once it exited (SIGKILL after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.terminate(Duration::from_secs(5));
+    }
+}
+
+/// The batch as JSON, if it exists.
+pub fn batch(ns: &str, name: &str) -> Option<Value> {
+    let out = kubectl_output(&["get", "predictionbatches.predictions.dev", name, "-n", ns, "-o", "json"]);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("batch JSON"))
+}
+
+pub fn phase(batch: &Value) -> &str {
+    batch["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// Waits for `status.phase == want`, panicking early if it ends in another terminal phase.
+pub fn wait_for_phase(ns: &str, name: &str, want: &str, timeout: Duration, controller: &ControllerProcess) -> Value {
+    wait_until(
+        &format!("PredictionBatch {ns}/{name} phase {want}"),
+        timeout,
+        || {
+            let b = batch(ns, name)?;
+            let p = phase(&b);
+            if p == want {
+                return Some(b);
+            }
+            if (p == "Succeeded" || p == "Failed") && p != want {
+                panic!("batch {ns}/{name} ended {p}, expected {want}:\n{b:#}\n{}", controller.log_tail());
+            }
+            None
+        },
+        || {
+            format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&kubectl_output(&["get", "predictionbatches,jobs", "-n", ns, "-o", "yaml"]).stdout),
+                controller.log_tail()
+            )
+        },
+    )
+}
+
+/// Applies the CRD of the repository (as the chart's crds/ would) and waits until Established.
+pub fn ensure_crd() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &repo().join("crds").to_string_lossy()]);
+        kubectl(&["wait", "--for=condition=Established", "crd/predictionbatches.predictions.dev", "--timeout=60s"]);
+    });
+}
+
+/// Serialises the tests of one binary that run a controller over all namespaces, so two
+/// controllers never reconcile the same batch.
+pub fn controller_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The address the controller's HTTP server bound (from its "serving /metrics" log line).
+pub fn http_addr(log: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("serving /metrics"))?;
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some(addr.trim_matches('"').to_string())
+}
+
+/// A plain HTTP/1.1 GET (no client dependency): (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let code = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
