@@ -28,8 +28,9 @@ pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
 /// The CRD, with every admission rule applied.
 pub fn definition() -> CustomResourceDefinition {
     let mut crd = serde_json::to_value(PredictionBatch::crd()).expect("CRD serializes");
-    let spec = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
-    apply_spec_rules(spec);
+    let root = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    apply_root_rules(root);
+    apply_spec_rules(&mut root["properties"]["spec"]);
     serde_json::from_value(crd).expect("CRD deserializes")
 }
 
@@ -37,6 +38,13 @@ pub fn definition() -> CustomResourceDefinition {
 pub fn yaml() -> String {
     serde_yaml::to_string(&definition()).expect("CRD serializes to YAML")
 }
+
+/// RFC 3339 as the planner reads it (`jiff::Timestamp`): the apiserver's `date-time` format checks
+/// that the time is real, but admits any number of fraction digits, and the planner reads at most 9
+/// (nanoseconds); without this pattern `...:00.1234567891Z` was admitted and then stalled the batch
+/// as an invalid spec.
+pub const COMPLETE_BY_PATTERN: &str =
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$";
 
 fn set(schema: &mut Value, path: &[&str], key: &str, value: Value) {
     let mut node = schema;
@@ -53,6 +61,21 @@ fn rules(schema: &mut Value, path: &[&str], list: Value) {
 
 fn immutable(field: &str) -> Value {
     json!({ "rule": "self == oldSelf", "message": format!("{field} is immutable") })
+}
+
+/// Rules on the whole object. CEL may read `metadata.name` at the root (it is not in the schema, so
+/// the rule can't carry a `fieldPath`; the message names the field).
+fn apply_root_rules(root: &mut Value) {
+    // A batch name is a DNS subdomain, but the worker Job is named `<batch>-workers` and its Indexed
+    // pods get the hostname `<job>-<index>`, a DNS label: the apiserver refuses such a Job ("will not
+    // able to create pod with invalid DNS label"), so a dotted batch could only ever fail. Long
+    // names are fine (Job names are cut and hashed, see `reconcile::stage`).
+    root["x-kubernetes-validations"] = json!([
+        {
+            "rule": "!self.metadata.name.contains('.')",
+            "message": "metadata.name must not contain dots: the worker Job is named after the batch and its pods need DNS-label hostnames"
+        }
+    ]);
 }
 
 fn apply_spec_rules(spec: &mut Value) {
@@ -81,6 +104,7 @@ fn apply_spec_rules(spec: &mut Value) {
         set(spec, path, "format", json!("int32"));
     }
     set(spec, &["completion", "completeBy"], "format", json!("date-time"));
+    set(spec, &["completion", "completeBy"], "pattern", json!(COMPLETE_BY_PATTERN));
     set(spec, &["completion", "completeBy"], "maxLength", json!(64));
 
     // Immutability: only suspend, parallelism and completion.completeBy may change after creation.
@@ -97,6 +121,14 @@ fn apply_spec_rules(spec: &mut Value) {
             "rule": format!("self.targetCount <= self.itemsPerShard * {MAX_SHARDS}"),
             "message": format!("spec.itemsPerShard: too many shards: ceil(targetCount / itemsPerShard) must be at most {MAX_SHARDS}"),
             "fieldPath": ".itemsPerShard"
+        },
+        {
+            // The worker Job's maxFailedIndexes must not exceed its completions (the shard count),
+            // or the apiserver refuses the Job and the batch fails. Without division:
+            // m <= ceil(t / p)  <=>  (m - 1) * p < t.
+            "rule": "!has(self.worker.maxFailedShards) || (self.worker.maxFailedShards - 1) * self.itemsPerShard < self.targetCount",
+            "message": "spec.worker.maxFailedShards must be at most the number of shards, ceil(targetCount / itemsPerShard)",
+            "fieldPath": ".worker.maxFailedShards"
         },
         {
             "rule": "has(self.consolidation) == has(oldSelf.consolidation)",
@@ -135,6 +167,22 @@ mod tests {
     fn fits_in_the_client_side_apply_annotation() {
         let json = serde_json::to_string(&definition()).unwrap();
         assert!(json.len() < 200 * 1024, "CRD is {} bytes of JSON", json.len());
+    }
+
+    #[test]
+    fn complete_by_pattern_admits_only_what_the_planner_parses() {
+        use k8s_openapi::jiff::Timestamp;
+        // Each of these matches COMPLETE_BY_PATTERN (the e2e test proves the apiserver admits them).
+        for ok in [
+            "2026-01-02T19:30:00Z",
+            "2026-01-02t19:30:00z",
+            "2026-01-02T19:30:00.5+01:00",
+            "2026-01-02T19:30:00.123456789-05:00",
+        ] {
+            ok.parse::<Timestamp>().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        // What the pattern exists to refuse: the planner cannot read a tenth fraction digit.
+        assert!("2026-01-02T19:30:00.1234567891Z".parse::<Timestamp>().is_err());
     }
 
     #[test]
