@@ -677,3 +677,6 @@ fn transition_events(prev: &PredictionBatchStatus, next: &PredictionBatchStatus,
     }
     events
 }
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
