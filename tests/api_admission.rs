@@ -259,7 +259,7 @@ fn spec_paths(schema: &Value, prefix: &str, out: &mut Vec<String>) {
 
 #[test]
 fn reference_documents_every_field_and_shows_the_full_example() {
-    let doc = std::fs::read_to_string(repo().join("docs/api-reference.md")).expect("docs/api-reference.md");
+    let doc = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
     let crd = read_yaml(&repo().join("crds/predictions.dev_predictionbatches.yaml"));
     let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
     let mut missing = Vec::new();
@@ -281,9 +281,9 @@ fn reference_documents_every_field_and_shows_the_full_example() {
             }
         }
     }
-    assert!(missing.is_empty(), "docs/api-reference.md does not document {missing:?}");
+    assert!(missing.is_empty(), "README.md does not document {missing:?}");
     let example = std::fs::read_to_string(repo().join(FULL_EXAMPLE)).unwrap();
-    assert!(doc.contains(&example), "docs/api-reference.md must show {FULL_EXAMPLE} verbatim");
+    assert!(doc.contains(&example), "README.md must show {FULL_EXAMPLE} verbatim");
     for column in ["DATE", "PHASE", "PROGRESS", "FAILED", "AGE", "SHARDS", "MESSAGE"] {
         assert!(doc.contains(&format!("| {column} |")), "printer column {column} not documented");
     }
