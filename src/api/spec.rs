@@ -13,6 +13,8 @@ use super::status::PredictionBatchStatus;
 /// A batch of predictions for one game date: worker shards, then one consolidation, then one export.
 /// All progress is kept in `.status`, derived from the Jobs the controller owns, so a controller
 /// restart never loses or repeats a stage.
+// The printer columns repeat `type_ = ...` keys, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "predictions.dev",

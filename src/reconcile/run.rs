@@ -193,14 +193,15 @@ fn observe_stage_durations(ctx: &Context, prev: Option<&PredictionBatchStatus>, 
     for stage in Stage::ALL {
         let before = prev.and_then(|p| stage_status(p, stage)).map(|s| s.state);
         let Some(after) = stage_status(next, stage) else { continue };
-        if after.state == StageState::Succeeded && before != Some(StageState::Succeeded) {
-            if let (Some(a), Some(b)) = (&after.start_time, &after.completion_time) {
-                let secs = b.0.duration_since(a.0).as_secs_f64().max(0.0);
-                ctx.metrics
-                    .stage_duration
-                    .get_or_create(&crate::metrics::StageLabel { stage: stage.label() })
-                    .observe(secs);
-            }
+        if after.state == StageState::Succeeded
+            && before != Some(StageState::Succeeded)
+            && let (Some(a), Some(b)) = (&after.start_time, &after.completion_time)
+        {
+            let secs = b.0.duration_since(a.0).as_secs_f64().max(0.0);
+            ctx.metrics
+                .stage_duration
+                .get_or_create(&crate::metrics::StageLabel { stage: stage.label() })
+                .observe(secs);
         }
     }
 }

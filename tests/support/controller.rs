@@ -269,17 +269,17 @@ impl StatusRecord {
         if let Some(prev) = self.last.get(name) {
             let mut bad = |what: String| self.regressions.push(format!("{name}: {what}"));
             let (pp, np) = (prev["phase"].as_str().unwrap_or(""), status["phase"].as_str().unwrap_or(""));
-            if let (Some(a), Some(b)) = (phase_rank(pp), phase_rank(np)) {
-                if b < a || (a == 4 && pp != np) {
-                    bad(format!("phase {pp} -> {np}"));
-                }
+            if let (Some(a), Some(b)) = (phase_rank(pp), phase_rank(np))
+                && (b < a || (a == 4 && pp != np))
+            {
+                bad(format!("phase {pp} -> {np}"));
             }
             for path in [["shards", "succeeded"], ["items", "succeeded"]] {
                 let (a, b) = (prev[path[0]][path[1]].as_u64(), status[path[0]][path[1]].as_u64());
-                if let (Some(a), Some(b)) = (a, b) {
-                    if b < a {
-                        bad(format!("{}.{} {a} -> {b}", path[0], path[1]));
-                    }
+                if let (Some(a), Some(b)) = (a, b)
+                    && b < a
+                {
+                    bad(format!("{}.{} {a} -> {b}", path[0], path[1]));
                 }
             }
             for stage in ["workers", "consolidation", "export"] {

@@ -68,13 +68,7 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let dir = std::env::var_os("CLUSTER_DIR")
             .map(PathBuf::from)
-            .map(|d| {
-                if d.is_absolute() {
-                    d
-                } else {
-                    repo_root().join(d)
-                }
-            })
+            .map(|d| if d.is_absolute() { d } else { repo_root().join(d) })
             .unwrap_or_else(|| repo_root().join("target/test-cluster"));
         let c = Cluster {
             kubeconfig: dir.join("kubeconfig"),
@@ -95,17 +89,9 @@ pub fn cluster() -> &'static Cluster {
             .arg(&c.kubeconfig)
             .args(["get", "--raw=/readyz", "--request-timeout=10s"])
             .output()
-            .unwrap_or_else(|e| {
-                not_running(&c, &format!("cannot run {}: {e}", c.kubectl.display()))
-            });
+            .unwrap_or_else(|e| not_running(&c, &format!("cannot run {}: {e}", c.kubectl.display())));
         if !out.status.success() {
-            not_running(
-                &c,
-                &format!(
-                    "kube-apiserver is not ready: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            );
+            not_running(&c, &format!("kube-apiserver is not ready: {}", String::from_utf8_lossy(&out.stderr).trim()));
         }
         c
     })
@@ -135,9 +121,7 @@ where
 
 /// Runs kubectl and returns its Output, whatever the exit status.
 pub fn kubectl_output(args: &[&str]) -> Output {
-    kubectl_command(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run kubectl {args:?}: {e}"))
+    kubectl_command(args).output().unwrap_or_else(|e| panic!("cannot run kubectl {args:?}: {e}"))
 }
 
 /// Runs kubectl; returns stdout, panics with stderr (and where the logs are) on failure.
@@ -153,12 +137,7 @@ pub fn kubectl_stdin(args: &[&str], input: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run kubectl {args:?}: {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .expect("write kubectl stdin");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).expect("write kubectl stdin");
     let out = child.wait_with_output().expect("wait for kubectl");
     check(args, out)
 }
@@ -218,10 +197,7 @@ impl TestNamespace {
     /// Jobs, cannot start before the service-account controller has created it).
     pub fn new(prefix: &str) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let prefix: String = prefix
             .to_ascii_lowercase()
@@ -229,25 +205,15 @@ impl TestNamespace {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .take(30)
             .collect();
-        let name = format!(
-            "{}-{:x}-{n}-{:x}",
-            prefix.trim_matches('-'),
-            std::process::id(),
-            nanos & 0xffff
-        );
+        let name = format!("{}-{:x}-{n}-{:x}", prefix.trim_matches('-'), std::process::id(), nanos & 0xffff);
         kubectl(&["create", "namespace", &name]);
         kubectl(&["label", "namespace", &name, "test.predictions.dev/e2e=true"]);
         let ns = TestNamespace { name };
         wait_until(
             "the default ServiceAccount",
             Duration::from_secs(60),
-            || {
-                kubectl_output(&["get", "serviceaccount", "default", "-n", &ns.name])
-                    .status
-                    .success()
-                    .then_some(())
-            },
-            || String::new(),
+            || kubectl_output(&["get", "serviceaccount", "default", "-n", &ns.name]).status.success().then_some(()),
+            String::new,
         );
         ns
     }
@@ -281,9 +247,8 @@ pub async fn controller_client() -> kube::Client {
 pub async fn client_from(kubeconfig: &Path) -> kube::Client {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)
         .unwrap_or_else(|e| panic!("read {}: {e}", kubeconfig.display()));
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", kubeconfig.display()));
+    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", kubeconfig.display()));
     kube::Client::try_from(config).expect("kube client")
 }
