@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use install::{
-    BINARY, CHART_DIR, ControllerProcess, Release, can_i, controller_lock, ensure_crd, helm, of_kind, one_of_kind, render,
-    repo, run_ok, service_account_kubeconfig, set_mode, tool_command, unique, wait_for_phase,
+    BINARY, CHART_DIR, ControllerProcess, Release, can_i, controller_lock, ensure_crd, helm, of_kind, one_of_kind,
+    render, repo, run_ok, service_account_kubeconfig, set_mode, tool_command, unique, wait_for_phase,
 };
 use serde_json::{Value, json};
 use support::{TestNamespace, cluster, kubectl, kubectl_json, kubectl_output, kubectl_stdin, wait_until};
@@ -41,7 +41,10 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
                 "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             ],
         ),
-        ("single replica, no leader election", vec!["--set", "replicaCount=1", "--set", "controller.leaderElection.enabled=false"]),
+        (
+            "single replica, no leader election",
+            vec!["--set", "replicaCount=1", "--set", "controller.leaderElection.enabled=false"],
+        ),
     ]
 }
 
@@ -61,7 +64,11 @@ fn assert_chart_crds_match() {
     };
     let top = repo().join("crds");
     let chart = Path::new(CHART_DIR).join("crds");
-    assert_eq!(names(&top), names(&chart), "charts/prediction-batch-controller/crds/ must hold exactly the files of crds/");
+    assert_eq!(
+        names(&top),
+        names(&chart),
+        "charts/prediction-batch-controller/crds/ must hold exactly the files of crds/"
+    );
     for name in names(&top) {
         let a = std::fs::read(top.join(&name)).unwrap();
         let b = std::fs::read(chart.join(&name)).unwrap();
@@ -97,7 +104,10 @@ fn helm_lint_is_clean() {
         cmd.args(["template", "bad", CHART_DIR]).args(&bad);
         let out = install::output(cmd);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(expect), "helm template {bad:?} should fail naming {expect}: {err}");
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "helm template {bad:?} should fail naming {expect}: {err}"
+        );
     }
 }
 
@@ -111,9 +121,29 @@ fn helm_3_lints_and_renders_the_chart_like_helm_4() {
         assert!(!text.contains("[WARNING]") && !text.contains("[ERROR]"), "helm 3 lint ({what}):\n{text}");
 
         let mut t3 = tool_command("helm3");
-        t3.args(["template", "r", CHART_DIR, "--namespace", "pbc-system", "--include-crds", "--kube-version", "1.35.4"]).args(&extra);
+        t3.args([
+            "template",
+            "r",
+            CHART_DIR,
+            "--namespace",
+            "pbc-system",
+            "--include-crds",
+            "--kube-version",
+            "1.35.4",
+        ])
+        .args(&extra);
         let mut t4 = tool_command("helm");
-        t4.args(["template", "r", CHART_DIR, "--namespace", "pbc-system", "--include-crds", "--kube-version", "1.35.4"]).args(&extra);
+        t4.args([
+            "template",
+            "r",
+            CHART_DIR,
+            "--namespace",
+            "pbc-system",
+            "--include-crds",
+            "--kube-version",
+            "1.35.4",
+        ])
+        .args(&extra);
         let (v3, v4) = (install::parse_documents(&run_ok(t3)), install::parse_documents(&run_ok(t4)));
         assert_eq!(v3.len(), v4.len(), "helm 3 and 4 render different numbers of objects ({what})");
         for (a, b) in v3.iter().zip(&v4) {
@@ -150,7 +180,11 @@ fn deployment_runs_two_leader_elected_replicas_under_pod_security_restricted() {
     assert_eq!(c["ports"], json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"}]));
     assert_eq!(c["livenessProbe"]["httpGet"], json!({"path": "/healthz", "port": "http"}));
     assert_eq!(c["readinessProbe"]["httpGet"], json!({"path": "/readyz", "port": "http"}));
-    assert!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string(), "{}", c["resources"]);
+    assert!(
+        c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string(),
+        "{}",
+        c["resources"]
+    );
 
     // Pod Security "restricted" (every control of the profile) plus a read-only root filesystem.
     let psc = &pod["securityContext"];
@@ -192,7 +226,10 @@ fn every_rendered_flag_exists_in_the_binary() {
             let arg = arg.as_str().unwrap();
             if let Some(flag) = arg.strip_prefix("--") {
                 let flag = flag.split('=').next().unwrap();
-                assert!(help.contains(&format!("--{flag}")), "the chart ({what}) passes --{flag}, which `run --help` lacks:\n{help}");
+                assert!(
+                    help.contains(&format!("--{flag}")),
+                    "the chart ({what}) passes --{flag}, which `run --help` lacks:\n{help}"
+                );
             } else {
                 assert_eq!(arg, "run", "unexpected argument {arg}");
             }
@@ -203,9 +240,7 @@ fn every_rendered_flag_exists_in_the_binary() {
 /// The rendered rules are the least privilege list, and nothing more, in every variant.
 #[test]
 fn rendered_rbac_is_least_privilege() {
-    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| {
-        json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
-    };
+    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| json!({"apiGroups": groups, "resources": resources, "verbs": verbs});
     let controller_rules = vec![
         rule(&["predictions.dev"], &["predictionbatches"], &["get", "list", "watch"]),
         rule(&["predictions.dev"], &["predictionbatches/status"], &["patch", "update"]),
@@ -234,7 +269,10 @@ fn rendered_rbac_is_least_privilege() {
         let scoped = what == "namespace-scoped";
         let controller_role = docs
             .iter()
-            .find(|d| d["kind"] == if scoped { "Role" } else { "ClusterRole" } && d["metadata"]["name"] == "r-prediction-batch-controller")
+            .find(|d| {
+                d["kind"] == if scoped { "Role" } else { "ClusterRole" }
+                    && d["metadata"]["name"] == "r-prediction-batch-controller"
+            })
             .unwrap_or_else(|| panic!("controller role missing ({what})"));
         assert_eq!(controller_role["rules"], json!(controller_rules), "controller rules ({what})");
         if scoped {
@@ -247,7 +285,9 @@ fn rendered_rbac_is_least_privilege() {
             assert_eq!(rb["metadata"]["namespace"], "team-a");
             assert_eq!(rb["subjects"][0]["namespace"], "pbc-system");
         }
-        let le = docs.iter().find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "r-prediction-batch-controller-leader-election");
+        let le = docs
+            .iter()
+            .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "r-prediction-batch-controller-leader-election");
         if what.contains("no leader election") {
             assert!(le.is_none(), "no lease rights without leader election");
         } else {
@@ -265,7 +305,13 @@ fn rendered_rbac_is_least_privilege() {
         // Aggregated roles extend view/edit/admin to PredictionBatches.
         let agg: Vec<&Value> = of_kind(&docs, "ClusterRole")
             .into_iter()
-            .filter(|d| d["metadata"]["labels"].as_object().unwrap().keys().any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")))
+            .filter(|d| {
+                d["metadata"]["labels"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+            })
             .collect();
         let labels: BTreeSet<String> = agg
             .iter()
@@ -284,17 +330,33 @@ fn rendered_rbac_is_least_privilege() {
 fn optional_objects_render_only_when_enabled() {
     let defaults = render("r", "pbc-system", &[]);
     let kinds: BTreeSet<&str> = defaults.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    let expected: BTreeSet<&str> = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment", "PodDisruptionBudget"]
-        .into_iter()
-        .collect();
+    let expected: BTreeSet<&str> = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+    ]
+    .into_iter()
+    .collect();
     assert_eq!(kinds, expected, "default objects");
     let svc = one_of_kind(&defaults, "Service");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
     let pdb = one_of_kind(&defaults, "PodDisruptionBudget");
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
-    assert_eq!(pdb["spec"]["selector"]["matchLabels"], one_of_kind(&defaults, "Deployment")["spec"]["selector"]["matchLabels"]);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        one_of_kind(&defaults, "Deployment")["spec"]["selector"]["matchLabels"]
+    );
 
-    let all = render("r", "pbc-system", &["--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true"]);
+    let all = render(
+        "r",
+        "pbc-system",
+        &["--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true"],
+    );
     let sm = one_of_kind(&all, "ServiceMonitor");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "http");
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
@@ -341,7 +403,13 @@ fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
     let namespace = unique("chart-install");
     kubectl(&["create", "namespace", &namespace]);
     // Pod Security admission enforces "restricted": pods that break it are never created.
-    kubectl(&["label", "namespace", &namespace, "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/warn=restricted"]);
+    kubectl(&[
+        "label",
+        "namespace",
+        &namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
     let started = Instant::now();
     // With its crds/: the CRD is already there (applied by other tests with the same bytes), which
     // Helm 3 skips and Helm 4 server-side applies without a conflict.
@@ -359,9 +427,7 @@ fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
             let pods = kubectl_json(&["get", "pods", "-n", &namespace, "-l", selector]);
             (pods["items"].as_array().map_or(0, |i| i.len()) == 2).then_some(())
         },
-        || {
-            String::from_utf8_lossy(&kubectl_output(&["get", "events", "-n", &namespace]).stdout).into_owned()
-        },
+        || String::from_utf8_lossy(&kubectl_output(&["get", "events", "-n", &namespace]).stdout).into_owned(),
     );
     let events = kubectl(&["get", "events", "-n", &namespace, "--field-selector", "reason=FailedCreate", "-o", "name"]);
     assert!(events.trim().is_empty(), "FailedCreate events: {events}");
@@ -386,20 +452,38 @@ fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
     wait_until(
         "the aggregation controller to add PredictionBatches to edit and view",
         Duration::from_secs(30),
-        || (can_i("alice", "create", "predictionbatches.predictions.dev", Some(team.name()))
-            && can_i("bob", "list", "predictionbatches.predictions.dev", Some(team.name())))
-        .then_some(()),
+        || {
+            (can_i("alice", "create", "predictionbatches.predictions.dev", Some(team.name()))
+                && can_i("bob", "list", "predictionbatches.predictions.dev", Some(team.name())))
+            .then_some(())
+        },
         || kubectl(&["get", "clusterrole", "edit", "view", "-o", "yaml"]),
     );
     assert!(!can_i("bob", "create", "predictionbatches.predictions.dev", Some(team.name())));
     assert!(!can_i("alice", "create", "predictionbatches.predictions.dev", Some("default")));
 
     // Upgrade: a changed value reaches the Deployment, as revision 2.
-    helm(&["upgrade", &name, CHART_DIR, "--namespace", &namespace, "--set", "controller.logFormat=text", "--set", "replicaCount=3"]);
+    helm(&[
+        "upgrade",
+        &name,
+        CHART_DIR,
+        "--namespace",
+        &namespace,
+        "--set",
+        "controller.logFormat=text",
+        "--set",
+        "replicaCount=3",
+    ]);
     let deploy = kubectl_json(&["get", "deployment", &full, "-n", &namespace]);
     assert_eq!(deploy["spec"]["replicas"], 3);
-    assert!(deploy["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap().contains(&json!("--log-format=text")));
-    let status: Value = serde_json::from_str(&helm(&["status", &name, "--namespace", &namespace, "-o", "json"])).unwrap();
+    assert!(
+        deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("--log-format=text"))
+    );
+    let status: Value =
+        serde_json::from_str(&helm(&["status", &name, "--namespace", &namespace, "-o", "json"])).unwrap();
     assert_eq!(status["version"], 2, "{status}");
     assert_eq!(status["info"]["status"], "deployed");
 
@@ -410,12 +494,22 @@ fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
         "the release's objects to be gone",
         Duration::from_secs(60),
         || {
-            let left = kubectl_output(&["get", "deployment,serviceaccount,service,pdb,role,rolebinding", "-n", &namespace, "-l", selector, "-o", "name"]);
+            let left = kubectl_output(&[
+                "get",
+                "deployment,serviceaccount,service,pdb,role,rolebinding",
+                "-n",
+                &namespace,
+                "-l",
+                selector,
+                "-o",
+                "name",
+            ]);
             let cluster_left = kubectl_output(&["get", "clusterrole,clusterrolebinding", "-l", selector, "-o", "name"]);
-            (String::from_utf8_lossy(&left.stdout).trim().is_empty() && String::from_utf8_lossy(&cluster_left.stdout).trim().is_empty())
-                .then_some(())
+            (String::from_utf8_lossy(&left.stdout).trim().is_empty()
+                && String::from_utf8_lossy(&cluster_left.stdout).trim().is_empty())
+            .then_some(())
         },
-        || String::new(),
+        String::new,
     );
     kubectl(&["get", "crd", "predictionbatches.predictions.dev"]);
     let _ = kubectl_output(&["delete", "namespace", &namespace, "--wait=false"]);
@@ -444,11 +538,20 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
 
     let ns = TestNamespace::new("chart-rbac-batch");
     let mut cmd = Command::new(BINARY);
-    cmd.args(["run", "--http-addr", "127.0.0.1:0", "--leader-elect", "--lease-namespace", &namespace, "--lease-name", &full])
-        .args(["--identity", "chart-rbac-test"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info,kube=warn")
-        .env("NO_COLOR", "1");
+    cmd.args([
+        "run",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--leader-elect",
+        "--lease-namespace",
+        &namespace,
+        "--lease-name",
+        &full,
+    ])
+    .args(["--identity", "chart-rbac-test"])
+    .env("KUBECONFIG", &kubeconfig)
+    .env("RUST_LOG", "info,kube=warn")
+    .env("NO_COLOR", "1");
     let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
     controller.wait_for_log("acquired leadership", Duration::from_secs(30));
     // The probe and scrape endpoints the chart points at answer.
@@ -469,7 +572,12 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
         Duration::from_secs(20),
         || {
             let ev = kubectl_json(&["get", "events.events.k8s.io", "-n", ns.name()]);
-            ev["items"].as_array().unwrap().iter().any(|e| e["reportingController"] == "prediction-batch-controller").then_some(())
+            ev["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["reportingController"] == "prediction-batch-controller")
+                .then_some(())
         },
         || controller.log_tail(),
     );
@@ -477,15 +585,29 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     let lease = kubectl_json(&["get", "lease", &full, "-n", &namespace]);
     assert_eq!(lease["spec"]["holderIdentity"], "chart-rbac-test");
     let status = controller.terminate(Duration::from_secs(30));
-    assert!(status.is_some_and(|s| s.success()), "the controller did not exit cleanly on SIGTERM: {status:?}\n{}", controller.log_tail());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the controller did not exit cleanly on SIGTERM: {status:?}\n{}",
+        controller.log_tail()
+    );
 
     // Not one request of the account was refused (the audit log records every one of them).
     let audit = std::fs::read_to_string(&cluster().audit_log).expect("audit log");
     let mut requests = 0;
-    for e in audit.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|e| e["user"]["username"] == sa.as_str()) {
+    for e in audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["user"]["username"] == sa.as_str())
+    {
         requests += 1;
         let code = e["responseStatus"]["code"].as_i64().unwrap_or(0);
-        assert!(code != 403, "request refused by RBAC: {} {} -> 403: {}", e["verb"], e["requestURI"], e["responseStatus"]["message"]);
+        assert!(
+            code != 403,
+            "request refused by RBAC: {} {} -> 403: {}",
+            e["verb"],
+            e["requestURI"],
+            e["responseStatus"]["message"]
+        );
     }
     assert!(requests > 10, "expected the controller's requests in the audit log, found {requests}");
     let log = controller.log_text();
@@ -525,7 +647,15 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     }
     // Only the chart's lease, by name.
     let as_sa = format!("--as={sa}");
-    let other_lease = kubectl_output(&["auth", "can-i", "update", "leases.coordination.k8s.io/someone-else", &as_sa, "-n", &namespace]);
+    let other_lease = kubectl_output(&[
+        "auth",
+        "can-i",
+        "update",
+        "leases.coordination.k8s.io/someone-else",
+        &as_sa,
+        "-n",
+        &namespace,
+    ]);
     assert_eq!(String::from_utf8_lossy(&other_lease.stdout).trim(), "no");
     // No wildcard in anything the account holds.
     let list = kubectl(&["auth", "can-i", "--list", &as_sa, "-n", other]);
@@ -549,11 +679,18 @@ fn namespace_scoped_install_grants_rights_in_the_watched_namespace_only() {
     );
     let sa = release.service_account();
     let deploy = kubectl_json(&["get", "deployment", &release.fullname(), "-n", &namespace]);
-    assert!(deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .contains(&json!(format!("--namespace={}", watched.name()))));
-    for (verb, resource) in [("create", "jobs.batch"), ("watch", "predictionbatches.predictions.dev"), ("patch", "predictionbatches.predictions.dev/status"), ("create", "events.events.k8s.io")] {
+    assert!(
+        deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(format!("--namespace={}", watched.name())))
+    );
+    for (verb, resource) in [
+        ("create", "jobs.batch"),
+        ("watch", "predictionbatches.predictions.dev"),
+        ("patch", "predictionbatches.predictions.dev/status"),
+        ("create", "events.events.k8s.io"),
+    ] {
         assert!(can_i(&sa, verb, resource, Some(watched.name())), "{verb} {resource} in the watched namespace");
         assert!(!can_i(&sa, verb, resource, Some(elsewhere.name())), "{verb} {resource} outside the watched namespace");
         assert!(!can_i(&sa, verb, resource, None), "{verb} {resource} in all namespaces");
@@ -563,7 +700,11 @@ fn namespace_scoped_install_grants_rights_in_the_watched_namespace_only() {
     let bindings = kubectl(&["get", "clusterrolebindings", "-o", "json"]);
     let bindings: Value = serde_json::from_str(&bindings).unwrap();
     assert!(
-        !bindings["items"].as_array().unwrap().iter().any(|b| b["subjects"].as_array().is_some_and(|s| s.iter().any(|s| s["namespace"] == namespace.as_str()))),
+        !bindings["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["subjects"].as_array().is_some_and(|s| s.iter().any(|s| s["namespace"] == namespace.as_str()))),
         "a ClusterRoleBinding names the namespace-scoped ServiceAccount"
     );
 }
@@ -649,7 +790,8 @@ exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all --boundi
     let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
     assert_eq!(groups.trim(), "Groups:", "supplementary groups: {groups}");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let vars: Vec<String> = environ.split(|b| *b == 0).filter(|v| !v.is_empty()).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    let vars: Vec<String> =
+        environ.split(|b| *b == 0).filter(|v| !v.is_empty()).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
     assert!(!vars.iter().any(|v| v.starts_with("HOME=")), "{vars:?}");
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"));
 

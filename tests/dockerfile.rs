@@ -91,7 +91,16 @@ fn image_builds_with_the_local_release_flags() {
     assert_eq!(build.len(), 1, "exactly one cargo build: {runs:?}");
     assert!(build[0].contains("cargo build --release --locked"), "{}", build[0]);
     // Nothing that would make the image's binary differ from `cargo build --release` here.
-    for flag in ["RUSTFLAGS", "CARGO_PROFILE_", "CARGO_BUILD_", "CARGO_ENCODED_RUSTFLAGS", "--target", "--profile", "--features", "--no-default-features"] {
+    for flag in [
+        "RUSTFLAGS",
+        "CARGO_PROFILE_",
+        "CARGO_BUILD_",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "--target",
+        "--profile",
+        "--features",
+        "--no-default-features",
+    ] {
         assert!(
             !all.iter().any(|i| !i.starts_with("LABEL") && i.contains(flag)),
             "the Dockerfile sets {flag}: the image must build with exactly Cargo.toml's [profile.release]"
@@ -107,11 +116,13 @@ fn image_builds_with_the_local_release_flags() {
     }
     // The image's Rust is at least the crate's rust-version.
     let cargo_toml = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
-    let msrv = cargo_toml.lines().find_map(|l| l.strip_prefix("rust-version = ")).map(|v| v.trim_matches('"').to_string()).unwrap();
-    let rust_image = all
-        .iter()
-        .find_map(|i| i.strip_prefix("ARG RUST_IMAGE="))
-        .expect("ARG RUST_IMAGE=rust:<version>-<debian>");
+    let msrv = cargo_toml
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap();
+    let rust_image =
+        all.iter().find_map(|i| i.strip_prefix("ARG RUST_IMAGE=")).expect("ARG RUST_IMAGE=rust:<version>-<debian>");
     let version = rust_image.strip_prefix("rust:").unwrap().split('-').next().unwrap();
     let parse = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap()).collect::<Vec<_>>();
     assert_eq!(parse(version).len(), 3, "the builder is pinned to an exact Rust release: {rust_image}");
@@ -127,7 +138,10 @@ fn final_image_is_pinned_distroless_and_runs_as_the_charts_non_root_user() {
     assert!(runtime_image.starts_with("gcr.io/distroless/"), "{runtime_image}");
     let (_, digest) = runtime_image.split_once("@sha256:").expect("the runtime image is pinned by digest");
     assert!(digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()), "{runtime_image}");
-    assert!(froms.last().unwrap().starts_with("FROM ${RUNTIME_IMAGE}"), "the last stage is the runtime image: {froms:?}");
+    assert!(
+        froms.last().unwrap().starts_with("FROM ${RUNTIME_IMAGE}"),
+        "the last stage is the runtime image: {froms:?}"
+    );
 
     // After the last FROM: only the binary is copied, a numeric non-root USER, exec-form ENTRYPOINT.
     let last = all.iter().rposition(|i| i.starts_with("FROM ")).unwrap();
@@ -135,12 +149,16 @@ fn final_image_is_pinned_distroless_and_runs_as_the_charts_non_root_user() {
     let user = tail.iter().find_map(|i| i.strip_prefix("USER ")).expect("USER in the final stage");
     let uid: u32 = user.split(':').next().unwrap().parse().expect("numeric USER (runAsNonRoot checks it)");
     assert!(uid > 0);
-    assert!(tail.iter().any(|i| i.starts_with("ENTRYPOINT [\"/usr/local/bin/prediction-batch-controller\"]")), "{tail:?}");
+    assert!(
+        tail.iter().any(|i| i.starts_with("ENTRYPOINT [\"/usr/local/bin/prediction-batch-controller\"]")),
+        "{tail:?}"
+    );
     assert!(!tail.iter().any(|i| i.starts_with("RUN ")), "no RUN in the distroless stage (no shell there)");
 
     // The chart runs the image as that user.
     let values: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(Path::new(install::CHART_DIR).join("values.yaml")).unwrap()).unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(Path::new(install::CHART_DIR).join("values.yaml")).unwrap())
+            .unwrap();
     assert_eq!(values["securityContext"]["runAsUser"].as_u64(), Some(uid as u64), "chart runAsUser vs Dockerfile USER");
     assert_eq!(values["podSecurityContext"]["runAsUser"].as_u64(), Some(uid as u64));
 

@@ -41,10 +41,16 @@ fn to_lua(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => lua_string(s),
-        Value::Array(items) => format!("{{{}}}", items.iter().filter(|i| !i.is_null()).map(to_lua).collect::<Vec<_>>().join(", ")),
+        Value::Array(items) => {
+            format!("{{{}}}", items.iter().filter(|i| !i.is_null()).map(to_lua).collect::<Vec<_>>().join(", "))
+        }
         Value::Object(map) => format!(
             "{{{}}}",
-            map.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| format!("[{}] = {}", lua_string(k), to_lua(v))).collect::<Vec<_>>().join(", ")
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("[{}] = {}", lua_string(k), to_lua(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -121,8 +127,17 @@ fn lua_harness_rejects_broken_scripts() {
     ] {
         let path = scratch.path().join("bad.lua");
         std::fs::write(&path, script).unwrap();
-        let out = Command::new(lua()).arg(repo().join("tests/tools/argocd-health/harness.lua")).arg(&path).arg(&input).output().unwrap();
-        assert!(!out.status.success(), "harness accepted a script where {why}: {}", String::from_utf8_lossy(&out.stdout));
+        let out = Command::new(lua())
+            .arg(repo().join("tests/tools/argocd-health/harness.lua"))
+            .arg(&path)
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "harness accepted a script where {why}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 
@@ -190,11 +205,21 @@ fn kstatus_and_argo_cd_health_of_live_batches_in_every_phase() {
 
     // (name, manifest, phase, kstatus, Argo CD health)
     let cases = [
-        ("running", batch_yaml("running", "", r#"{annotations: {"test.predictions.dev/run-for": "10m"}}"#), "Running", "InProgress", "Progressing"),
+        (
+            "running",
+            batch_yaml("running", "", r#"{annotations: {"test.predictions.dev/run-for": "10m"}}"#),
+            "Running",
+            "InProgress",
+            "Progressing",
+        ),
         ("succeeded", batch_yaml("succeeded", "", "{}"), "Succeeded", "Current", "Healthy"),
         (
             "failed",
-            batch_yaml("failed", "  completion:\n    minSucceededPercent: 100", r#"{labels: {"test.predictions.dev/fail": "shards-3-7"}}"#),
+            batch_yaml(
+                "failed",
+                "  completion:\n    minSucceededPercent: 100",
+                r#"{labels: {"test.predictions.dev/fail": "shards-3-7"}}"#,
+            ),
             "Failed",
             "Failed",
             "Degraded",
@@ -236,7 +261,10 @@ fn kstatus_and_argo_cd_health_of_live_batches_in_every_phase() {
         let (argo, argo_message) = argo_health(object, scratch.path());
         report.push(format!("{phase:10} kstatus {} ({}) | Argo CD {argo} ({argo_message})", r["status"], r["message"]));
         if r["status"] != *want_kstatus || argo != *want_argo {
-            wrong.push(format!("{name}: kstatus {} (want {want_kstatus}), Argo CD {argo} (want {want_argo})\n{r}\n{object:#}", r["status"]));
+            wrong.push(format!(
+                "{name}: kstatus {} (want {want_kstatus}), Argo CD {argo} (want {want_argo})\n{r}\n{object:#}",
+                r["status"]
+            ));
         }
     }
     eprintln!("{}", report.join("\n"));
@@ -245,8 +273,26 @@ fn kstatus_and_argo_cd_health_of_live_batches_in_every_phase() {
     // A spec change the controller has not observed yet is InProgress for kstatus and Progressing
     // for Argo CD: stop the controller, change the succeeded batch, look.
     assert!(controller.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()), "{}", controller.log_tail());
-    kubectl(&["patch", "predictionbatches.predictions.dev", "succeeded", "-n", ns.name(), "--type=merge", "-p", r#"{"spec":{"parallelism":5}}"#]);
-    let object: Value = serde_json::from_str(&kubectl(&["get", "predictionbatches.predictions.dev", "succeeded", "-n", ns.name(), "-o", "json"])).unwrap();
+    kubectl(&[
+        "patch",
+        "predictionbatches.predictions.dev",
+        "succeeded",
+        "-n",
+        ns.name(),
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"parallelism":5}}"#,
+    ]);
+    let object: Value = serde_json::from_str(&kubectl(&[
+        "get",
+        "predictionbatches.predictions.dev",
+        "succeeded",
+        "-n",
+        ns.name(),
+        "-o",
+        "json",
+    ]))
+    .unwrap();
     assert_eq!(object["metadata"]["generation"], 2);
     let mut cmd = Command::new(&kstatus);
     let file = scratch.path().join("succeeded-gen2.json");

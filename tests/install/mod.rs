@@ -70,7 +70,7 @@ pub fn tool_command(name: &str) -> Command {
         cmd.env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_CONFIG_HOME", home.join("config"))
             .env("HELM_DATA_HOME", home.join("data"))
-            .env("KUBECONFIG", &cluster_kubeconfig_if_running());
+            .env("KUBECONFIG", cluster_kubeconfig_if_running());
     }
     cmd.stdin(Stdio::null());
     cmd
@@ -299,11 +299,14 @@ impl ControllerProcess {
             timeout,
             || {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("the controller exited ({status}) before logging {needle:?}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+                    panic!(
+                        "the controller exited ({status}) before logging {needle:?}:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
                 }
                 std::fs::read_to_string(&log).unwrap_or_default().contains(needle).then_some(())
             },
-            || String::new(),
+            String::new,
         );
     }
 
@@ -359,7 +362,9 @@ pub fn wait_for_phase(ns: &str, name: &str, want: &str, timeout: Duration, contr
         || {
             format!(
                 "{}\n{}",
-                String::from_utf8_lossy(&kubectl_output(&["get", "predictionbatches,jobs", "-n", ns, "-o", "yaml"]).stdout),
+                String::from_utf8_lossy(
+                    &kubectl_output(&["get", "predictionbatches,jobs", "-n", ns, "-o", "yaml"]).stdout
+                ),
                 controller.log_tail()
             )
         },
