@@ -44,6 +44,37 @@ pub struct Settings {
 pub struct Shared {
     pub ready: AtomicBool,
     pub batches: Mutex<Option<Store<PredictionBatch>>>,
+    batches_synced: AtomicBool,
+    jobs_synced: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+enum Cache {
+    Batches,
+    Jobs,
+}
+
+/// Marks a cache synced on its watch's first complete listing; once both are, the replica is
+/// ready (a leader-elected standby is ready from the start: it serves probes, not reconciles).
+fn synced<K>(shared: Arc<Shared>, cache: Cache, leader_elect: bool) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    move |event| {
+        if !matches!(event, Ok(watcher::Event::InitDone)) {
+            return;
+        }
+        let flag = match cache {
+            Cache::Batches => &shared.batches_synced,
+            Cache::Jobs => &shared.jobs_synced,
+        };
+        if !flag.swap(true, Ordering::SeqCst) {
+            let both = shared.batches_synced.load(Ordering::SeqCst) && shared.jobs_synced.load(Ordering::SeqCst);
+            if both {
+                info!("caches synced");
+                if !leader_elect {
+                    shared.ready.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
 }
 
 /// Runs until `shutdown` resolves; with leader election, reconciles only while holding the lease.
@@ -157,12 +188,14 @@ async fn run_controller(
         .default_backoff()
         .modify(trim_job)
         .reflect(job_writer)
+        .inspect(synced(shared.clone(), Cache::Jobs, settings.leader_elect))
         .touched_objects();
     let (batch_store, batch_writer) = reflector::store();
     let batch_stream = watcher(batches, watcher::Config::default())
         .default_backoff()
         .modify(trim_batch)
         .reflect(batch_writer)
+        .inspect(synced(shared.clone(), Cache::Batches, settings.leader_elect))
         .applied_objects();
 
     let reporter = Reporter { controller: "prediction-batch-controller".into(), instance: Some(settings.identity.clone()) };
@@ -176,18 +209,6 @@ async fn run_controller(
         failures: Mutex::new(HashMap::new()),
     });
     *shared.batches.lock().expect("poisoned") = Some(batch_store.clone());
-
-    let ready_flag = shared.clone();
-    let (bs, js) = (batch_store.clone(), job_store.clone());
-    let leader_elect = settings.leader_elect;
-    tokio::spawn(async move {
-        let _ = bs.wait_until_ready().await;
-        let _ = js.wait_until_ready().await;
-        if !leader_elect {
-            ready_flag.ready.store(true, Ordering::SeqCst);
-        }
-        info!(batches = bs.len(), jobs = js.len(), "caches synced");
-    });
 
     Controller::for_stream(batch_stream, batch_store)
         .owns_stream(job_stream)
