@@ -1213,6 +1213,14 @@ fn simulate(spec: PredictionBatchSpec, (chaos, events): (bool, Vec<Vec<Event>>),
 
         // The reconciler writes status, then acts.
         b.status = Some(p.status.clone());
+        // Determinism: with nothing left to do, the same observation again changes nothing and says
+        // nothing. (A plan with actions may write an intermediate status, e.g. Stopping before the
+        // Suspend, that the next pass moves on from.)
+        if p.actions.is_empty() {
+            let again = plan(&b, &obs);
+            prop_assert_eq!(&again.status, &p.status, "status not a fixpoint\n{}", ctx());
+            prop_assert!(again.events.is_empty(), "events on a re-plan: {:?}\n{}", again.events, ctx());
+        }
         obs.rejected.clear();
         let reject = chaos && step_events.iter().any(|e| matches!(e, Event::Reject));
         for a in &p.actions {
