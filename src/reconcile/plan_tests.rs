@@ -5,6 +5,8 @@
 //! back into the batch (before acting, as the reconciler does) and executes `Create` by inserting
 //! an owned, running Job.
 
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[job.clone()]` reads better in the tables
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -41,7 +43,11 @@ fn spec() -> PredictionBatchSpec {
         target_count: 120,
         items_per_shard: 4,
         parallelism: 10,
-        worker: WorkerSpec { template: PodTemplateSpec::default(), backoff_limit_per_shard: 3, max_failed_shards: None },
+        worker: WorkerSpec {
+            template: PodTemplateSpec::default(),
+            backoff_limit_per_shard: 3,
+            max_failed_shards: None,
+        },
         completion: CompletionSpec::default(),
         consolidation: Some(stage_spec()),
         export: Some(stage_spec()),
@@ -129,7 +135,7 @@ fn creates(p: &Plan) -> Vec<Stage> {
     p.actions.iter().filter_map(|a| if let Action::Create(s) = a { Some(*s) } else { None }).collect()
 }
 
-fn stage_of<'a>(st: &'a PredictionBatchStatus, stage: Stage) -> Option<&'a StageStatus> {
+fn stage_of(st: &PredictionBatchStatus, stage: Stage) -> Option<&StageStatus> {
     match stage {
         Stage::Workers => st.workers.as_ref(),
         Stage::Consolidation => st.consolidation.as_ref(),
@@ -794,7 +800,10 @@ fn replanning_failed_and_stalled_batches_is_a_fixpoint() {
     // Suspended.
     assert_fixpoints(
         batch(spec_with(|s| s.suspend = true), Some(running_status(&spec()))),
-        &[obs_with(100, &[workers_job("0-3", "", 4)]), obs_with(150, &[JobView { suspended: true, ..workers_job("0-3", "", 0) }])],
+        &[
+            obs_with(100, &[workers_job("0-3", "", 4)]),
+            obs_with(150, &[JobView { suspended: true, ..workers_job("0-3", "", 0) }]),
+        ],
     );
 }
 
@@ -900,8 +909,11 @@ fn arb_outcome() -> impl Strategy<Value = JobOutcome> {
     prop_oneof![
         Just(JobOutcome::Running),
         proptest::option::of(arb_time()).prop_map(|at| JobOutcome::Succeeded { at }),
-        (reason, ".{0,8}", proptest::option::of(arb_time()))
-            .prop_map(|(reason, message, at)| JobOutcome::Failed { reason, message, at }),
+        (reason, ".{0,8}", proptest::option::of(arb_time())).prop_map(|(reason, message, at)| JobOutcome::Failed {
+            reason,
+            message,
+            at
+        }),
     ]
 }
 
@@ -912,22 +924,29 @@ fn arb_job(stage: Stage) -> impl Strategy<Value = JobView> {
         (arb_indexes(), arb_indexes(), arb_outcome()),
         (proptest::option::of(arb_time()), proptest::option::of(arb_time())),
     )
-        .prop_map(move |((owned, suspended, uid), (parallelism, active, terminating), (ci, fi, outcome), (created, start))| {
-            JobView {
-                name: stage.job_name(NAME),
-                uid,
-                owned,
-                suspended,
-                parallelism,
-                active,
-                terminating,
-                completed_indexes: ci,
-                failed_indexes: fi,
-                outcome,
-                created,
-                start_time: start,
-            }
-        })
+        .prop_map(
+            move |(
+                (owned, suspended, uid),
+                (parallelism, active, terminating),
+                (ci, fi, outcome),
+                (created, start),
+            )| {
+                JobView {
+                    name: stage.job_name(NAME),
+                    uid,
+                    owned,
+                    suspended,
+                    parallelism,
+                    active,
+                    terminating,
+                    completed_indexes: ci,
+                    failed_indexes: fi,
+                    outcome,
+                    created,
+                    start_time: start,
+                }
+            },
+        )
 }
 
 fn arb_phase() -> impl Strategy<Value = Phase> {
@@ -994,29 +1013,31 @@ fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
             (proptest::option::of((any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())), arb_indexes()),
             proptest::collection::vec(arb_condition(), 0..4),
         )
-            .prop_map(|(phase, (workers, consolidation, export), (quorum, start, done), (shards, failed), conditions)| {
-                PredictionBatchStatus {
-                    observed_generation: Some(1),
-                    phase,
-                    shards: shards.map(|(total, succeeded, failed, active)| crate::api::ShardCounts {
-                        total,
-                        succeeded,
-                        failed,
-                        active,
-                    }),
-                    items: None,
-                    progress: None,
-                    succeeded_shards: None,
-                    failed_shards: failed,
-                    quorum_time: quorum.map(Time),
-                    workers,
-                    consolidation,
-                    export,
-                    start_time: start.map(Time),
-                    completion_time: done.map(Time),
-                    conditions,
-                }
-            }),
+            .prop_map(
+                |(phase, (workers, consolidation, export), (quorum, start, done), (shards, failed), conditions)| {
+                    PredictionBatchStatus {
+                        observed_generation: Some(1),
+                        phase,
+                        shards: shards.map(|(total, succeeded, failed, active)| crate::api::ShardCounts {
+                            total,
+                            succeeded,
+                            failed,
+                            active,
+                        }),
+                        items: None,
+                        progress: None,
+                        succeeded_shards: None,
+                        failed_shards: failed,
+                        quorum_time: quorum.map(Time),
+                        workers,
+                        consolidation,
+                        export,
+                        start_time: start.map(Time),
+                        completion_time: done.map(Time),
+                        conditions,
+                    }
+                },
+            ),
     )
 }
 
@@ -1062,7 +1083,13 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
         ),
         arb_time(),
     )
-        .prop_map(|(workers, consolidation, export, rejected, now)| Observed { workers, consolidation, export, rejected, now })
+        .prop_map(|(workers, consolidation, export, rejected, now)| Observed {
+            workers,
+            consolidation,
+            export,
+            rejected,
+            now,
+        })
 }
 
 proptest! {
@@ -1135,7 +1162,11 @@ fn stage_succeeded(st: Option<&PredictionBatchStatus>, stage: Stage) -> bool {
 /// Runs the reconciler against a simulated cluster. `strict`: the next stage may only be planned
 /// from a status that already recorded the previous stage's success (the brief's reading);
 /// otherwise the status being written is enough (plan.rs's documented invariant).
-fn simulate(spec: PredictionBatchSpec, (chaos, events): (bool, Vec<Vec<Event>>), strict: bool) -> Result<(), TestCaseError> {
+fn simulate(
+    spec: PredictionBatchSpec,
+    (chaos, events): (bool, Vec<Vec<Event>>),
+    strict: bool,
+) -> Result<(), TestCaseError> {
     let layout = crate::reconcile::shards::ShardLayout::new(spec.target_count, spec.items_per_shard).unwrap();
     let n = layout.shard_count();
     let pct = spec.completion.min_succeeded_percent;
@@ -1170,7 +1201,11 @@ fn simulate(spec: PredictionBatchSpec, (chaos, events): (bool, Vec<Vec<Event>>),
             match s {
                 Stage::Workers => {}
                 Stage::Consolidation => {
-                    prop_assert!(stage_succeeded(basis, Stage::Workers), "consolidation before workers succeeded\n{}", ctx());
+                    prop_assert!(
+                        stage_succeeded(basis, Stage::Workers),
+                        "consolidation before workers succeeded\n{}",
+                        ctx()
+                    );
                     let items = st.items.clone().unwrap_or_default();
                     prop_assert!(
                         u64::from(items.succeeded) * 100 >= u64::from(pct) * u64::from(layout.target),
@@ -1266,8 +1301,9 @@ fn simulate(spec: PredictionBatchSpec, (chaos, events): (bool, Vec<Vec<Event>>),
         }
 
         // The cluster moves on; without chaos, only shards fail.
-        let harsh =
-            |e: &Event| matches!(e, Event::FailWorkers | Event::Reject | Event::FinishStage(_, false) | Event::ToggleSuspend);
+        let harsh = |e: &Event| {
+            matches!(e, Event::FailWorkers | Event::Reject | Event::FinishStage(_, false) | Event::ToggleSuspend)
+        };
         for e in step_events.into_iter().filter(|e| chaos || !harsh(e)) {
             let running = |j: &Option<JobView>| j.as_ref().is_some_and(|j| j.outcome == JobOutcome::Running);
             match e {
@@ -1349,7 +1385,11 @@ fn simulate(spec: PredictionBatchSpec, (chaos, events): (bool, Vec<Vec<Event>>),
                         j.outcome = if ok {
                             JobOutcome::Succeeded { at: Some(now) }
                         } else {
-                            JobOutcome::Failed { reason: "BackoffLimitExceeded".into(), message: String::new(), at: Some(now) }
+                            JobOutcome::Failed {
+                                reason: "BackoffLimitExceeded".into(),
+                                message: String::new(),
+                                at: Some(now),
+                            }
                         };
                     }
                 }
