@@ -104,6 +104,13 @@ impl<'a> Planner<'a> {
 
     fn run(mut self) -> Plan {
         let spec = &self.batch.spec;
+        // A finished batch stays finished, whatever its spec says now.
+        if self.st.phase.is_some_and(Phase::is_terminal) {
+            let layout = ShardLayout::new(spec.target_count, spec.items_per_shard)
+                .unwrap_or(ShardLayout { target: spec.target_count.max(1), per_shard: 1 });
+            self.finished_batch(layout);
+            return self.finish(layout);
+        }
         let layout = ShardLayout::new(spec.target_count, spec.items_per_shard)
             .filter(|l| u64::from(l.shard_count()) <= MAX_SHARDS);
         let complete_by = match spec.completion.complete_by.as_deref().map(str::parse::<Timestamp>) {
@@ -120,18 +127,14 @@ impl<'a> Planner<'a> {
             ));
         };
 
-        if self.st.phase.is_some_and(Phase::is_terminal) {
-            self.finished_batch(layout);
-        } else {
-            self.workers(layout, complete_by);
-            if self.stop.is_none() && stage_done(&self.st.workers) {
-                self.single_job_stage(Stage::Consolidation);
-                if self.stop.is_none() && self.stage_done_or_skipped(Stage::Consolidation) {
-                    self.single_job_stage(Stage::Export);
-                }
+        self.workers(layout, complete_by);
+        if self.stop.is_none() && stage_done(&self.st.workers) {
+            self.single_job_stage(Stage::Consolidation);
+            if self.stop.is_none() && self.stage_done_or_skipped(Stage::Consolidation) {
+                self.single_job_stage(Stage::Export);
             }
-            self.settle_phase();
         }
+        self.settle_phase();
         self.finish(layout)
     }
 
@@ -151,8 +154,14 @@ impl<'a> Planner<'a> {
             self.st.start_time = job.created.or(job.start_time).map(Time);
         }
 
-        let succeeded = IndexSet::parse_opt(job.completed_indexes.as_deref()).unwrap_or_default().clamp(n);
-        let failed = IndexSet::parse_opt(job.failed_indexes.as_deref()).unwrap_or_default().clamp(n);
+        // Counts never shrink: what status already recorded for this Job stays recorded, also
+        // when the Job reports something unreadable.
+        let recorded = |s: &Option<String>| IndexSet::parse_opt(s.as_deref()).unwrap_or_default().clamp(n);
+        let (prev_succeeded, prev_failed) = (recorded(&self.prev.succeeded_shards), recorded(&self.prev.failed_shards));
+        let succeeded = IndexSet::parse_opt(job.completed_indexes.as_deref())
+            .map_or_else(|_| prev_succeeded.clone(), |s| s.clamp(n).union(&prev_succeeded));
+        let failed = IndexSet::parse_opt(job.failed_indexes.as_deref())
+            .map_or_else(|_| prev_failed.clone(), |s| s.clamp(n).union(&prev_failed));
         let failed = IndexSet::from_indexes(failed.iter().filter(|i| !succeeded.contains(*i)));
         self.record_shards(layout, &succeeded, &failed, job.active);
 
