@@ -56,7 +56,11 @@ enum Cache {
 
 /// Marks a cache synced on its watch's first complete listing; once both are, the replica is
 /// ready (a leader-elected standby is ready from the start: it serves probes, not reconciles).
-fn synced<K>(shared: Arc<Shared>, cache: Cache, leader_elect: bool) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+fn synced<K>(
+    shared: Arc<Shared>,
+    cache: Cache,
+    leader_elect: bool,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
     move |event| {
         if !matches!(event, Ok(watcher::Event::InitDone)) {
             return;
@@ -117,7 +121,14 @@ pub async fn run(
         info!(identity = settings.identity, lease = settings.lease_name, "acquired leadership; starting to reconcile");
         metrics.is_leader.set(1);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let controller = run_controller(client.clone(), &settings, metrics.clone(), mirror.clone(), shared.clone(), wait_for(stop_rx));
+        let controller = run_controller(
+            client.clone(),
+            &settings,
+            metrics.clone(),
+            mirror.clone(),
+            shared.clone(),
+            wait_for(stop_rx),
+        );
         tokio::pin!(controller);
         let lost = tokio::select! {
             _ = &mut controller => false,
@@ -184,12 +195,13 @@ async fn run_controller(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (job_store, job_writer) = reflector::store();
-    let job_stream = watcher(jobs, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
-        .default_backoff()
-        .modify(trim_job)
-        .reflect(job_writer)
-        .inspect(synced(shared.clone(), Cache::Jobs, settings.leader_elect))
-        .touched_objects();
+    let job_stream =
+        watcher(jobs, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
+            .default_backoff()
+            .modify(trim_job)
+            .reflect(job_writer)
+            .inspect(synced(shared.clone(), Cache::Jobs, settings.leader_elect))
+            .touched_objects();
     let (batch_store, batch_writer) = reflector::store();
     let batch_stream = watcher(batches, watcher::Config::default())
         .default_backoff()
@@ -198,7 +210,8 @@ async fn run_controller(
         .inspect(synced(shared.clone(), Cache::Batches, settings.leader_elect))
         .applied_objects();
 
-    let reporter = Reporter { controller: "prediction-batch-controller".into(), instance: Some(settings.identity.clone()) };
+    let reporter =
+        Reporter { controller: "prediction-batch-controller".into(), instance: Some(settings.identity.clone()) };
     let ctx = Arc::new(Context {
         client: client.clone(),
         jobs: job_store.clone(),

@@ -25,7 +25,11 @@ pub struct FaultLayer {
 
 impl FaultLayer {
     pub fn new(rate: f64, seed: u64) -> Self {
-        FaultLayer { rate: rate.clamp(0.0, 1.0), state: Arc::new(AtomicU64::new(seed | 1)), injected: Default::default() }
+        FaultLayer {
+            rate: rate.clamp(0.0, 1.0),
+            state: Arc::new(AtomicU64::new(seed | 1)),
+            injected: Default::default(),
+        }
     }
 
     /// xorshift64*: deterministic per seed, good enough to pick faults.

@@ -13,7 +13,11 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "prediction-batch-controller", version, about = "Runs PredictionBatch pipelines: worker shards → consolidation → export")]
+#[command(
+    name = "prediction-batch-controller",
+    version,
+    about = "Runs PredictionBatch pipelines: worker shards → consolidation → export"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -138,7 +142,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = shutdown_tx.send(true);
     });
 
-    info!(namespace = settings.namespace.as_deref().unwrap_or("<all>"), leader_elect = settings.leader_elect, "starting");
+    info!(
+        namespace = settings.namespace.as_deref().unwrap_or("<all>"),
+        leader_elect = settings.leader_elect,
+        "starting"
+    );
     // --- Firestore mirror (issue 8) ---
     let mirror = match &args.firestore_project {
         Some(project) => {
@@ -148,7 +156,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 collection: args.firestore_collection.clone(),
                 emulator_host: None,
             };
-            info!(project, collection = options.collection, database = options.database.as_deref().unwrap_or("(default)"), "mirroring batch state to Firestore");
+            info!(
+                project,
+                collection = options.collection,
+                database = options.database.as_deref().unwrap_or("(default)"),
+                "mirroring batch state to Firestore"
+            );
             let config = mirror::worker::MirrorConfig {
                 delete_timeout: std::time::Duration::from_secs(args.firestore_delete_timeout),
                 ..Default::default()
@@ -181,7 +194,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

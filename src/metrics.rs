@@ -54,13 +54,21 @@ impl Default for Metrics {
         registry.register("batches", "PredictionBatches in the cache by phase", batches.clone());
         let stage_duration =
             Family::<StageLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 16)));
-        registry.register("stage_duration_seconds", "Duration of finished stages (Job start to end)", stage_duration.clone());
+        registry.register(
+            "stage_duration_seconds",
+            "Duration of finished stages (Job start to end)",
+            stage_duration.clone(),
+        );
         let status_writes = Counter::default();
         registry.register("status_writes", "Status patches written", status_writes.clone());
         let mirror_failures = Counter::default();
         registry.register("mirror_failures", "Failed writes to the Firestore mirror", mirror_failures.clone());
         let is_leader = Gauge::default();
-        registry.register("leader", "1 while this replica holds the leader lease (or runs without election)", is_leader.clone());
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease (or runs without election)",
+            is_leader.clone(),
+        );
         Metrics {
             registry,
             reconciles,

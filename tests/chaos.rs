@@ -6,9 +6,9 @@
 //! It runs on a cluster of its own (restarting the apiserver must not disturb other tests).
 //! `CHAOS_LONG=1` runs the long version (100 kills) by hand; `CHAOS_SEED` replays a run.
 
-mod support;
 #[path = "support/controller.rs"]
 mod controller;
+mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,7 +24,10 @@ impl OwnCluster {
     fn up(dir: PathBuf) -> Self {
         let root = env!("CARGO_MANIFEST_DIR");
         let _ = Command::new(format!("{root}/tests/cluster/down")).env("CLUSTER_DIR", &dir).output();
-        let out = Command::new(format!("{root}/tests/cluster/up")).env("CLUSTER_DIR", &dir).output().expect("run tests/cluster/up");
+        let out = Command::new(format!("{root}/tests/cluster/up"))
+            .env("CLUSTER_DIR", &dir)
+            .output()
+            .expect("run tests/cluster/up");
         assert!(
             out.status.success(),
             "tests/cluster/up failed for the chaos cluster:\n{}{}",
@@ -50,11 +53,21 @@ impl OwnCluster {
         let ports = std::fs::read_to_string(self.0.join("ports")).expect("ports file");
         let port = ports.lines().find_map(|l| l.strip_prefix("ETCD_PORT=")).expect("ETCD_PORT").trim().to_string();
         let url = format!("http://127.0.0.1:{port}/v3/kv");
-        let range = Command::new("curl").args(["-sf", "-X", "POST", &format!("{url}/range"), "-d", r#"{"key":"AA=="}"#]).output().unwrap();
+        let range = Command::new("curl")
+            .args(["-sf", "-X", "POST", &format!("{url}/range"), "-d", r#"{"key":"AA=="}"#])
+            .output()
+            .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&range.stdout).expect("etcd range answer");
         let rev: u64 = body["header"]["revision"].as_str().and_then(|r| r.parse().ok()).expect("etcd revision");
         let c = Command::new("curl")
-            .args(["-sf", "-X", "POST", &format!("{url}/compaction"), "-d", &format!(r#"{{"revision":"{rev}","physical":true}}"#)])
+            .args([
+                "-sf",
+                "-X",
+                "POST",
+                &format!("{url}/compaction"),
+                "-d",
+                &format!(r#"{{"revision":"{rev}","physical":true}}"#),
+            ])
             .output()
             .unwrap();
         assert!(c.status.success(), "etcd compaction failed");
@@ -68,7 +81,9 @@ impl Drop for OwnCluster {
             eprintln!("chaos cluster kept for inspection: CLUSTER_DIR={} (logs in logs/)", self.0.display());
             return;
         }
-        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/down")).env("CLUSTER_DIR", &self.0).output();
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/down"))
+            .env("CLUSTER_DIR", &self.0)
+            .output();
     }
 }
 
@@ -102,7 +117,8 @@ async fn chaos_restarts_never_lose_or_repeat_a_stage() {
     let jobs = MultiJobWatch::start(ns.name()).await;
     let statuses = StatusWatch::start(ns.name()).await;
     let elect = ["--leader-elect", "--lease-namespace", ns.name(), "--lease-duration", "3"];
-    let mut replicas = [Controller::start("chaos-a", ns.name(), &elect), Controller::start("chaos-b", ns.name(), &elect)];
+    let mut replicas =
+        [Controller::start("chaos-a", ns.name(), &elect), Controller::start("chaos-b", ns.name(), &elect)];
 
     // 20 batches: varied sizes, quorum settings, stragglers, failing shards.
     let mut expected = Vec::new();
@@ -136,14 +152,19 @@ async fn chaos_restarts_never_lose_or_repeat_a_stage() {
     let (mut kills, mut api_restarts) = (0u32, 0u32);
     let all_terminal = |statuses: &StatusWatch| {
         let rec = statuses.snapshot();
-        expected.iter().all(|(n, _)| rec.last(n).is_some_and(|s| matches!(s["phase"].as_str(), Some("Succeeded" | "Failed"))))
+        expected
+            .iter()
+            .all(|(n, _)| rec.last(n).is_some_and(|s| matches!(s["phase"].as_str(), Some("Succeeded" | "Failed"))))
     };
     while !(kills >= target_kills && api_restarts >= 2 && all_terminal(&statuses)) {
         assert!(
             Instant::now() < deadline,
             "chaos: batches not finished after {:?} ({kills} kills, {api_restarts} apiserver restarts): {:?}\n{}\n{}",
             start.elapsed(),
-            expected.iter().map(|(n, _)| (n.clone(), statuses.snapshot().last(n).map(|s| s["phase"].clone()))).collect::<Vec<_>>(),
+            expected
+                .iter()
+                .map(|(n, _)| (n.clone(), statuses.snapshot().last(n).map(|s| s["phase"].clone())))
+                .collect::<Vec<_>>(),
             replicas[0].log_tail(),
             replicas[1].log_tail()
         );

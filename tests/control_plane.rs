@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use serde_json::Value;
-use support::{
-    TestNamespace, cluster, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages,
-};
+use support::{TestNamespace, cluster, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages};
 
 const MIN_NODES: usize = 4;
 
@@ -29,10 +27,7 @@ fn indexed_job(
         if entries.is_empty() {
             "{}".to_string()
         } else {
-            let items: Vec<String> = entries
-                .iter()
-                .map(|(k, v)| format!("{k:?}: {v:?}"))
-                .collect();
+            let items: Vec<String> = entries.iter().map(|(k, v)| format!("{k:?}: {v:?}")).collect();
             format!("{{{}}}", items.join(", "))
         }
     };
@@ -66,21 +61,14 @@ fn job_status(ns: &str, name: &str) -> Value {
 }
 
 fn has_condition(status: &Value, type_: &str) -> bool {
-    status["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == type_ && c["status"] == "True")
-    })
+    status["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == type_ && c["status"] == "True"))
 }
 
 /// What to print when a wait times out: the Job and its pods.
 fn describe(ns: &str, name: &str) -> String {
     let job = kubectl_output(&["get", "job", name, "-n", ns, "-o", "yaml"]);
     let pods = kubectl_output(&["get", "pods", "-n", ns, "-o", "wide", "--show-labels"]);
-    format!(
-        "job:\n{}\npods:\n{}",
-        String::from_utf8_lossy(&job.stdout),
-        String::from_utf8_lossy(&pods.stdout)
-    )
+    format!("job:\n{}\npods:\n{}", String::from_utf8_lossy(&job.stdout), String::from_utf8_lossy(&pods.stdout))
 }
 
 fn wait_for_job_condition(ns: &str, name: &str, type_: &str, timeout: Duration) -> Value {
@@ -114,30 +102,18 @@ async fn kube_rs_lists_ready_fake_nodes() {
         })
         .filter_map(|n| n.metadata.name.clone())
         .collect();
-    assert!(
-        ready.len() >= MIN_NODES,
-        "expected at least {MIN_NODES} Ready fake nodes, got {ready:?}"
-    );
+    assert!(ready.len() >= MIN_NODES, "expected at least {MIN_NODES} Ready fake nodes, got {ready:?}");
 
     // The controller's own identity connects too.
     let as_controller: Api<Node> = Api::all(support::controller_client().await);
-    as_controller
-        .list(&ListParams::default().limit(1))
-        .await
-        .expect("pbc-controller lists nodes");
+    as_controller.list(&ListParams::default().limit(1)).await.expect("pbc-controller lists nodes");
 }
 
 #[test]
 fn kubectl_shows_fake_nodes_ready() {
     let out = kubectl(&["get", "nodes", "-l", stages::NODE_SELECTOR, "--no-headers"]);
-    let ready = out
-        .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some("Ready"))
-        .count();
-    assert!(
-        ready >= MIN_NODES,
-        "expected {MIN_NODES}+ Ready nodes:\n{out}"
-    );
+    let ready = out.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count();
+    assert!(ready >= MIN_NODES, "expected {MIN_NODES}+ Ready nodes:\n{out}");
     // The kubectl of the harness is the one built from v1.35.4.
     let version = kubectl(&["version", "--client", "-o", "json"]);
     assert!(version.contains("v1.35.4"), "kubectl version: {version}");
@@ -147,15 +123,9 @@ fn kubectl_shows_fake_nodes_ready() {
 fn indexed_job_completes_through_the_job_controller() {
     let ns = TestNamespace::new("job-complete");
     let started = Instant::now();
-    kubectl_stdin(
-        &["apply", "-n", ns.name(), "-f", "-"],
-        &indexed_job("shards", 10, 10, "", &[], &[]),
-    );
+    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &indexed_job("shards", 10, 10, "", &[], &[]));
     let status = wait_for_job_condition(ns.name(), "shards", "Complete", Duration::from_secs(120));
-    eprintln!(
-        "10-shard Indexed Job Complete after {:?}",
-        started.elapsed()
-    );
+    eprintln!("10-shard Indexed Job Complete after {:?}", started.elapsed());
     assert_eq!(status["succeeded"], 10, "{status}");
     assert_eq!(status["completedIndexes"], "0-9", "{status}");
     assert!(status["failed"].as_i64().unwrap_or(0) == 0, "{status}");
@@ -183,27 +153,14 @@ fn shards_3_and_7_fail_on_every_attempt() {
     assert_eq!(status["failed"], 4, "{status}");
 
     // Every failed pod carries a terminated state with exit code 1 (what podFailurePolicy reads).
-    let pods = kubectl_json(&[
-        "get",
-        "pods",
-        "-n",
-        ns.name(),
-        "--field-selector=status.phase=Failed",
-    ]);
+    let pods = kubectl_json(&["get", "pods", "-n", ns.name(), "--field-selector=status.phase=Failed"]);
     let codes: Vec<i64> = pods["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
-                .as_i64()
-                .unwrap_or(-1)
-        })
+        .map(|p| p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"].as_i64().unwrap_or(-1))
         .collect();
-    assert!(
-        !codes.is_empty() && codes.iter().all(|c| *c == 1),
-        "exit codes {codes:?}"
-    );
+    assert!(!codes.is_empty() && codes.iter().all(|c| *c == 1), "exit codes {codes:?}");
 }
 
 #[test]
@@ -217,11 +174,7 @@ fn fail_indexes_annotation_fails_only_the_first_attempt() {
             4,
             "  backoffLimitPerIndex: 2",
             &[],
-            &[
-                (stages::FAIL_INDEXES, "1"),
-                (stages::FAIL_ATTEMPTS, "1"),
-                (stages::EXIT_CODE, "42"),
-            ],
+            &[(stages::FAIL_INDEXES, "1"), (stages::FAIL_ATTEMPTS, "1"), (stages::EXIT_CODE, "42")],
         ),
     );
     let status = wait_for_job_condition(ns.name(), "shards", "Complete", Duration::from_secs(180));
@@ -235,17 +188,7 @@ fn straggler_annotation_delays_only_the_chosen_index() {
     let started = Instant::now();
     kubectl_stdin(
         &["apply", "-n", ns.name(), "-f", "-"],
-        &indexed_job(
-            "shards",
-            4,
-            4,
-            "",
-            &[],
-            &[
-                (stages::STRAGGLE_INDEXES, "2"),
-                (stages::STRAGGLE_FOR, "12s"),
-            ],
-        ),
+        &indexed_job("shards", 4, 4, "", &[], &[(stages::STRAGGLE_INDEXES, "2"), (stages::STRAGGLE_FOR, "12s")]),
     );
     // The other indexes finish at the normal pace while index 2 still runs.
     let status = support::wait_until(
@@ -258,17 +201,9 @@ fn straggler_annotation_delays_only_the_chosen_index() {
         || describe(ns.name(), "shards"),
     );
     assert!(status["active"] == 1, "{status}");
-    assert!(
-        started.elapsed() < Duration::from_secs(12),
-        "the non-stragglers took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(12), "the non-stragglers took {:?}", started.elapsed());
     wait_for_job_condition(ns.name(), "shards", "Complete", Duration::from_secs(60));
-    assert!(
-        started.elapsed() >= Duration::from_secs(12),
-        "the straggler finished after {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_secs(12), "the straggler finished after {:?}", started.elapsed());
 }
 
 #[test]
@@ -279,14 +214,7 @@ fn deleting_a_job_garbage_collects_its_pods() {
         &indexed_job("shards", 3, 3, "", &[], &[(stages::RUN_FOR, "10m")]),
     );
     let pods_of_job = || {
-        kubectl_json(&[
-            "get",
-            "pods",
-            "-n",
-            ns.name(),
-            "-l",
-            "batch.kubernetes.io/job-name=shards",
-        ])["items"]
+        kubectl_json(&["get", "pods", "-n", ns.name(), "-l", "batch.kubernetes.io/job-name=shards"])["items"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -296,20 +224,11 @@ fn deleting_a_job_garbage_collects_its_pods() {
         Duration::from_secs(60),
         || {
             let pods = pods_of_job();
-            (pods.len() == 3 && pods.iter().all(|p| p["status"]["phase"] == "Running"))
-                .then_some(())
+            (pods.len() == 3 && pods.iter().all(|p| p["status"]["phase"] == "Running")).then_some(())
         },
         || describe(ns.name(), "shards"),
     );
-    kubectl(&[
-        "delete",
-        "job",
-        "shards",
-        "-n",
-        ns.name(),
-        "--cascade=background",
-        "--wait=false",
-    ]);
+    kubectl(&["delete", "job", "shards", "-n", ns.name(), "--cascade=background", "--wait=false"]);
     support::wait_until(
         "the garbage collector to remove the Job's pods",
         Duration::from_secs(60),
@@ -330,11 +249,7 @@ fn audit_log_records_the_controller_identity() {
         "-n",
         ns.name(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     support::wait_until(
         "an audit event of user pbc-controller",
         Duration::from_secs(10),
@@ -342,10 +257,7 @@ fn audit_log_records_the_controller_identity() {
             let log = std::fs::read_to_string(&c.audit_log).unwrap_or_default();
             log.lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .any(|e| {
-                    e["user"]["username"] == "pbc-controller"
-                        && e["objectRef"]["namespace"] == ns.name()
-                })
+                .any(|e| e["user"]["username"] == "pbc-controller" && e["objectRef"]["namespace"] == ns.name())
                 .then_some(())
         },
         || format!("audit log: {}", c.audit_log.display()),
@@ -375,12 +287,7 @@ fn rbac_is_enforced_for_identities_outside_system_masters() {
     support::wait_until(
         "the RoleBinding to take effect",
         Duration::from_secs(10),
-        || {
-            kubectl_output(&["--kubeconfig", rbac, "get", "jobs", "-n", ns.name()])
-                .status
-                .success()
-                .then_some(())
-        },
+        || kubectl_output(&["--kubeconfig", rbac, "get", "jobs", "-n", ns.name()]).status.success().then_some(()),
         String::new,
     );
 }

@@ -3,9 +3,9 @@
 //! through the real Job controller, and each test keeps its own watch of the Jobs to count
 //! them by UID.
 
-mod support;
 #[path = "support/controller.rs"]
 mod controller;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,8 @@ async fn happy_path_runs_each_stage_once_in_order() {
     let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/batch.yaml")).unwrap();
     kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &manifest);
 
-    let out = kubectl_output(&["wait", "--for=condition=Ready", "pb/nba-2026-01-02", "-n", ns.name(), "--timeout=120s"]);
+    let out =
+        kubectl_output(&["wait", "--for=condition=Ready", "pb/nba-2026-01-02", "-n", ns.name(), "--timeout=120s"]);
     assert!(out.status.success(), "kubectl wait failed: {}\n{}", String::from_utf8_lossy(&out.stderr), ctl.log_tail());
     let row = get_pb_row(ns.name(), "nba-2026-01-02");
     assert!(row.contains("Succeeded") && row.contains("120/120"), "kubectl get pb: {row}");
@@ -81,7 +82,8 @@ async fn failing_shards_within_quorum_end_degraded() {
         json!({ "labels": { stages::FAIL_LABEL: stages::FAIL_SHARDS_3_7 } }),
     );
     apply(ns.name(), &b);
-    let done = wait_batch(ns.name(), "partial", &ctl, Duration::from_secs(150), "Succeeded", |b| phase(b) == "Succeeded");
+    let done =
+        wait_batch(ns.name(), "partial", &ctl, Duration::from_secs(150), "Succeeded", |b| phase(b) == "Succeeded");
     assert_eq!(condition(&done, "Ready").unwrap().0, "True");
     assert_eq!(condition(&done, "Degraded").unwrap(), ("True".into(), "ShardsFailed".into()));
     assert_eq!(done["status"]["failedShards"], "3,7");
@@ -176,7 +178,9 @@ async fn complete_by_consolidates_with_quorum_and_fails_without() {
             json!({ "annotations": { stages::RUN_FOR: "10m" } }),
         ),
     );
-    wait_batch(ns.name(), "met", &ctl, Duration::from_secs(90), "quorum reached", |b| b["status"]["quorumTime"].is_string());
+    wait_batch(ns.name(), "met", &ctl, Duration::from_secs(90), "quorum reached", |b| {
+        b["status"]["quorumTime"].is_string()
+    });
     wait_batch(ns.name(), "unmet", &ctl, Duration::from_secs(60), "running", |b| phase(b) == "Running");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(phase(&batch_json(ns.name(), "met").unwrap()), "Running", "waiting for the grace period");
@@ -221,7 +225,8 @@ async fn sigkilled_controller_never_repeats_a_stage() {
     ctl.kill();
     std::thread::sleep(Duration::from_secs(1));
     ctl.restart();
-    let done = wait_batch(ns.name(), "restart", &ctl, Duration::from_secs(90), "Succeeded", |b| phase(b) == "Succeeded");
+    let done =
+        wait_batch(ns.name(), "restart", &ctl, Duration::from_secs(90), "Succeeded", |b| phase(b) == "Succeeded");
     assert_eq!(done["status"]["progress"], "120/120");
     let rec = watch.snapshot();
     for stage in ["workers", "consolidation", "export"] {
@@ -240,7 +245,8 @@ async fn suspend_and_resume_continue_where_they_stopped() {
         b["status"]["shards"]["succeeded"].as_u64().unwrap_or(0) >= 10
     });
     kubectl(&["patch", "pb", "pause", "-n", ns.name(), "--type=merge", "-p", r#"{"spec":{"suspend":true}}"#]);
-    let suspended = wait_batch(ns.name(), "pause", &ctl, Duration::from_secs(30), "Suspended", |b| phase(b) == "Suspended");
+    let suspended =
+        wait_batch(ns.name(), "pause", &ctl, Duration::from_secs(30), "Suspended", |b| phase(b) == "Suspended");
     let at = suspended["status"]["shards"]["succeeded"].as_u64().unwrap();
     wait_until(
         "the worker Job to have no active pods",
@@ -290,7 +296,9 @@ async fn hand_deleted_worker_job_fails_the_batch_instead_of_rerunning() {
     let watch = JobWatch::start(ns.name()).await;
     let ctl = Controller::start("jobdeleted", ns.name(), &[]);
     apply(ns.name(), &batch("victim", json!({}), json!({ "annotations": { stages::RUN_FOR: "30s" } })));
-    wait_batch(ns.name(), "victim", &ctl, Duration::from_secs(60), "workers recorded", |b| b["status"]["workers"]["jobUid"].is_string());
+    wait_batch(ns.name(), "victim", &ctl, Duration::from_secs(60), "workers recorded", |b| {
+        b["status"]["workers"]["jobUid"].is_string()
+    });
     kubectl(&["delete", "job", "victim-workers", "-n", ns.name(), "--wait=false"]);
     let failed = wait_batch(ns.name(), "victim", &ctl, Duration::from_secs(60), "Failed", |b| phase(b) == "Failed");
     assert_eq!(condition(&failed, "Stalled").unwrap(), ("True".into(), "JobDeleted".into()));
@@ -311,7 +319,8 @@ async fn rejected_template_and_foreign_job_stall_the_batch() {
         condition(b, "Stalled").is_some_and(|c| c.0 == "True")
     });
     assert_eq!(condition(&b, "Stalled").unwrap().1, "JobRejected");
-    let msg = b["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Stalled").unwrap()["message"].clone();
+    let msg = b["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Stalled").unwrap()["message"]
+        .clone();
     assert!(msg.as_str().unwrap().contains("Not_A_DNS_Label"), "apiserver message in the condition: {msg}");
     let events = kubectl(&["get", "events", "-n", ns.name(), "--field-selector", "involvedObject.name=badtemplate"]);
     assert!(events.contains("WorkersFailed") || events.contains("BatchFailed"), "{events}");

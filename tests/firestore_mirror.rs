@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use prediction_batch_controller::mirror::document::{BatchDocument, FieldValue};
-use prediction_batch_controller::mirror::firestore::{DocumentStore, FirestoreOptions, FirestoreStore, StoredDocument, WriteOutcome};
+use prediction_batch_controller::mirror::firestore::{
+    DocumentStore, FirestoreOptions, FirestoreStore, StoredDocument, WriteOutcome,
+};
 use serde_json::Value;
 use support::{TestNamespace, cluster, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
 
@@ -49,7 +51,11 @@ impl Emulator {
     fn start(port: u16) -> Emulator {
         let dir = repo_root().join("tests/firestore-emulator");
         let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-        assert!(node_ok, "node is required for the Firestore emulator (apt-get install nodejs npm), then `npm ci` in {}", dir.display());
+        assert!(
+            node_ok,
+            "node is required for the Firestore emulator (apt-get install nodejs npm), then `npm ci` in {}",
+            dir.display()
+        );
         let package = dir.join("node_modules/@firestore-emulator/server/package.json");
         assert!(
             package.exists(),
@@ -219,7 +225,14 @@ fn install_crd() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let crd = repo_root().join("crds/predictions.dev_predictionbatches.yaml");
-        kubectl(&["apply", "--server-side", "--force-conflicts", "--field-manager=firestore-mirror-tests", "-f", crd.to_str().unwrap()]);
+        kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=firestore-mirror-tests",
+            "-f",
+            crd.to_str().unwrap(),
+        ]);
         wait_until(
             "the PredictionBatch CRD to be Established",
             Duration::from_secs(60),
@@ -236,7 +249,13 @@ fn install_crd() {
 // -------------------------------------------------------------------------------------- batches
 
 /// A batch of `examples/batch.yaml`'s shape; `worker_annotations` go on the worker pod template.
-fn batch_yaml(name: &str, target: u32, per_shard: u32, parallelism: u32, worker_annotations: &[(&str, &str)]) -> String {
+fn batch_yaml(
+    name: &str,
+    target: u32,
+    per_shard: u32,
+    parallelism: u32,
+    worker_annotations: &[(&str, &str)],
+) -> String {
     let annotations = if worker_annotations.is_empty() {
         "{}".to_string()
     } else {
@@ -406,7 +425,9 @@ fn the_document_tracks_a_batch_to_completion_and_deletion() {
     assert!(finalizers.iter().any(|f| f == FINALIZER), "finalizer missing: {finalizers:?}");
     let managed = kubectl_json(&["get", "predictionbatch", name, "-n", ns.name(), "--show-managed-fields"]);
     let mirror_manages_condition = managed["metadata"]["managedFields"].as_array().unwrap().iter().any(|m| {
-        m["manager"] == "prediction-batch-controller-mirror" && m["subresource"] == "status" && m["fieldsV1"].to_string().contains("MirrorSynced")
+        m["manager"] == "prediction-batch-controller-mirror"
+            && m["subresource"] == "status"
+            && m["fieldsV1"].to_string().contains("MirrorSynced")
     });
     assert!(mirror_manages_condition, "MirrorSynced is not owned by the mirror's field manager:\n{managed:#}");
 
@@ -661,7 +682,16 @@ fn deletion_is_bounded_when_firestore_stays_down() {
         "the MirrorDeleteTimedOut event",
         Duration::from_secs(15),
         || {
-            let out = kubectl(&["get", "events", "-n", ns.name(), "--field-selector", "reason=MirrorDeleteTimedOut", "-o", "json"]);
+            let out = kubectl(&[
+                "get",
+                "events",
+                "-n",
+                ns.name(),
+                "--field-selector",
+                "reason=MirrorDeleteTimedOut",
+                "-o",
+                "json",
+            ]);
             let v: Value = serde_json::from_str(&out).ok()?;
             v["items"].as_array().filter(|i| !i.is_empty()).cloned()
         },

@@ -1,9 +1,9 @@
 //! Restart safety beyond a single crash (issue 6): leader election and failover, graceful
 //! shutdown, two replicas without election, and injected API faults.
 
-mod support;
 #[path = "support/controller.rs"]
 mod controller;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,8 @@ async fn standby_takes_over_when_the_leader_is_killed() {
     wait_batch(ns.name(), "failover", &replicas[0], Duration::from_secs(60), "workers running", |b| {
         b["status"]["shards"]["succeeded"].as_u64().unwrap_or(0) > 0
     });
-    let leader = wait_until("a leader", Duration::from_secs(30), || leader_index(ns.name(), &replicas), || String::new());
+    let leader =
+        wait_until("a leader", Duration::from_secs(30), || leader_index(ns.name(), &replicas), String::new);
     let before = statuses.snapshot().versions.get("failover").copied().unwrap_or(0);
     let killed_at = Instant::now();
     replicas[leader].kill();
@@ -61,12 +62,16 @@ async fn standby_takes_over_when_the_leader_is_killed() {
         || replicas[standby].log_tail(),
     );
     let first_write = killed_at.elapsed();
-    println!("leader failover: lease acquired {acquired:?} after SIGKILL, first status write {first_write:?} (lease {lease_secs}s)");
+    println!(
+        "leader failover: lease acquired {acquired:?} after SIGKILL, first status write {first_write:?} (lease {lease_secs}s)"
+    );
     assert!(
         first_write <= Duration::from_secs(lease_secs + 5),
         "takeover took {first_write:?}, more than the lease ({lease_secs}s) plus one reconcile"
     );
-    let done = wait_batch(ns.name(), "failover", &replicas[standby], Duration::from_secs(90), "Succeeded", |b| phase(b) == "Succeeded");
+    let done = wait_batch(ns.name(), "failover", &replicas[standby], Duration::from_secs(90), "Succeeded", |b| {
+        phase(b) == "Succeeded"
+    });
     assert_eq!(done["status"]["progress"], "120/120");
     assert_eq!(jobs.max_per_stage(), 1, "a stage ran twice: {:?}", jobs.uids.lock().unwrap());
     let rec = statuses.snapshot();
@@ -79,7 +84,8 @@ async fn sigterm_finishes_cleanly_and_releases_the_lease() {
     let ns = TestNamespace::new("sigterm");
     let mut replicas = vec![elected("sigterm-a", ns.name(), "15"), elected("sigterm-b", ns.name(), "15")];
     apply(ns.name(), &batch("graceful", json!({}), json!({ "annotations": { stages::RUN_FOR: "2s" } })));
-    let leader = wait_until("a leader", Duration::from_secs(30), || leader_index(ns.name(), &replicas), || String::new());
+    let leader =
+        wait_until("a leader", Duration::from_secs(30), || leader_index(ns.name(), &replicas), String::new);
     wait_batch(ns.name(), "graceful", &replicas[leader], Duration::from_secs(60), "running", |b| phase(b) == "Running");
     let t = Instant::now();
     let leader_pid = replicas[leader].pid().unwrap();
@@ -102,7 +108,9 @@ async fn sigterm_finishes_cleanly_and_releases_the_lease() {
         || replicas[standby].log_tail(),
     );
     println!("SIGTERM: exited 0 and the standby led {:?} later", t.elapsed());
-    let done = wait_batch(ns.name(), "graceful", &replicas[standby], Duration::from_secs(90), "Succeeded", |b| phase(b) == "Succeeded");
+    let done = wait_batch(ns.name(), "graceful", &replicas[standby], Duration::from_secs(90), "Succeeded", |b| {
+        phase(b) == "Succeeded"
+    });
     assert_eq!(done["status"]["progress"], "120/120");
 }
 
@@ -131,7 +139,9 @@ async fn two_replicas_without_election_stay_safe() {
     // Both replicas really did work (the apiserver refused the loser's duplicate creates / stale writes).
     let logs: Vec<String> = ["noelection-a-1", "noelection-b-1"]
         .iter()
-        .map(|n| std::fs::read_to_string(support::cluster().logs.join(format!("controller-{n}.log"))).unwrap_or_default())
+        .map(|n| {
+            std::fs::read_to_string(support::cluster().logs.join(format!("controller-{n}.log"))).unwrap_or_default()
+        })
         .collect();
     assert!(logs.iter().all(|l| l.contains("status written")), "each replica should have reconciled");
 }
@@ -146,7 +156,8 @@ async fn injected_api_faults_are_retried_with_backoff() {
         apply(ns.name(), &batch(name, json!({}), json!({})));
     }
     for name in ["faulty-1", "faulty-2"] {
-        let done = wait_batch(ns.name(), name, &ctl, Duration::from_secs(240), "Succeeded", |b| phase(b) == "Succeeded");
+        let done =
+            wait_batch(ns.name(), name, &ctl, Duration::from_secs(240), "Succeeded", |b| phase(b) == "Succeeded");
         assert_eq!(done["status"]["progress"], "120/120");
         for stage in ["workers", "consolidation", "export"] {
             assert_eq!(jobs.count(name, stage), 1, "{name}/{stage}");

@@ -108,7 +108,9 @@ fn apply_spec_rules(spec: &mut Value) {
     set(spec, &["completion", "completeBy"], "maxLength", json!(64));
 
     // Immutability: only suspend, parallelism and completion.completeBy may change after creation.
-    for field in ["gameDate", "targetCount", "itemsPerShard", "worker", "consolidation", "export", "ttlSecondsAfterFinished"] {
+    for field in
+        ["gameDate", "targetCount", "itemsPerShard", "worker", "consolidation", "export", "ttlSecondsAfterFinished"]
+    {
         rules(spec, &[field], json!([immutable(&format!("spec.{field}"))]));
     }
     rules(spec, &["completion", "minSucceededPercent"], json!([immutable("spec.completion.minSucceededPercent")]));

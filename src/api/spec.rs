@@ -28,12 +28,39 @@ use super::status::PredictionBatchStatus;
     derive = "PartialEq",
     doc = "PredictionBatch runs one batch prediction pipeline: an Indexed Job of worker shards, then a consolidation Job, then an export Job. Progress lives in .status.",
     printcolumn(name = "Date", type_ = "string", json_path = ".spec.gameDate", description = "Game date of the batch"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Pending, Running, Consolidating, Exporting, Succeeded, Failed or Suspended"),
-    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress", description = "Succeeded items / target items"),
-    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.items.failed", description = "Items in failed shards"),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Pending, Running, Consolidating, Exporting, Succeeded, Failed or Suspended"
+    ),
+    printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.progress",
+        description = "Succeeded items / target items"
+    ),
+    printcolumn(
+        name = "Failed",
+        type_ = "integer",
+        json_path = ".status.items.failed",
+        description = "Items in failed shards"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Shards", type_ = "integer", json_path = ".status.shards.total", priority = "1", description = "Number of worker shards"),
-    printcolumn(name = "Message", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].message", priority = "1", description = "Message of the Ready condition")
+    printcolumn(
+        name = "Shards",
+        type_ = "integer",
+        json_path = ".status.shards.total",
+        priority = "1",
+        description = "Number of worker shards"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        priority = "1",
+        description = "Message of the Ready condition"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PredictionBatchSpec {

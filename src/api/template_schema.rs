@@ -20,11 +20,11 @@ pub fn pod_template(generator: &mut SchemaGenerator) -> Schema {
     let mut spec = PodSpec::json_schema(generator).to_value();
     strip_descriptions(&mut spec);
     let obj = spec.as_object_mut().expect("PodSpec schema is an object");
-    obj.insert("description".into(), json!("Pod spec of the stage's pods (core/v1 PodSpec). restartPolicy defaults to Never."));
-    let props = obj
-        .get_mut("properties")
-        .and_then(Value::as_object_mut)
-        .expect("PodSpec schema has properties");
+    obj.insert(
+        "description".into(),
+        json!("Pod spec of the stage's pods (core/v1 PodSpec). restartPolicy defaults to Never."),
+    );
+    let props = obj.get_mut("properties").and_then(Value::as_object_mut).expect("PodSpec schema has properties");
     if let Some(containers) = props.get_mut("containers") {
         containers["minItems"] = json!(1);
         containers["maxItems"] = json!(64);

@@ -145,12 +145,8 @@ impl BatchDocument {
         let shards = status.shards.clone().unwrap_or_default();
         let phase = status.phase.unwrap_or(Phase::Pending);
         let expected = if status.items.is_some() { items.target } else { batch.spec.target_count };
-        let message = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .map(|c| c.message.clone())
-            .filter(|m| !m.is_empty());
+        let message =
+            status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).filter(|m| !m.is_empty());
         Ok(BatchDocument {
             id: document_id(&namespace, &name),
             namespace,
@@ -215,7 +211,8 @@ impl BatchDocument {
     /// Same content, watermark and observation time aside: writing `other` after `self` would
     /// change nothing a reader looks at.
     pub fn same_content(&self, other: &BatchDocument) -> bool {
-        let strip = |d: &BatchDocument| BatchDocument { status_version: 0, updated_at: Timestamp::UNIX_EPOCH, ..d.clone() };
+        let strip =
+            |d: &BatchDocument| BatchDocument { status_version: 0, updated_at: Timestamp::UNIX_EPOCH, ..d.clone() };
         strip(self) == strip(other)
     }
 }
@@ -309,10 +306,12 @@ spec:
 
     #[test]
     fn a_consolidation_about_to_be_created_is_not_yet_triggered() {
-        let status = PredictionBatchStatus { consolidation: Some(stage(StageState::Pending, None)), ..Default::default() };
+        let status =
+            PredictionBatchStatus { consolidation: Some(stage(StageState::Pending, None)), ..Default::default() };
         let d = BatchDocument::from_batch(&batch(Some(status)), Timestamp::UNIX_EPOCH, false).unwrap();
         assert!(!d.consolidation_triggered);
-        let status = PredictionBatchStatus { consolidation: Some(stage(StageState::Pending, Some("u"))), ..Default::default() };
+        let status =
+            PredictionBatchStatus { consolidation: Some(stage(StageState::Pending, Some("u"))), ..Default::default() };
         let d = BatchDocument::from_batch(&batch(Some(status)), Timestamp::UNIX_EPOCH, false).unwrap();
         assert!(d.consolidation_triggered, "created (has a Job UID)");
     }

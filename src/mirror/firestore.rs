@@ -48,7 +48,8 @@ impl MirrorError {
     }
 
     fn status(what: &str, s: &tonic::Status) -> Self {
-        let message = if s.message().is_empty() { format!("{what}: {:?}", s.code()) } else { format!("{what}: {}", s.message()) };
+        let message =
+            if s.message().is_empty() { format!("{what}: {:?}", s.code()) } else { format!("{what}: {}", s.message()) };
         MirrorError::new(format!("Firestore{:?}", s.code()), message)
     }
 }
@@ -159,7 +160,8 @@ impl FirestoreStore {
             ..Default::default()
         };
         let found = batch_get_one(&mut client, request).await?;
-        Ok(found.map(|doc| StoredDocument { fields: doc.fields.into_iter().map(|(k, v)| (k, from_value(v))).collect() }))
+        Ok(found
+            .map(|doc| StoredDocument { fields: doc.fields.into_iter().map(|(k, v)| (k, from_value(v))).collect() }))
     }
 
     /// Writes `doc` unconditionally, watermark and all (tests: plant a document "from the future").
@@ -200,7 +202,9 @@ impl DocumentStore for FirestoreStore {
             ..Default::default()
         };
         let stored = match batch_get_one(&mut client, read).await {
-            Ok(found) => found.and_then(|d| d.fields.get("status_version").cloned()).and_then(|v| watermark_of(&from_value(v))),
+            Ok(found) => {
+                found.and_then(|d| d.fields.get("status_version").cloned()).and_then(|v| watermark_of(&from_value(v)))
+            }
             Err(e) => {
                 rollback(&mut client, &database, tx).await;
                 return Err(e);
@@ -229,8 +233,14 @@ async fn begin(client: &mut Client, database: &str) -> Result<Vec<u8>, MirrorErr
     Ok(response.into_inner().transaction)
 }
 
-async fn commit(client: &mut Client, database: &str, transaction: Vec<u8>, write: pb::Write) -> Result<(), MirrorError> {
-    let request = pb::CommitRequest { database: database.to_string(), writes: vec![write], transaction, ..Default::default() };
+async fn commit(
+    client: &mut Client,
+    database: &str,
+    transaction: Vec<u8>,
+    write: pb::Write,
+) -> Result<(), MirrorError> {
+    let request =
+        pb::CommitRequest { database: database.to_string(), writes: vec![write], transaction, ..Default::default() };
     client.commit(request).await.map_err(|s| MirrorError::status("commit", &s))?;
     Ok(())
 }
@@ -243,12 +253,12 @@ async fn rollback(client: &mut Client, database: &str, transaction: Vec<u8>) {
     }
 }
 
-async fn batch_get_one(client: &mut Client, request: pb::BatchGetDocumentsRequest) -> Result<Option<pb::Document>, MirrorError> {
-    let mut stream = client
-        .batch_get_documents(request)
-        .await
-        .map_err(|s| MirrorError::status("batch get", &s))?
-        .into_inner();
+async fn batch_get_one(
+    client: &mut Client,
+    request: pb::BatchGetDocumentsRequest,
+) -> Result<Option<pb::Document>, MirrorError> {
+    let mut stream =
+        client.batch_get_documents(request).await.map_err(|s| MirrorError::status("batch get", &s))?.into_inner();
     let mut found = None;
     while let Some(msg) = stream.message().await.map_err(|s| MirrorError::status("batch get", &s))? {
         if let Some(pb::batch_get_documents_response::Result::Found(doc)) = msg.result {

@@ -27,7 +27,9 @@ use tracing::{debug, info, warn};
 
 use super::document::BatchDocument;
 use super::firestore::{DocumentStore, FirestoreOptions, FirestoreStore, MirrorError, WriteOutcome};
-use super::{CONDITION_MIRROR_SYNCED, DEFAULT_DELETE_TIMEOUT, Deletion, MIRROR_FIELD_MANAGER, MirrorHandle, MirrorSink};
+use super::{
+    CONDITION_MIRROR_SYNCED, DEFAULT_DELETE_TIMEOUT, Deletion, MIRROR_FIELD_MANAGER, MirrorHandle, MirrorSink,
+};
 use crate::api::PredictionBatch;
 use crate::metrics::Metrics;
 
@@ -189,8 +191,14 @@ pub struct Mirror {
 }
 
 /// The Firestore mirror of the `run` command: writes to `options`, conditions through `client`.
-pub fn firestore_mirror(options: FirestoreOptions, client: kube::Client, metrics: Arc<Metrics>, config: MirrorConfig) -> MirrorHandle {
-    let mirror = Mirror::new(Arc::new(FirestoreStore::new(options)), Arc::new(KubeConditions::new(client)), metrics, config);
+pub fn firestore_mirror(
+    options: FirestoreOptions,
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    config: MirrorConfig,
+) -> MirrorHandle {
+    let mirror =
+        Mirror::new(Arc::new(FirestoreStore::new(options)), Arc::new(KubeConditions::new(client)), metrics, config);
     MirrorHandle::new(Arc::new(mirror))
 }
 
@@ -200,9 +208,16 @@ fn observed_condition(batch: &PredictionBatch) -> Option<SyncedState> {
 }
 
 impl Mirror {
-    pub fn new(store: Arc<dyn DocumentStore>, conditions: Arc<dyn ConditionWriter>, metrics: Arc<Metrics>, config: MirrorConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn DocumentStore>,
+        conditions: Arc<dyn ConditionWriter>,
+        metrics: Arc<Metrics>,
+        config: MirrorConfig,
+    ) -> Self {
         let permits = Semaphore::new(config.concurrency.max(1));
-        Mirror { inner: Arc::new(Inner { store, conditions, metrics, config, entries: Mutex::new(HashMap::new()), permits }) }
+        Mirror {
+            inner: Arc::new(Inner { store, conditions, metrics, config, entries: Mutex::new(HashMap::new()), permits }),
+        }
     }
 
     /// Batches tracked (pending, failing or remembered for de-duplication).
@@ -237,7 +252,9 @@ impl Mirror {
             if !deleted {
                 e.gone = false;
             }
-            if doc.status_version > e.confirmed && e.pending.as_ref().is_none_or(|p| p.status_version < doc.status_version) {
+            if doc.status_version > e.confirmed
+                && e.pending.as_ref().is_none_or(|p| p.status_version < doc.status_version)
+            {
                 e.pending = Some(doc);
             }
             let start = e.pending.is_some() && !e.running;
@@ -339,7 +356,12 @@ impl Inner {
                                 e.written = Some(doc.clone());
                             }
                             Some(WriteOutcome::Stale { stored }) => {
-                                info!(batch = id, ours = doc.status_version, stored, "Firestore holds a newer document; not overwriting it");
+                                info!(
+                                    batch = id,
+                                    ours = doc.status_version,
+                                    stored,
+                                    "Firestore holds a newer document; not overwriting it"
+                                );
                             }
                             None => {}
                         }
@@ -366,7 +388,10 @@ impl Inner {
                 let want = match (&e.last_error, &e.pending) {
                     (Some(err), _) => Some(SyncedCondition {
                         state: SyncedState { status: false, reason: err.reason.clone() },
-                        message: format!("writing the Firestore document {id} failed; retrying with backoff: {}", err.message),
+                        message: format!(
+                            "writing the Firestore document {id} failed; retrying with backoff: {}",
+                            err.message
+                        ),
                         observed_generation: e.generation,
                     }),
                     (None, None) => Some(SyncedCondition {

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
@@ -164,11 +166,14 @@ mod tests {
             "worker": {"template": serde_json::to_value(template("w")).unwrap()},
         }))
         .unwrap();
-        let mut b = PredictionBatch::new("nba-2026-01-02", PredictionBatchSpec {
-            consolidation: Some(StageSpec { template: template("c"), backoff_limit: 2 }),
-            worker: WorkerSpec { max_failed_shards: Some(5), ..spec.worker.clone() },
-            ..spec
-        });
+        let mut b = PredictionBatch::new(
+            "nba-2026-01-02",
+            PredictionBatchSpec {
+                consolidation: Some(StageSpec { template: template("c"), backoff_limit: 2 }),
+                worker: WorkerSpec { max_failed_shards: Some(5), ..spec.worker.clone() },
+                ..spec
+            },
+        );
         b.metadata.namespace = Some("ns".into());
         b.metadata.uid = Some("uid-1".into());
         b
@@ -197,7 +202,18 @@ mod tests {
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         let names: Vec<_> = pod.containers[0].env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["PREDICTION_BATCH", "GAME_DATE", "TARGET_COUNT", "SHARD_COUNT", "ITEMS_PER_SHARD", "SHARD_INDEX", "GAME_DATE"]);
+        assert_eq!(
+            names,
+            [
+                "PREDICTION_BATCH",
+                "GAME_DATE",
+                "TARGET_COUNT",
+                "SHARD_COUNT",
+                "ITEMS_PER_SHARD",
+                "SHARD_INDEX",
+                "GAME_DATE"
+            ]
+        );
     }
 
     #[test]

@@ -36,11 +36,7 @@ pub struct JobView {
 impl JobView {
     pub fn from_job(job: &Job, batch_uid: &str) -> Self {
         let meta = &job.metadata;
-        let owned = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && o.uid == batch_uid);
+        let owned = meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == batch_uid);
         let spec = job.spec.as_ref();
         let status = job.status.clone().unwrap_or_default();
         let conditions = status.conditions.unwrap_or_default();

@@ -86,16 +86,7 @@ struct Planner<'a> {
 impl<'a> Planner<'a> {
     fn new(batch: &'a PredictionBatch, obs: &'a Observed) -> Self {
         let prev = batch.status.clone().unwrap_or_default();
-        Planner {
-            batch,
-            obs,
-            now: obs.now,
-            st: prev.clone(),
-            prev,
-            actions: Vec::new(),
-            requeue: None,
-            stop: None,
-        }
+        Planner { batch, obs, now: obs.now, st: prev.clone(), prev, actions: Vec::new(), requeue: None, stop: None }
     }
 
     fn name(&self) -> &str {
@@ -182,7 +173,8 @@ impl<'a> Planner<'a> {
                 return self.finalize_workers(layout, &succeeded, job);
             }
             JobOutcome::Failed { reason, message, .. } => {
-                let why = if reason == "MaxFailedIndexesExceeded" { "MaxFailedShardsExceeded" } else { "WorkersFailed" };
+                let why =
+                    if reason == "MaxFailedIndexesExceeded" { "MaxFailedShardsExceeded" } else { "WorkersFailed" };
                 return self.fail(Stage::Workers, why, format!("worker Job {}: {reason}: {message}", job.name));
             }
             JobOutcome::Running => {}
@@ -207,9 +199,8 @@ impl<'a> Planner<'a> {
         }
         if layout.meets_quorum(succeeded_items, pct) {
             let since = self.st.quorum_time.get_or_insert(Time(self.now)).0;
-            let grace_end = since
-                .checked_add(SignedDuration::from_secs(spec.completion.grace_seconds.max(0)))
-                .unwrap_or(since);
+            let grace_end =
+                since.checked_add(SignedDuration::from_secs(spec.completion.grace_seconds.max(0))).unwrap_or(since);
             let (deadline, why) = match complete_by {
                 Some(t) if t < grace_end => (t, "completeBy reached"),
                 _ => (grace_end, "grace period over"),
@@ -247,8 +238,11 @@ impl<'a> Planner<'a> {
             active: active.min(n),
         });
         let succeeded_items = layout.items_in(succeeded) as u32;
-        self.st.items =
-            Some(ItemCounts { target: layout.target, succeeded: succeeded_items, failed: layout.items_in(failed) as u32 });
+        self.st.items = Some(ItemCounts {
+            target: layout.target,
+            succeeded: succeeded_items,
+            failed: layout.items_in(failed) as u32,
+        });
         self.st.progress = Some(format!("{succeeded_items}/{}", layout.target));
         self.st.succeeded_shards = Some(succeeded.to_string()).filter(|s| !s.is_empty());
         self.st.failed_shards = Some(failed.to_string()).filter(|s| !s.is_empty());
@@ -274,7 +268,10 @@ impl<'a> Planner<'a> {
             return self.fail(
                 Stage::Workers,
                 "QuorumNotMet",
-                format!("{succeeded_items}/{} items succeeded, below the {pct}% quorum (failed shards: {failed})", layout.target),
+                format!(
+                    "{succeeded_items}/{} items succeeded, below the {pct}% quorum (failed shards: {failed})",
+                    layout.target
+                ),
             );
         }
         let at = match &job.outcome {
@@ -355,7 +352,10 @@ impl<'a> Planner<'a> {
             (None, Some(j)) if !j.owned => {
                 self.stop = Some(Stop {
                     reason: "JobNameConflict",
-                    message: format!("a Job named {} exists and is not owned by this batch; it will not be adopted", j.name),
+                    message: format!(
+                        "a Job named {} exists and is not owned by this batch; it will not be adopted",
+                        j.name
+                    ),
                     terminal: false,
                 });
                 self.requeue_in(CONFLICT_RECHECK);
@@ -396,7 +396,10 @@ impl<'a> Planner<'a> {
 
     fn fail(&mut self, stage: Stage, reason: &'static str, message: String) {
         let s = stage_status_mut(&mut self.st, stage);
-        let entry = s.get_or_insert_with(|| StageStatus { job_name: stage.job_name(self.batch.metadata.name.as_deref().unwrap_or_default()), ..Default::default() });
+        let entry = s.get_or_insert_with(|| StageStatus {
+            job_name: stage.job_name(self.batch.metadata.name.as_deref().unwrap_or_default()),
+            ..Default::default()
+        });
         entry.state = StageState::Failed;
         entry.completion_time.get_or_insert(Time(self.now));
         entry.message = Some(message.clone());
@@ -411,7 +414,12 @@ impl<'a> Planner<'a> {
         for stage in Stage::ALL {
             if let Some(job) = self.obs.job(stage) {
                 let action = Action::Suspend { stage, suspend: true };
-                if job.owned && job.has_pods() && !job.suspended && job.outcome == JobOutcome::Running && !self.actions.contains(&action) {
+                if job.owned
+                    && job.has_pods()
+                    && !job.suspended
+                    && job.outcome == JobOutcome::Running
+                    && !self.actions.contains(&action)
+                {
                     self.actions.push(action);
                 }
             }
@@ -516,11 +524,7 @@ impl<'a> Planner<'a> {
         let stop = self.stop.clone().or_else(|| {
             (phase == Phase::Failed).then(|| {
                 let prev = self.prev.conditions.iter().find(|c| c.type_ == CONDITION_STALLED);
-                Stop {
-                    reason: "Failed",
-                    message: prev.map(|c| c.message.clone()).unwrap_or_default(),
-                    terminal: true,
-                }
+                Stop { reason: "Failed", message: prev.map(|c| c.message.clone()).unwrap_or_default(), terminal: true }
             })
         });
         let stored_reason = self
@@ -532,7 +536,11 @@ impl<'a> Planner<'a> {
 
         let (ready, reconciling, stalled) = match (&stop, phase) {
             (Some(s), _) => {
-                let reason = if self.stop.is_none() { stored_reason.unwrap_or_else(|| s.reason.to_string()) } else { s.reason.to_string() };
+                let reason = if self.stop.is_none() {
+                    stored_reason.unwrap_or_else(|| s.reason.to_string())
+                } else {
+                    s.reason.to_string()
+                };
                 (
                     ("False", reason.clone(), s.message.clone()),
                     ("False", reason.clone(), s.message.clone()),
@@ -570,11 +578,19 @@ impl<'a> Planner<'a> {
         };
         let degraded = if shards.failed > 0 {
             let list = st.failed_shards.clone().unwrap_or_default();
-            let list = if list.len() > 200 { format!("{}…", &list[..list.char_indices().nth(200).map_or(list.len(), |(i, _)| i)]) } else { list };
-            ("True", "ShardsFailed".to_string(), format!(
-                "{} of {} shards failed ({} of {} items): {list}",
-                shards.failed, shards.total, items.failed, layout.target
-            ))
+            let list = if list.len() > 200 {
+                format!("{}…", &list[..list.char_indices().nth(200).map_or(list.len(), |(i, _)| i)])
+            } else {
+                list
+            };
+            (
+                "True",
+                "ShardsFailed".to_string(),
+                format!(
+                    "{} of {} shards failed ({} of {} items): {list}",
+                    shards.failed, shards.total, items.failed, layout.target
+                ),
+            )
         } else {
             ("False", "NoFailedShards".to_string(), String::new())
         };
@@ -639,7 +655,11 @@ fn merge_conditions(
     out
 }
 
-fn transition_events(prev: &PredictionBatchStatus, next: &PredictionBatchStatus, stop: Option<&Stop>) -> Vec<EventNote> {
+fn transition_events(
+    prev: &PredictionBatchStatus,
+    next: &PredictionBatchStatus,
+    stop: Option<&Stop>,
+) -> Vec<EventNote> {
     let mut events = Vec::new();
     let mut note = |warning, reason, note: String| events.push(EventNote { warning, reason, note });
     for (stage, before, after) in [
@@ -673,13 +693,16 @@ fn transition_events(prev: &PredictionBatchStatus, next: &PredictionBatchStatus,
     }
     if prev.phase != next.phase {
         match next.phase {
-            Some(Phase::Succeeded) => note(false, "BatchSucceeded", format!("batch succeeded: {}", next.progress.clone().unwrap_or_default())),
+            Some(Phase::Succeeded) => {
+                note(false, "BatchSucceeded", format!("batch succeeded: {}", next.progress.clone().unwrap_or_default()))
+            }
             Some(Phase::Failed) => note(true, "BatchFailed", stop.map(|s| s.message.clone()).unwrap_or_default()),
             _ => {}
         }
     }
     if let Some(s) = stop.filter(|s| !s.terminal) {
-        let was = prev.conditions.iter().any(|c| c.type_ == CONDITION_STALLED && c.status == "True" && c.reason == s.reason);
+        let was =
+            prev.conditions.iter().any(|c| c.type_ == CONDITION_STALLED && c.status == "True" && c.reason == s.reason);
         if !was {
             note(true, s.reason, s.message.clone());
         }

@@ -122,13 +122,13 @@ async fn observe(
             Some(v) => v.clone(),
             None => {
                 let cached = ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)).map(|j| JobView::from_job(&j, uid));
-                let recorded = stage_status(&status, stage)
-                    .filter(|s| !s.state.is_finished())
-                    .and_then(|s| s.job_uid.clone());
+                let recorded =
+                    stage_status(&status, stage).filter(|s| !s.state.is_finished()).and_then(|s| s.job_uid.clone());
                 match (cached, recorded) {
                     (Some(v), Some(r)) if v.uid == r => Some(v),
                     (_, Some(_)) => {
-                        let job = api.get_opt(&job_name).await.map_err(|e| Error::kube(format!("get Job {job_name}"), e))?;
+                        let job =
+                            api.get_opt(&job_name).await.map_err(|e| Error::kube(format!("get Job {job_name}"), e))?;
                         job.map(|j| JobView::from_job(&j, uid))
                     }
                     (cached, None) => cached,
@@ -156,7 +156,8 @@ fn progress_only(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchSta
             .iter()
             .map(|st| st.as_ref().map(|st| (st.state, st.job_uid.clone())))
             .collect();
-        let conditions: Vec<_> = s.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect();
+        let conditions: Vec<_> =
+            s.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect();
         (s.phase, stages, s.quorum_time.clone(), s.observed_generation, conditions)
     };
     shape(prev) == shape(next)
@@ -249,7 +250,8 @@ async fn act(
                 }
                 Err(e) if status_code(&e) == Some(409) => {
                     // Deterministic names make a repeated create a no-op; whose Job it is decides.
-                    let existing = api.get_opt(&job_name).await.map_err(|e| Error::kube(format!("get Job {job_name}"), e))?;
+                    let existing =
+                        api.get_opt(&job_name).await.map_err(|e| Error::kube(format!("get Job {job_name}"), e))?;
                     overlay.insert(stage, existing.map(|j| JobView::from_job(&j, uid)));
                 }
                 Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
@@ -293,7 +295,14 @@ async fn patch_job(
     patch: serde_json::Value,
     overlay: &mut HashMap<Stage, Option<JobView>>,
 ) -> Result<(), Error> {
-    match api.patch(job_name, &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&patch)).await {
+    match api
+        .patch(
+            job_name,
+            &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         Ok(job) => {
             overlay.insert(stage, Some(JobView::from_job(&job, uid)));
             Ok(())

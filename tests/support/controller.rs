@@ -202,7 +202,8 @@ impl JobWatch {
                     let done = job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
                         cs.iter().any(|c| {
                             c.status == "True"
-                                && ["SuccessCriteriaMet", "Complete", "FailureTarget", "Failed"].contains(&c.type_.as_str())
+                                && ["SuccessCriteriaMet", "Complete", "FailureTarget", "Failed"]
+                                    .contains(&c.type_.as_str())
                         })
                     });
                     if done && rec.finished_at(&stage).is_none() {
@@ -288,7 +289,8 @@ impl StatusRecord {
                     bad(format!("{stage} status disappeared"));
                     continue;
                 }
-                let (ra, rb) = (stage_rank(a["state"].as_str().unwrap_or("")), stage_rank(b["state"].as_str().unwrap_or("")));
+                let (ra, rb) =
+                    (stage_rank(a["state"].as_str().unwrap_or("")), stage_rank(b["state"].as_str().unwrap_or("")));
                 if a.is_object() && rb < ra {
                     bad(format!("{stage}.state {} -> {}", a["state"], b["state"]));
                 }
@@ -471,7 +473,14 @@ pub fn phase(b: &Value) -> &str {
 }
 
 /// Waits until the batch satisfies `pred`, printing the batch, its Jobs and the controller log on timeout.
-pub fn wait_batch(ns: &str, name: &str, ctl: &Controller, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub fn wait_batch(
+    ns: &str,
+    name: &str,
+    ctl: &Controller,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     wait_until(
         &format!("batch {ns}/{name}: {what}"),
         timeout,
@@ -479,11 +488,14 @@ pub fn wait_batch(ns: &str, name: &str, ctl: &Controller, timeout: Duration, wha
         || {
             format!(
                 "{}\n{}\n{}",
-                kubectl_output(&["get", "pb", name, "-n", ns, "-o", "yaml"]).stdout.iter().map(|&b| b as char).collect::<String>(),
+                kubectl_output(&["get", "pb", name, "-n", ns, "-o", "yaml"])
+                    .stdout
+                    .iter()
+                    .map(|&b| b as char)
+                    .collect::<String>(),
                 String::from_utf8_lossy(&kubectl_output(&["get", "jobs,pods", "-n", ns, "-o", "wide"]).stdout),
                 ctl.log_tail()
             )
         },
     )
 }
-
