@@ -41,8 +41,7 @@ async fn standby_takes_over_when_the_leader_is_killed() {
     wait_batch(ns.name(), "failover", &replicas[0], Duration::from_secs(60), "workers running", |b| {
         b["status"]["shards"]["succeeded"].as_u64().unwrap_or(0) > 0
     });
-    let leader =
-        wait_until("a leader", Duration::from_secs(30), || leader_index(ns.name(), &replicas), String::new);
+    let leader = wait_until("a leader", Duration::from_secs(30), || leader_index(ns.name(), &replicas), String::new);
     let before = statuses.snapshot().versions.get("failover").copied().unwrap_or(0);
     let killed_at = Instant::now();
     replicas[leader].kill();
@@ -84,8 +83,7 @@ async fn sigterm_finishes_cleanly_and_releases_the_lease() {
     let ns = TestNamespace::new("sigterm");
     let mut replicas = vec![elected("sigterm-a", ns.name(), "15"), elected("sigterm-b", ns.name(), "15")];
     apply(ns.name(), &batch("graceful", json!({}), json!({ "annotations": { stages::RUN_FOR: "2s" } })));
-    let leader =
-        wait_until("a leader", Duration::from_secs(30), || leader_index(ns.name(), &replicas), String::new);
+    let leader = wait_until("a leader", Duration::from_secs(30), || leader_index(ns.name(), &replicas), String::new);
     wait_batch(ns.name(), "graceful", &replicas[leader], Duration::from_secs(60), "running", |b| phase(b) == "Running");
     let t = Instant::now();
     let leader_pid = replicas[leader].pid().unwrap();
