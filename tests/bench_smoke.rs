@@ -8,11 +8,11 @@
 //! can skew one; a real regression fails every pair.
 //! `PBC_BENCH_MAX_RATIO` overrides the 1.5.
 
-mod support;
-#[path = "support/controller.rs"]
-mod controller;
 #[path = "../bench/src/core.rs"]
 mod bench;
+#[path = "support/controller.rs"]
+mod controller;
+mod support;
 
 use std::time::Duration;
 
@@ -28,13 +28,15 @@ async fn ci_preset_ours_within_1_5_of_bare_jobs_and_every_stage_reacted_to() {
         controller_bin: env!("CARGO_BIN_EXE_prediction-batch-controller").into(),
         logs: c.logs.clone(),
         audit_log: Some(c.audit_log.clone()).filter(|p| p.exists()),
+        cluster_dir: Some(c.dir.clone()),
         driver: DriverKind::InProcess,
         // The suite's cluster holds other tests' namespaces: keep to our own.
         scope_namespace: true,
     };
     let max_ratio: f64 = std::env::var("PBC_BENCH_MAX_RATIO").ok().and_then(|v| v.parse().ok()).unwrap_or(1.5);
     let w = Workload::new(10, 20, 10);
-    let opts = |tag: &str| ModeOptions { timeout: Duration::from_secs(300), idle: None, cleanup: false, tag: tag.into() };
+    let opts =
+        |tag: &str| ModeOptions { timeout: Duration::from_secs(300), idle: None, cleanup: false, tag: tag.into() };
 
     let mut failures = Vec::new();
     for attempt in 1..=3 {
@@ -51,7 +53,10 @@ async fn ci_preset_ours_within_1_5_of_bare_jobs_and_every_stage_reacted_to() {
                 return;
             }
             Err(e) => {
-                eprintln!("bench smoke attempt {attempt}: {e} (namespaces {} and {} kept)", baseline.namespace, ours.namespace);
+                eprintln!(
+                    "bench smoke attempt {attempt}: {e} (namespaces {} and {} kept)",
+                    baseline.namespace, ours.namespace
+                );
                 failures.push(e);
             }
         }

@@ -117,7 +117,10 @@ struct PairRecord {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One thread: the bench only watches and submits, and the controller and driver it measures
+    // run as processes of their own. (A multi-thread runtime froze once in a 100 x 100 run, all
+    // workers parked with a 50 ms sleep pending; a current-thread runtime drives its own timers.)
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Run(args) => rt.block_on(run(args)),
         Command::BaselineDriver(args) => rt.block_on(driver(args)),
@@ -211,6 +214,7 @@ async fn run(args: RunArgs) -> Result<()> {
         controller_bin: std::path::absolute(&args.controller_bin)?,
         logs: dir.join("logs"),
         audit_log: Some(dir.join("logs/audit.log")).filter(|p| p.exists()),
+        cluster_dir: Some(dir.clone()),
         driver: DriverKind::Subprocess(std::env::current_exe()?),
         scope_namespace: args.scope_namespace,
     };
@@ -313,6 +317,18 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
+/// Control-plane CPU seconds of a run: all components, or one.
+fn cp(r: &ModeResult, component: Option<&str>) -> String {
+    let m = &r.control_plane_cpu_s;
+    if m.is_empty() {
+        return "-".into();
+    }
+    match component {
+        Some(c) => m.get(c).map_or("-".into(), |v| format!("{v:.1}")),
+        None => format!("{:.1}", m.values().sum::<f64>()),
+    }
+}
+
 fn verbs(a: Option<&core::ApiCount>) -> String {
     a.map_or("-".into(), |a| a.by_verb.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
 }
@@ -322,13 +338,13 @@ fn summary(r: &Results) -> String {
     let mut s = String::new();
     s += &format!("Machine: {}\n\n", r.machine);
     if !r.pairs.is_empty() {
-        s += "| preset | B×S | first | baseline s | ours s | ours/baseline | cons. reaction p50/p99 ms (base / ours) | export reaction p50/p99 ms (base / ours) | ours start p50/p99 ms | ours CPU s | ours peak RSS MiB | driver CPU s | driver peak RSS MiB | ours API (writes) | driver API (writes) | ours writes/batch | load before→after (ours) |\n";
-        s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+        s += "| preset | B×S | first | baseline s | ours s | ours/baseline | cons. reaction p50/p99 ms (base / ours) | export reaction p50/p99 ms (base / ours) | ours start p50/p99 ms | ours CPU s | ours peak RSS MiB | driver CPU s | driver peak RSS MiB | ours API (writes) | driver API (writes) | ours writes/batch | control-plane CPU s (base / ours) | apiserver CPU s (base / ours) | load before→after (ours) |\n";
+        s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
         for p in &r.pairs {
             let (b, o) = (&p.baseline, &p.ours);
             let api = |x: &ModeResult| x.api.as_ref().map_or("-".into(), |a| format!("{} ({})", a.total, a.writes));
             s += &format!(
-                "| {}-{} | {}×{} | {} | {:.1} | {:.1} | {:.3} | {:.1}/{:.1} / {:.1}/{:.1} | {:.1}/{:.1} / {:.1}/{:.1} | {:.1}/{:.1} | {} | {} | {} | {} | {} | {} | {} | {} → {} |\n",
+                "| {}-{} | {}×{} | {} | {:.1} | {:.1} | {:.3} | {:.1}/{:.1} / {:.1}/{:.1} | {:.1}/{:.1} / {:.1}/{:.1} | {:.1}/{:.1} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} → {} |\n",
                 p.preset,
                 p.index,
                 b.workload.batches,
@@ -354,6 +370,10 @@ fn summary(r: &Results) -> String {
                 api(o),
                 api(b),
                 opt(o.writes_per_batch, 1),
+                cp(b, None),
+                cp(o, None),
+                cp(b, Some("kube-apiserver")),
+                cp(o, Some("kube-apiserver")),
                 o.load_before,
                 o.load_after,
             );
