@@ -140,9 +140,20 @@ async fn driver(args: DriverArgs) -> Result<()> {
 
 fn machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_string();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: u64 = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "mem_gib": (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
@@ -175,7 +186,14 @@ impl Bench {
     }
 
     async fn mode(&mut self, mode: Mode, w: Workload, tag: &str, idle: bool) -> Result<ModeResult> {
-        eprintln!("[bench] {tag}: {} {}x{} (parallelism {}, {} pods) ...", mode.label(), w.batches, w.shards, w.parallelism, w.pods());
+        eprintln!(
+            "[bench] {tag}: {} {}x{} (parallelism {}, {} pods) ...",
+            mode.label(),
+            w.batches,
+            w.shards,
+            w.parallelism,
+            w.pods()
+        );
         let opts = ModeOptions {
             timeout: timeout_for(w),
             idle: idle.then(|| Duration::from_secs(self.args.idle_seconds)),
@@ -198,7 +216,8 @@ impl Bench {
             let b = self.mode(Mode::Baseline, w, &tag, false).await?;
             (b, o)
         };
-        let p = PairRecord { preset: preset.into(), index, first, ratio: ours.wall_s / baseline.wall_s, baseline, ours };
+        let p =
+            PairRecord { preset: preset.into(), index, first, ratio: ours.wall_s / baseline.wall_s, baseline, ours };
         eprintln!("[bench] {tag}: ours/baseline = {:.3} ({:.1}s / {:.1}s)", p.ratio, p.ours.wall_s, p.baseline.wall_s);
         self.results.pairs.push(p.clone());
         self.save()?;
@@ -221,11 +240,8 @@ async fn run(args: RunArgs) -> Result<()> {
     if !env.controller_bin.exists() {
         bail!("no controller binary at {} (cargo build --release)", env.controller_bin.display());
     }
-    let results = Results {
-        machine: machine(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        ..Default::default()
-    };
+    let results =
+        Results { machine: machine(), command: std::env::args().collect::<Vec<_>>().join(" "), ..Default::default() };
     let presets = args.preset.clone();
     let mut bench = Bench { env, args, results };
     let p = bench.args.parallelism;
@@ -242,7 +258,11 @@ async fn run(args: RunArgs) -> Result<()> {
                     verdict = core::ci_check(&pair.baseline, &pair.ours, bench.args.max_ratio);
                     match &verdict {
                         Ok(ratio) => {
-                            bench.results.checks.push(format!("ci: PASS, ours/baseline {ratio:.3} <= {} (attempt {})", bench.args.max_ratio, attempt + 1));
+                            bench.results.checks.push(format!(
+                                "ci: PASS, ours/baseline {ratio:.3} <= {} (attempt {})",
+                                bench.args.max_ratio,
+                                attempt + 1
+                            ));
                             break;
                         }
                         Err(e) => bench.results.checks.push(format!("ci attempt {}: {e}", attempt + 1)),
@@ -284,7 +304,8 @@ async fn run(args: RunArgs) -> Result<()> {
             "mem" => {
                 let w = Workload::new(bench.args.mem_batches, 100, p);
                 eprintln!("[bench] mem: {} suspended batches ...", w.batches);
-                let opts = ModeOptions { timeout: Duration::from_secs(1800), idle: None, cleanup: true, tag: "mem".into() };
+                let opts =
+                    ModeOptions { timeout: Duration::from_secs(1800), idle: None, cleanup: true, tag: "mem".into() };
                 let m = core::memory_suspended(&bench.env, w, &opts).await?;
                 eprintln!(
                     "[bench] mem: {} batches, peak RSS {:.1} MiB (restart {:.1} MiB), {:.3} ms CPU/reconcile, {} Jobs",
@@ -380,13 +401,23 @@ fn summary(r: &Results) -> String {
         }
         s += "\nAPI requests by verb (ours | baseline driver):\n\n";
         for p in &r.pairs {
-            s += &format!("- {}-{}: {} | {}\n", p.preset, p.index, verbs(p.ours.api.as_ref()), verbs(p.baseline.api.as_ref()));
+            s += &format!(
+                "- {}-{}: {} | {}\n",
+                p.preset,
+                p.index,
+                verbs(p.ours.api.as_ref()),
+                verbs(p.baseline.api.as_ref())
+            );
         }
         let repeat: Vec<f64> = r.pairs.iter().filter(|p| p.preset == "repeat").map(|p| p.ratio).collect();
         if !repeat.is_empty() {
             let min = repeat.iter().copied().fold(f64::INFINITY, f64::min);
             let max = repeat.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            s += &format!("\nrepeat: {} pairs, ours/baseline median {:.3}, min {min:.3}, max {max:.3}\n", repeat.len(), core::median(&repeat));
+            s += &format!(
+                "\nrepeat: {} pairs, ours/baseline median {:.3}, min {min:.3}, max {max:.3}\n",
+                repeat.len(),
+                core::median(&repeat)
+            );
         }
     }
     let idles = r.pairs.iter().map(|p| &p.ours).chain(r.singles.iter()).filter(|o| o.idle.is_some());
