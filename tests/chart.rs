@@ -733,14 +733,27 @@ fn release_binary_runs_the_batch_as_an_unprivileged_uid_with_nothing_writable() 
     let full = release.fullname();
 
     // Binary and kubeconfig readable (not writable) by the UID: 0755 dir, 0755 binary, 0644 file.
-    let dir = tempfile::Builder::new().prefix("chart-uid-").tempdir_in(repo().join("target")).unwrap();
+    // They must not live under a directory the sandbox covers (a checkout under /tmp would vanish).
+    let base = {
+        let target = repo().join("target");
+        let masked = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"].iter().any(|m| target.starts_with(m));
+        if masked {
+            let b = std::path::PathBuf::from("/var/lib/prediction-batch-controller-tests");
+            std::fs::create_dir_all(&b).expect("create /var/lib/prediction-batch-controller-tests");
+            set_mode(&b, 0o755);
+            b
+        } else {
+            target
+        }
+    };
+    let dir = tempfile::Builder::new().prefix("chart-uid-").tempdir_in(&base).unwrap();
     set_mode(dir.path(), 0o755);
     let bin = dir.path().join("prediction-batch-controller");
     std::fs::copy(BINARY, &bin).unwrap();
     set_mode(&bin, 0o755);
     let kubeconfig = dir.path().join("kubeconfig");
     service_account_kubeconfig(&namespace, &full, &kubeconfig);
-    let log_dir = tempfile::Builder::new().prefix("chart-uid-log-").tempdir_in(repo().join("target")).unwrap();
+    let log_dir = tempfile::Builder::new().prefix("chart-uid-log-").tempdir_in(&base).unwrap();
 
     let uid = "65532";
     // A private mount namespace: read-only empty tmpfs over each world-writable directory; then

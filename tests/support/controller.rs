@@ -133,6 +133,40 @@ pub fn condition(batch: &serde_json::Value, type_: &str) -> Option<(String, Stri
     })
 }
 
+/// Runs a watch of our own (independent of the controller) until the returned task is aborted:
+/// `on_apply` gets every object seen, `on_init` runs at every completed (re)list. Returns once
+/// the first listing is done (or after 30 s).
+async fn spawn_watch<K>(
+    api: kube::Api<K>,
+    mut on_apply: impl FnMut(K) + Send + 'static,
+    mut on_init: impl FnMut() + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut ready_tx = Some(ready_tx);
+        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => on_apply(o),
+                Ok(watcher::Event::InitDone) => {
+                    on_init();
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+    task
+}
+
 /// What a test's own watch saw of the Jobs in its namespace: every UID per stage, and when (by
 /// receive time) each was first seen and first seen finished.
 #[derive(Default, Debug, Clone)]
@@ -164,55 +198,38 @@ pub struct JobWatch {
 
 impl JobWatch {
     pub async fn start(ns: &str) -> Self {
-        use futures::StreamExt;
-        use k8s_openapi::api::batch::v1::Job;
-        use kube::runtime::{WatchStreamExt, watcher};
-        let client = super::support::client().await;
-        let api: kube::Api<Job> = kube::Api::namespaced(client, ns);
+        let api: kube::Api<k8s_openapi::api::batch::v1::Job> =
+            kube::Api::namespaced(super::support::client().await, ns);
         let record = std::sync::Arc::new(std::sync::Mutex::new(JobRecord::default()));
         let r = record.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
-            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-            while let Some(ev) = stream.next().await {
-                let jobs = match ev {
-                    Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => vec![j],
-                    Ok(watcher::Event::InitDone) => {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
-                        }
-                        vec![]
-                    }
-                    _ => vec![],
-                };
+        let task = spawn_watch(
+            api,
+            move |job| {
                 let now = std::time::Instant::now();
                 let mut rec = r.lock().unwrap();
-                for job in jobs {
-                    let stage = job
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("predictions.dev/stage").cloned())
-                        .unwrap_or_else(|| "unlabelled".into());
-                    let uid = job.metadata.uid.clone().unwrap_or_default();
-                    if rec.uids_by_stage.entry(stage.clone()).or_default().insert(uid) {
-                        rec.created.push((stage.clone(), now));
-                    }
-                    let done = job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-                        cs.iter().any(|c| {
-                            c.status == "True"
-                                && ["SuccessCriteriaMet", "Complete", "FailureTarget", "Failed"]
-                                    .contains(&c.type_.as_str())
-                        })
-                    });
-                    if done && rec.finished_at(&stage).is_none() {
-                        rec.finished.push((stage, now));
-                    }
+                let stage = job
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("predictions.dev/stage").cloned())
+                    .unwrap_or_else(|| "unlabelled".into());
+                let uid = job.metadata.uid.clone().unwrap_or_default();
+                if rec.uids_by_stage.entry(stage.clone()).or_default().insert(uid) {
+                    rec.created.push((stage.clone(), now));
                 }
-            }
-        });
-        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+                let done = job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c.status == "True"
+                            && ["SuccessCriteriaMet", "Complete", "FailureTarget", "Failed"].contains(&c.type_.as_str())
+                    })
+                });
+                if done && rec.finished_at(&stage).is_none() {
+                    rec.finished.push((stage, now));
+                }
+            },
+            || {},
+        )
+        .await;
         JobWatch { record, task }
     }
 
@@ -315,44 +332,26 @@ pub struct StatusWatch {
 
 impl StatusWatch {
     pub async fn start(ns: &str) -> Self {
-        use futures::StreamExt;
-        use kube::runtime::{WatchStreamExt, watcher};
-        let client = super::support::client().await;
-        let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
-            client,
-            ns,
-            &kube::api::ApiResource {
-                group: "predictions.dev".into(),
-                version: "v1alpha1".into(),
-                api_version: "predictions.dev/v1alpha1".into(),
-                kind: "PredictionBatch".into(),
-                plural: "predictionbatches".into(),
-            },
-        );
+        let resource = kube::api::ApiResource {
+            group: "predictions.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "predictions.dev/v1alpha1".into(),
+            kind: "PredictionBatch".into(),
+            plural: "predictionbatches".into(),
+        };
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::namespaced_with(super::support::client().await, ns, &resource);
         let record = std::sync::Arc::new(std::sync::Mutex::new(StatusRecord::default()));
-        let r = record.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
-            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-            while let Some(ev) = stream.next().await {
-                let mut rec = r.lock().unwrap();
-                match ev {
-                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                        let name = o.metadata.name.clone().unwrap_or_default();
-                        rec.observe(&name, &o.data["status"]);
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        rec.inits += 1;
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
-        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        let (r, r2) = (record.clone(), record.clone());
+        let task = spawn_watch(
+            api,
+            move |o| {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                r.lock().unwrap().observe(&name, &o.data["status"]);
+            },
+            move || r2.lock().unwrap().inits += 1,
+        )
+        .await;
         StatusWatch { record, task }
     }
 
@@ -378,35 +377,21 @@ pub struct MultiJobWatch {
 
 impl MultiJobWatch {
     pub async fn start(ns: &str) -> Self {
-        use futures::StreamExt;
-        use k8s_openapi::api::batch::v1::Job;
-        use kube::runtime::{WatchStreamExt, watcher};
-        let client = super::support::client().await;
-        let api: kube::Api<Job> = kube::Api::namespaced(client, ns);
+        let api: kube::Api<k8s_openapi::api::batch::v1::Job> =
+            kube::Api::namespaced(super::support::client().await, ns);
         let uids = std::sync::Arc::new(std::sync::Mutex::new(UidsByBatch::new()));
         let u = uids.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
-            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-            while let Some(ev) = stream.next().await {
-                match ev {
-                    Ok(watcher::Event::Apply(j) | watcher::Event::InitApply(j)) => {
-                        let labels = j.metadata.labels.clone().unwrap_or_default();
-                        let batch = labels.get("predictions.dev/batch").cloned().unwrap_or_default();
-                        let stage = labels.get("predictions.dev/stage").cloned().unwrap_or_default();
-                        u.lock().unwrap().entry((batch, stage)).or_default().insert(j.metadata.uid.unwrap_or_default());
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
-        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        let task = spawn_watch(
+            api,
+            move |j| {
+                let labels = j.metadata.labels.clone().unwrap_or_default();
+                let batch = labels.get("predictions.dev/batch").cloned().unwrap_or_default();
+                let stage = labels.get("predictions.dev/stage").cloned().unwrap_or_default();
+                u.lock().unwrap().entry((batch, stage)).or_default().insert(j.metadata.uid.unwrap_or_default());
+            },
+            || {},
+        )
+        .await;
         MultiJobWatch { uids, task }
     }
 
