@@ -52,7 +52,7 @@ fn crd_installed() {
         assert!(out.contains(CRD), "client-side apply of crds/: {out}");
         let out = kubectl(&["apply", "--server-side", "--force-conflicts", "-f", path_str(&crds)]);
         assert!(out.contains("serverside-applied"), "server-side apply of crds/: {out}");
-        kubectl(&["wait", "--for=condition=Established", "--timeout=60s", &format!("crd/{CRD}")]);
+        support::wait_crd_established(CRD);
 
         // The apiserver swaps a changed CRD's handler asynchronously after Established: wait until
         // the newest rules in crds/ are the ones enforced.

@@ -376,7 +376,7 @@ pub fn ensure_crd() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &repo().join("crds").to_string_lossy()]);
-        kubectl(&["wait", "--for=condition=Established", "crd/predictionbatches.predictions.dev", "--timeout=60s"]);
+        super::support::wait_crd_established("predictionbatches.predictions.dev");
     });
 }
 

@@ -19,22 +19,7 @@ pub fn ensure_crd() {
     DONE.get_or_init(|| {
         let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
         kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
-        // Not `kubectl wait`: right after creation the CRD has no conditions yet and wait errors out.
-        wait_until(
-            "the PredictionBatch CRD to be Established",
-            Duration::from_secs(60),
-            || {
-                let out = kubectl_output(&[
-                    "get",
-                    "crd",
-                    "predictionbatches.predictions.dev",
-                    "-o",
-                    r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#,
-                ]);
-                (String::from_utf8_lossy(&out.stdout).trim() == "True").then_some(())
-            },
-            String::new,
-        );
+        super::support::wait_crd_established("predictionbatches.predictions.dev");
     });
 }
 

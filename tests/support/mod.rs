@@ -252,3 +252,18 @@ pub async fn client_from(kubeconfig: &Path) -> kube::Client {
         .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", kubeconfig.display()));
     kube::Client::try_from(config).expect("kube client")
 }
+
+/// Waits until a CRD is Established. Not `kubectl wait`: right after creation a CRD has no
+/// conditions yet, and `kubectl wait` errors out instead of waiting.
+pub fn wait_crd_established(crd: &str) {
+    wait_until(
+        &format!("CRD {crd} to be Established"),
+        Duration::from_secs(60),
+        || {
+            let jsonpath = r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
+            let out = kubectl_output(&["get", "crd", crd, "-o", jsonpath]);
+            (String::from_utf8_lossy(&out.stdout).trim() == "True").then_some(())
+        },
+        String::new,
+    );
+}
