@@ -81,7 +81,14 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
                 }
             }
             current = write_status(ctx, &current, &plan).await?;
-            ctx.last_write.lock().expect("poisoned").insert(key.clone(), Instant::now());
+            {
+                // Only writes younger than the interval matter: forget the rest (also deleted batches).
+                let mut last = ctx.last_write.lock().expect("poisoned");
+                if last.len() > 256 {
+                    last.retain(|_, t| t.elapsed() < PROGRESS_WRITE_INTERVAL);
+                }
+                last.insert(key.clone(), Instant::now());
+            }
             publish_events(ctx, &current, &plan).await;
             ctx.mirror.notify(&current);
         }
