@@ -77,6 +77,9 @@ struct RunArgs {
     /// Scope controller and driver to the run's namespace (default: cluster-wide, as deployed).
     #[arg(long)]
     scope_namespace: bool,
+    /// Which mode runs first in the full, custom and scaling presets (repeat alternates).
+    #[arg(long, default_value = "baseline", value_parser = ["baseline", "ours"])]
+    first: String,
     /// Where results.json and summary.md go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -245,6 +248,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let presets = args.preset.clone();
     let mut bench = Bench { env, args, results };
     let p = bench.args.parallelism;
+    let first = if bench.args.first == "ours" { Mode::Ours } else { Mode::Baseline };
     let mut failed = Vec::new();
     for preset in &presets {
         match preset.as_str() {
@@ -281,18 +285,18 @@ async fn run(args: RunArgs) -> Result<()> {
                 }
             }
             "full" => {
-                bench.pair("full", 0, Workload::new(100, 100, p), Mode::Baseline, false).await?;
+                bench.pair("full", 0, Workload::new(100, 100, p), first, false).await?;
             }
             "custom" => {
                 let w = Workload::new(bench.args.batches, bench.args.shards, p);
-                bench.pair("custom", 0, w, Mode::Baseline, false).await?;
+                bench.pair("custom", 0, w, first, false).await?;
             }
             "scaling" => {
                 let series = bench.args.scaling.clone();
                 let largest = series.iter().copied().max().unwrap_or(0);
                 for (i, n) in series.into_iter().enumerate() {
                     let w = Workload::new(n, bench.args.scaling_shards, p);
-                    bench.pair("scaling", i, w, Mode::Baseline, n == largest && n >= 1000).await?;
+                    bench.pair("scaling", i, w, first, n == largest && n >= 1000).await?;
                 }
             }
             "idle" => {
