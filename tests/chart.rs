@@ -120,31 +120,23 @@ fn helm_3_lints_and_renders_the_chart_like_helm_4() {
         let text = run_ok(lint3);
         assert!(!text.contains("[WARNING]") && !text.contains("[ERROR]"), "helm 3 lint ({what}):\n{text}");
 
-        let mut t3 = tool_command("helm3");
-        t3.args([
-            "template",
-            "r",
-            CHART_DIR,
-            "--namespace",
-            "pbc-system",
-            "--include-crds",
-            "--kube-version",
-            "1.35.4",
-        ])
-        .args(&extra);
-        let mut t4 = tool_command("helm");
-        t4.args([
-            "template",
-            "r",
-            CHART_DIR,
-            "--namespace",
-            "pbc-system",
-            "--include-crds",
-            "--kube-version",
-            "1.35.4",
-        ])
-        .args(&extra);
-        let (v3, v4) = (install::parse_documents(&run_ok(t3)), install::parse_documents(&run_ok(t4)));
+        // The same `helm template` with Helm 3 and Helm 4.
+        let render = |tool: &str| {
+            let mut cmd = tool_command(tool);
+            cmd.args([
+                "template",
+                "r",
+                CHART_DIR,
+                "--namespace",
+                "pbc-system",
+                "--include-crds",
+                "--kube-version",
+                "1.35.4",
+            ])
+            .args(&extra);
+            install::parse_documents(&run_ok(cmd))
+        };
+        let (v3, v4) = (render("helm3"), render("helm"));
         assert_eq!(v3.len(), v4.len(), "helm 3 and 4 render different numbers of objects ({what})");
         for (a, b) in v3.iter().zip(&v4) {
             assert_eq!(a, b, "helm 3 and helm 4 render differently ({what})");
