@@ -20,8 +20,15 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub mirror: MirrorHandle,
-    /// Per batch: when we last wrote its status, to coalesce progress-only writes.
-    pub last_write: Mutex<HashMap<ObjectRef<PredictionBatch>, Instant>>,
+    /// Per batch: our last status write, to coalesce progress-only writes and to plan from it
+    /// while the batch cache has not caught up with it.
+    pub written: Mutex<HashMap<ObjectRef<PredictionBatch>, Written>>,
     /// Per batch: consecutive failed reconciles, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<PredictionBatch>, u32>>,
+}
+
+/// A status write of ours: when, and the object it returned until the cache has caught up.
+pub struct Written {
+    pub at: Instant,
+    pub object: Option<Arc<PredictionBatch>>,
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::PredictionBatch;
+use crate::cache::{trim_batch, trim_job};
 use crate::context::Context;
 use crate::error::{Error, Retry, backoff};
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -162,26 +163,6 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-/// Strips what reconcile never reads from cached Jobs (managed fields, the pod template):
-/// most of a Job's size, and so most of the controller's memory.
-fn trim_job(job: &mut Job) {
-    job.managed_fields_mut().clear();
-    job.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
-    if let Some(spec) = job.spec.as_mut() {
-        spec.template = Default::default();
-        spec.selector = None;
-        spec.pod_failure_policy = None;
-    }
-    if let Some(status) = job.status.as_mut() {
-        status.uncounted_terminated_pods = None;
-    }
-}
-
-fn trim_batch(batch: &mut PredictionBatch) {
-    batch.managed_fields_mut().clear();
-    batch.annotations_mut().remove("kubectl.kubernetes.io/last-applied-configuration");
-}
-
 async fn run_controller(
     client: Client,
     settings: &Settings,
@@ -218,7 +199,7 @@ async fn run_controller(
         recorder: Recorder::new(client, reporter),
         metrics,
         mirror,
-        last_write: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
     });
     *shared.batches.lock().expect("poisoned") = Some(batch_store.clone());

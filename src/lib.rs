@@ -2,6 +2,7 @@
 //! export) from `PredictionBatch` resources, with all progress kept in the resource's status.
 
 pub mod api;
+pub mod cache;
 pub mod context;
 pub mod controller;
 pub mod error;

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub batches: Family<PhaseLabel, Gauge>,
     pub stage_duration: Family<StageLabel, Histogram>,
     pub status_writes: Counter,
+    pub status_conflicts: Counter,
     pub mirror_failures: Counter,
     pub is_leader: Gauge,
 }
@@ -61,6 +62,12 @@ impl Default for Metrics {
         );
         let status_writes = Counter::default();
         registry.register("status_writes", "Status patches written", status_writes.clone());
+        let status_conflicts = Counter::default();
+        registry.register(
+            "status_conflicts",
+            "Status writes refused as stale (409), each followed by a fresh read and a new plan",
+            status_conflicts.clone(),
+        );
         let mirror_failures = Counter::default();
         registry.register("mirror_failures", "Failed writes to the Firestore mirror", mirror_failures.clone());
         let is_leader = Gauge::default();
@@ -77,6 +84,7 @@ impl Default for Metrics {
             batches,
             stage_duration,
             status_writes,
+            status_conflicts,
             mirror_failures,
             is_leader,
         }

@@ -267,6 +267,32 @@ async fn suspend_and_resume_continue_where_they_stopped() {
     assert_eq!(watch.snapshot().uids("workers"), 1, "resuming reuses the same Job");
 }
 
+/// The cache drops the pod templates of suspended batches (memory, issue 9): a batch created
+/// suspended must still run from its own templates once resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_created_suspended_runs_from_its_templates_when_resumed() {
+    ensure_crd();
+    let ns = TestNamespace::new("coldstart");
+    let watch = JobWatch::start(ns.name()).await;
+    let ctl = Controller::start("coldstart", ns.name(), &[]);
+    apply(ns.name(), &batch("cold", json!({ "suspend": true, "targetCount": 8 }), json!({})));
+    wait_batch(ns.name(), "cold", &ctl, Duration::from_secs(30), "Suspended", |b| phase(b) == "Suspended");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(watch.snapshot().uids("workers"), 0, "a suspended batch creates no Job");
+    kubectl(&["patch", "pb", "cold", "-n", ns.name(), "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
+    wait_batch(ns.name(), "cold", &ctl, Duration::from_secs(90), "Succeeded", |b| phase(b) == "Succeeded");
+    for (job, image) in [
+        ("cold-workers", "example.com/worker:1"),
+        ("cold-consolidation", "example.com/consolidate:1"),
+        ("cold-export", "example.com/export:1"),
+    ] {
+        let j = kubectl_json(&["get", "job", job, "-n", ns.name()]);
+        assert_eq!(j["spec"]["template"]["spec"]["containers"][0]["image"], image, "{job} is built from the spec");
+    }
+    let workers = kubectl_json(&["get", "job", "cold-workers", "-n", ns.name()]);
+    assert_eq!(workers["spec"]["template"]["metadata"]["labels"]["app"], "prediction-worker");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_batch_collects_its_jobs_and_pods() {
     ensure_crd();

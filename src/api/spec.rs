@@ -108,7 +108,7 @@ pub struct PredictionBatchSpec {
 pub struct WorkerSpec {
     /// Pod template of one worker shard. The controller adds labels and the env PREDICTION_BATCH, GAME_DATE, TARGET_COUNT, SHARD_COUNT, ITEMS_PER_SHARD and SHARD_INDEX to every container.
     #[schemars(schema_with = "super::template_schema::pod_template")]
-    pub template: PodTemplateSpec,
+    pub template: PodTemplate,
 
     /// Retries of one shard before it counts as failed (default 3).
     #[serde(default = "default_backoff_per_shard")]
@@ -148,11 +148,36 @@ impl Default for CompletionSpec {
 pub struct StageSpec {
     /// Pod template of the stage. Its containers get the worker env plus SUCCEEDED_SHARDS, FAILED_SHARDS and SUCCEEDED_ITEMS.
     #[schemars(schema_with = "super::template_schema::pod_template")]
-    pub template: PodTemplateSpec,
+    pub template: PodTemplate,
 
     /// Retries of the stage's pod before the stage (and the batch) fails (default 2).
     #[serde(default = "default_stage_backoff")]
     pub backoff_limit: i32,
+}
+
+/// A user's pod template: on the wire always the template itself; in memory boxed, so a batch
+/// is about 1 KB rather than 7, and absent from cached copies of idle batches (see
+/// [`PodTemplate::drop_cached`]), which reconcile only reads when it builds a Job.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(transparent)]
+pub struct PodTemplate(Option<Box<PodTemplateSpec>>);
+
+impl PodTemplate {
+    /// The template, or `None` when this copy had it dropped (a cache copy): read the batch anew.
+    pub fn get(&self) -> Option<&PodTemplateSpec> {
+        self.0.as_deref()
+    }
+
+    /// Frees the template in a cached copy of the batch.
+    pub fn drop_cached(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl From<PodTemplateSpec> for PodTemplate {
+    fn from(t: PodTemplateSpec) -> Self {
+        Self(Some(Box::new(t)))
+    }
 }
 
 fn default_items_per_shard() -> u32 {

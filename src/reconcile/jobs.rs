@@ -13,7 +13,7 @@ use kube::Resource;
 use super::ranges::IndexSet;
 use super::shards::ShardLayout;
 use super::stage::{Stage, batch_label_value};
-use crate::api::{PredictionBatch, PredictionBatchStatus};
+use crate::api::{PodTemplate, PredictionBatch, PredictionBatchStatus};
 use crate::labels::{BATCH_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, STAGE_LABEL};
 
 /// Annotation the Job controller puts on Indexed Job pods.
@@ -28,7 +28,23 @@ pub fn child_labels(batch: &PredictionBatch, stage: Stage) -> BTreeMap<String, S
     ])
 }
 
-/// The Job for `stage`, or `None` when the spec has no such stage or the batch has no UID yet.
+/// The user's pod template of `stage`, `None` when the spec has no such stage.
+pub fn user_template(batch: &PredictionBatch, stage: Stage) -> Option<&PodTemplate> {
+    match stage {
+        Stage::Workers => Some(&batch.spec.worker.template),
+        Stage::Consolidation => batch.spec.consolidation.as_ref().map(|s| &s.template),
+        Stage::Export => batch.spec.export.as_ref().map(|s| &s.template),
+    }
+}
+
+/// True when this copy of the batch (a cached one) had the template of `stage` dropped: the
+/// batch must be read in full before its Job can be built.
+pub fn template_dropped(batch: &PredictionBatch, stage: Stage) -> bool {
+    user_template(batch, stage).is_some_and(|t| t.get().is_none())
+}
+
+/// The Job for `stage`, or `None` when the spec has no such stage, this copy of the batch lacks
+/// its template ([`template_dropped`]) or the batch has no UID yet.
 pub fn build(batch: &PredictionBatch, stage: Stage) -> Option<Job> {
     let spec = &batch.spec;
     let name = batch.metadata.name.clone()?;
@@ -44,7 +60,8 @@ pub fn build(batch: &PredictionBatch, stage: Stage) -> Option<Job> {
         env("SHARD_COUNT", &shards.to_string()),
         env("ITEMS_PER_SHARD", &spec.items_per_shard.to_string()),
     ];
-    let (template, job_spec) = match stage {
+    let user = user_template(batch, stage)?.get()?;
+    let job_spec = match stage {
         Stage::Workers => {
             env.push(EnvVar {
                 name: "SHARD_INDEX".into(),
@@ -57,9 +74,9 @@ pub fn build(batch: &PredictionBatch, stage: Stage) -> Option<Job> {
                 }),
                 ..Default::default()
             });
-            let template = pod_template(&spec.worker.template, &labels, &env);
+            let template = pod_template(user, &labels, &env);
             let never = template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Never");
-            let job_spec = JobSpec {
+            JobSpec {
                 completion_mode: Some("Indexed".into()),
                 completions: Some(shards as i32),
                 parallelism: Some(spec.parallelism.min(shards) as i32),
@@ -79,28 +96,24 @@ pub fn build(batch: &PredictionBatch, stage: Stage) -> Option<Job> {
                 }),
                 template,
                 ..Default::default()
-            };
-            (None::<()>, job_spec)
+            }
         }
         Stage::Consolidation | Stage::Export => {
-            let stage_spec = match stage {
-                Stage::Consolidation => spec.consolidation.as_ref()?,
-                _ => spec.export.as_ref()?,
+            let backoff_limit = match stage {
+                Stage::Consolidation => spec.consolidation.as_ref()?.backoff_limit,
+                _ => spec.export.as_ref()?.backoff_limit,
             };
             let status = batch.status.clone().unwrap_or_default();
             env.extend(result_env(&status, layout));
-            let template = pod_template(&stage_spec.template, &labels, &env);
-            let job_spec = JobSpec {
+            JobSpec {
                 completions: Some(1),
                 parallelism: Some(1),
-                backoff_limit: Some(stage_spec.backoff_limit),
-                template,
+                backoff_limit: Some(backoff_limit),
+                template: pod_template(user, &labels, &env),
                 ..Default::default()
-            };
-            (None, job_spec)
+            }
         }
     };
-    let _ = template;
     Some(Job {
         metadata: ObjectMeta {
             name: Some(stage.job_name(&name)),
@@ -169,7 +182,7 @@ mod tests {
         let mut b = PredictionBatch::new(
             "nba-2026-01-02",
             PredictionBatchSpec {
-                consolidation: Some(StageSpec { template: template("c"), backoff_limit: 2 }),
+                consolidation: Some(StageSpec { template: template("c").into(), backoff_limit: 2 }),
                 worker: WorkerSpec { max_failed_shards: Some(5), ..spec.worker.clone() },
                 ..spec
             },

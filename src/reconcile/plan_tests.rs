@@ -34,7 +34,7 @@ fn t(secs: i64) -> Timestamp {
 }
 
 fn stage_spec() -> StageSpec {
-    StageSpec { template: PodTemplateSpec::default(), backoff_limit: 2 }
+    StageSpec { template: PodTemplateSpec::default().into(), backoff_limit: 2 }
 }
 
 fn spec() -> PredictionBatchSpec {
@@ -44,7 +44,7 @@ fn spec() -> PredictionBatchSpec {
         items_per_shard: 4,
         parallelism: 10,
         worker: WorkerSpec {
-            template: PodTemplateSpec::default(),
+            template: PodTemplateSpec::default().into(),
             backoff_limit_per_shard: 3,
             max_failed_shards: None,
         },

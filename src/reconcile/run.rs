@@ -14,21 +14,27 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::jobs;
 use super::observed::{JobView, Observed};
 use super::plan::{Action, Plan, plan};
 use super::stage::Stage;
 use crate::api::{PredictionBatch, PredictionBatchStatus, StageState};
-use crate::context::Context;
-use crate::error::{Error, status_code};
+use crate::cache::trim_batch;
+use crate::context::{Context, Written};
+use crate::error::{Error, Retry, status_code};
 use crate::labels::FIELD_MANAGER;
 
 /// Progress-only status changes (counts, not stage transitions) are written at most this often per batch.
 const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// Bound on plan/act rounds in one pass (a full pipeline needs about six).
 const MAX_ROUNDS: usize = 12;
+/// A status write that meets a 409 re-reads the batch and plans again, this often per pass,
+/// before the pass fails and backs off.
+const MAX_CONFLICT_REREADS: u32 = 2;
+/// How long a written object stands in for a cache that has not caught up with it.
+const WRITTEN_OBJECT_TTL: Duration = Duration::from_secs(60);
 
 pub async fn reconcile(batch: Arc<PredictionBatch>, ctx: Arc<Context>) -> Result<ControllerAction, Error> {
     let started = Instant::now();
@@ -63,33 +69,45 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let key = ObjectRef::from_obj(batch);
 
-    let mut current = batch.clone();
+    let batches: Api<PredictionBatch> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut current = latest(ctx, batch, &key);
     // What this pass learned from its own writes, newer than the cache.
     let mut overlay: HashMap<Stage, Option<JobView>> = HashMap::new();
     let mut rejected: Vec<(Stage, String)> = Vec::new();
+    let mut conflicts = 0;
 
-    for _round in 0..MAX_ROUNDS {
+    'rounds: for _round in 0..MAX_ROUNDS {
         let observed = observe(ctx, &jobs_api, &current, &uid, &overlay, &rejected).await?;
         let plan = plan(&current, &observed);
 
         if current.status.as_ref() != Some(&plan.status) {
             if plan.actions.is_empty() && progress_only(current.status.as_ref(), &plan.status) {
-                let last = ctx.last_write.lock().expect("poisoned").get(&key).copied();
+                let last = ctx.written.lock().expect("poisoned").get(&key).map(|w| w.at);
                 if let Some(wait) = last.and_then(|t| PROGRESS_WRITE_INTERVAL.checked_sub(t.elapsed())) {
                     debug!(?wait, "coalescing a progress-only status change");
                     return Ok(ControllerAction::requeue(wait));
                 }
             }
-            current = write_status(ctx, &current, &plan).await?;
-            {
-                // Only writes younger than the interval matter: forget the rest (also deleted batches).
-                let mut last = ctx.last_write.lock().expect("poisoned");
-                if last.len() > 256 {
-                    last.retain(|_, t| t.elapsed() < PROGRESS_WRITE_INTERVAL);
+            match write_status(ctx, &current, &plan).await {
+                Ok(written) => current = written,
+                // Our view was stale (another writer, or a cache behind a write we did not
+                // remember): read the batch and plan again, rather than back off a whole pass.
+                Err(e) if e.retry() == Retry::Soon && conflicts < MAX_CONFLICT_REREADS => {
+                    conflicts += 1;
+                    ctx.metrics.status_conflicts.inc();
+                    match batches.get_opt(&batch.name_any()).await.map_err(|e| Error::kube("read batch", e))? {
+                        Some(fresh) if fresh.uid().as_deref() == Some(uid.as_str()) => {
+                            current = fresh;
+                            trim_batch(&mut current);
+                            continue;
+                        }
+                        _ => return Ok(ControllerAction::await_change()),
+                    }
                 }
-                last.insert(key.clone(), Instant::now());
+                Err(e) => return Err(e),
             }
-            publish_events(ctx, &current, &plan).await;
+            remember(ctx, &key, &current);
+            spawn_events(ctx, &current, &plan);
             ctx.mirror.notify(&current);
         }
 
@@ -100,11 +118,60 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
             });
         }
         for action in &plan.actions {
+            if let Action::Create(stage) = *action
+                && jobs::template_dropped(&current, stage)
+            {
+                // The cached copy of an idle batch has no templates: read it whole to build the Job.
+                match batches.get_opt(&batch.name_any()).await.map_err(|e| Error::kube("read batch", e))? {
+                    // Same generation, same spec: only the templates were missing.
+                    Some(full)
+                        if full.uid() == current.uid() && full.metadata.generation == current.metadata.generation =>
+                    {
+                        current.spec = full.spec
+                    }
+                    // The spec moved on since we planned: plan again from the batch as it is.
+                    Some(full) if full.uid() == current.uid() => {
+                        current = full;
+                        continue 'rounds;
+                    }
+                    _ => return Ok(ControllerAction::await_change()),
+                }
+            }
             act(&jobs_api, &current, &uid, action, &mut overlay, &mut rejected).await?;
         }
     }
     warn!("plan did not settle within {MAX_ROUNDS} rounds; looking again shortly");
     Ok(ControllerAction::requeue(Duration::from_secs(1)))
+}
+
+/// The batch to plan from: the cached copy, or our last status write if the cache has not seen
+/// it yet (planning from the older copy would only earn a 409).
+fn latest(ctx: &Context, cached: &PredictionBatch, key: &ObjectRef<PredictionBatch>) -> PredictionBatch {
+    let mut written = ctx.written.lock().expect("poisoned");
+    let Some(entry) = written.get_mut(key) else { return cached.clone() };
+    let Some(object) = entry.object.clone() else { return cached.clone() };
+    if std::ptr::eq(crate::cache::newer(cached, &object), cached) {
+        // Caught up (or a different batch by that name): the cache is the truth again.
+        entry.object = None;
+        return cached.clone();
+    }
+    debug!(cached = cached.resource_version(), written = object.resource_version(), "planning from our last write");
+    (*object).clone()
+}
+
+/// Records a status write: its time (for coalescing) and the object (see [`latest`]).
+fn remember(ctx: &Context, key: &ObjectRef<PredictionBatch>, written: &PredictionBatch) {
+    let mut object = written.clone();
+    trim_batch(&mut object);
+    let mut all = ctx.written.lock().expect("poisoned");
+    // Entries matter while young or while the cache lags them: forget the rest (deleted batches too).
+    if all.len() > 256 {
+        all.retain(|_, w| {
+            let age = w.at.elapsed();
+            age < PROGRESS_WRITE_INTERVAL || (w.object.is_some() && age < WRITTEN_OBJECT_TTL)
+        });
+    }
+    all.insert(key.clone(), Written { at: Instant::now(), object: Some(Arc::new(object)) });
 }
 
 /// Reads the batch's Jobs from the cache (or this pass's own writes). A Job that status says
@@ -214,26 +281,43 @@ fn observe_stage_durations(ctx: &Context, prev: Option<&PredictionBatchStatus>, 
     }
 }
 
-async fn publish_events(ctx: &Context, batch: &PredictionBatch, plan: &Plan) {
-    let reference = batch.object_ref(&());
-    for e in &plan.events {
-        let event = Event {
-            type_: if e.warning { EventType::Warning } else { EventType::Normal },
-            reason: e.reason.to_string(),
-            note: Some(e.note.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if e.warning {
-            warn!(reason = e.reason, "{}", e.note);
-        } else {
-            info!(reason = e.reason, "{}", e.note);
-        }
-        // Events are best effort: losing one must not fail or repeat the reconcile.
-        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
-            debug!(%err, "could not publish event");
-        }
+/// Publishes the plan's events in the background: they are best effort, and must not delay
+/// the Job create that follows a status write (under load one publish took 700 ms).
+fn spawn_events(ctx: &Context, batch: &PredictionBatch, plan: &Plan) {
+    if plan.events.is_empty() {
+        return;
     }
+    let reference = batch.object_ref(&());
+    let events: Vec<Event> = plan
+        .events
+        .iter()
+        .map(|e| {
+            if e.warning {
+                warn!(reason = e.reason, "{}", e.note);
+            } else {
+                info!(reason = e.reason, "{}", e.note);
+            }
+            Event {
+                type_: if e.warning { EventType::Warning } else { EventType::Normal },
+                reason: e.reason.to_string(),
+                note: Some(e.note.chars().take(1000).collect()),
+                action: "Reconcile".into(),
+                secondary: None,
+            }
+        })
+        .collect();
+    let recorder = ctx.recorder.clone();
+    tokio::spawn(
+        async move {
+            for event in &events {
+                // Losing an event must not fail or repeat the reconcile.
+                if let Err(err) = recorder.publish(event, &reference).await {
+                    debug!(%err, "could not publish event");
+                }
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 async fn act(
