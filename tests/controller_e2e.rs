@@ -283,7 +283,7 @@ async fn batch_created_suspended_runs_from_its_templates_when_resumed() {
     wait_batch(ns.name(), "cold", &ctl, Duration::from_secs(90), "Succeeded", |b| phase(b) == "Succeeded");
     for (job, image) in [
         ("cold-workers", "example.com/worker:1"),
-        ("cold-consolidation", "example.com/consolidate:1"),
+        ("cold-consolidate", "example.com/consolidate:1"),
         ("cold-export", "example.com/export:1"),
     ] {
         let j = kubectl_json(&["get", "job", job, "-n", ns.name()]);
