@@ -38,7 +38,9 @@ const WRITTEN_OBJECT_TTL: Duration = Duration::from_secs(60);
 
 pub async fn reconcile(batch: Arc<PredictionBatch>, ctx: Arc<Context>) -> Result<ControllerAction, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&batch, &ctx).await;
+    // Boxed: the runner holds one future per batch it has started, thousands at a controller's
+    // start, and the pass's own state (~12 KB) should only exist while the pass runs.
+    let result = Box::pin(reconcile_inner(&batch, &ctx)).await;
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     let key = ObjectRef::from_obj(batch.as_ref());
     match &result {
@@ -403,5 +405,39 @@ async fn patch_job(
             Ok(())
         }
         Err(e) => Err(Error::kube(format!("patch Job {job_name}"), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::events::{Recorder, Reporter};
+
+    /// The controller holds one of these futures per batch being reconciled: with thousands of
+    /// batches starting at once their size is the controller's memory.
+    #[tokio::test]
+    async fn a_reconcile_pass_is_a_small_future() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            jobs: kube::runtime::reflector::store().0,
+            recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
+            metrics: Default::default(),
+            mirror: crate::mirror::MirrorHandle::disabled(),
+            written: Default::default(),
+            failures: Default::default(),
+        });
+        let batch = Arc::new(PredictionBatch::new(
+            "b",
+            serde_json::from_value(serde_json::json!({
+                "gameDate": "2026-01-02", "targetCount": 4,
+                "worker": {"template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}},
+            }))
+            .unwrap(),
+        ));
+        let size = std::mem::size_of_val(&reconcile(batch, ctx));
+        eprintln!("reconcile future: {size} bytes");
+        assert!(size < 512, "reconcile future is {size} bytes");
     }
 }
