@@ -1155,6 +1155,11 @@ fn stage_succeeded(st: Option<&PredictionBatchStatus>, stage: Stage) -> bool {
     st.and_then(|s| stage_state(s, stage)) == Some(StageState::Succeeded)
 }
 
+/// Indexes as the Job controller lists them (`1,3-5`), `None` for none.
+fn index_list(s: &std::collections::BTreeSet<u32>) -> Option<String> {
+    Some(crate::reconcile::ranges::IndexSet::from_indexes(s.iter().copied()).to_string()).filter(|s| !s.is_empty())
+}
+
 /// Runs the reconciler against a simulated cluster. `strict`: the next stage may only be planned
 /// from a status that already recorded the previous stage's success (the brief's reading);
 /// otherwise the status being written is enough (plan.rs's documented invariant).
@@ -1321,12 +1326,8 @@ fn simulate(
                             failed_set.insert(k);
                         }
                     }
-                    let fmt = |s: &std::collections::BTreeSet<u32>| {
-                        Some(crate::reconcile::ranges::IndexSet::from_indexes(s.iter().copied()).to_string())
-                            .filter(|s| !s.is_empty())
-                    };
-                    j.completed_indexes = fmt(&completed);
-                    j.failed_indexes = fmt(&failed_set);
+                    j.completed_indexes = index_list(&completed);
+                    j.failed_indexes = index_list(&failed_set);
                     let left = n - completed.len() as u32 - failed_set.len() as u32;
                     j.active = j.active.min(left);
                 }
@@ -1342,12 +1343,8 @@ fn simulate(
                             failed_set.insert(k);
                         }
                     }
-                    let fmt = |s: &std::collections::BTreeSet<u32>| {
-                        Some(crate::reconcile::ranges::IndexSet::from_indexes(s.iter().copied()).to_string())
-                            .filter(|s| !s.is_empty())
-                    };
-                    j.completed_indexes = fmt(&completed);
-                    j.failed_indexes = fmt(&failed_set);
+                    j.completed_indexes = index_list(&completed);
+                    j.failed_indexes = index_list(&failed_set);
                     j.active = 0;
                     j.outcome = if failed_set.is_empty() {
                         JobOutcome::Succeeded { at: Some(obs.now) }

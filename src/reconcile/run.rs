@@ -97,7 +97,7 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
                 Err(e) if e.retry() == Retry::Soon && conflicts < MAX_CONFLICT_REREADS => {
                     conflicts += 1;
                     ctx.metrics.status_conflicts.inc();
-                    match batches.get_opt(&batch.name_any()).await.map_err(|e| Error::kube("read batch", e))? {
+                    match read_batch(&batches, batch).await? {
                         Some(fresh) if fresh.uid().as_deref() == Some(uid.as_str()) => {
                             current = fresh;
                             trim_batch(&mut current);
@@ -124,7 +124,7 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
                 && jobs::template_dropped(&current, stage)
             {
                 // The cached copy of an idle batch has no templates: read it whole to build the Job.
-                match batches.get_opt(&batch.name_any()).await.map_err(|e| Error::kube("read batch", e))? {
+                match read_batch(&batches, batch).await? {
                     // Same generation, same spec: only the templates were missing.
                     Some(full)
                         if full.uid() == current.uid() && full.metadata.generation == current.metadata.generation =>
@@ -144,6 +144,11 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
     }
     warn!("plan did not settle within {MAX_ROUNDS} rounds; looking again shortly");
     Ok(ControllerAction::requeue(Duration::from_secs(1)))
+}
+
+/// The batch as the apiserver has it now (`None` once it is gone).
+async fn read_batch(api: &Api<PredictionBatch>, batch: &PredictionBatch) -> Result<Option<PredictionBatch>, Error> {
+    api.get_opt(&batch.name_any()).await.map_err(|e| Error::kube("read batch", e))
 }
 
 /// The batch to plan from: the cached copy, or our last status write if the cache has not seen
