@@ -20,7 +20,7 @@ use bench::{DriverKind, Env, Mode, ModeOptions, Workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ci_preset_ours_within_1_5_of_bare_jobs_and_every_stage_reacted_to() {
-    controller::ensure_crd();
+    support::ensure_crd();
     let c = support::cluster();
     let env = Env {
         admin: support::client().await,

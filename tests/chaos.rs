@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use controller::{Controller, MultiJobWatch, StatusWatch, apply, batch, ensure_crd};
+use controller::{Controller, MultiJobWatch, StatusWatch, apply, batch};
 use serde_json::json;
-use support::{TestNamespace, stages};
+use support::{TestNamespace, ensure_crd, stages};
 
 struct OwnCluster(PathBuf);
 

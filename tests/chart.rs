@@ -16,11 +16,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use install::{
-    BINARY, CHART_DIR, ControllerProcess, Release, can_i, controller_lock, ensure_crd, helm, of_kind, one_of_kind,
-    render, repo, run_ok, service_account_kubeconfig, set_mode, tool_command, unique, wait_for_phase,
+    BINARY, CHART_DIR, ControllerProcess, Release, can_i, controller_lock, helm, of_kind, one_of_kind, render, repo,
+    run_ok, service_account_kubeconfig, set_mode, tool_command, unique, wait_for_phase,
 };
 use serde_json::{Value, json};
-use support::{TestNamespace, cluster, kubectl, kubectl_json, kubectl_output, kubectl_stdin, wait_until};
+use support::{TestNamespace, cluster, ensure_crd, kubectl, kubectl_json, kubectl_output, kubectl_stdin, wait_until};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/batch.yaml");
 const EXAMPLE_NAME: &str = "nba-2026-01-02";

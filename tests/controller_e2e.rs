@@ -9,9 +9,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use controller::{Controller, JobWatch, apply, batch, batch_json, condition, ensure_crd, phase, wait_batch};
+use controller::{Controller, JobWatch, apply, batch, batch_json, condition, phase, wait_batch};
 use serde_json::json;
-use support::{TestNamespace, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
+use support::{TestNamespace, ensure_crd, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
 
 fn get_pb_row(ns: &str, name: &str) -> String {
     kubectl(&["get", "pb", name, "-n", ns, "--no-headers"])

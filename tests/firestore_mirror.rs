@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{OnceLock, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
@@ -146,7 +146,7 @@ struct Controller {
 
 impl Controller {
     fn start(ns: &str, emulator_host: &str, extra: &[&str]) -> Controller {
-        install_crd();
+        support::ensure_crd();
         let log = cluster().logs.join(format!("controller-{ns}.log"));
         let file = std::fs::File::create(&log).expect("create the controller log");
         let child = Command::new(env!("CARGO_BIN_EXE_prediction-batch-controller"))
@@ -219,31 +219,6 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
-}
-
-fn install_crd() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let crd = repo_root().join("crds/predictions.dev_predictionbatches.yaml");
-        kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=firestore-mirror-tests",
-            "-f",
-            crd.to_str().unwrap(),
-        ]);
-        wait_until(
-            "the PredictionBatch CRD to be Established",
-            Duration::from_secs(60),
-            || {
-                let crd = kubectl_json(&["get", "crd", "predictionbatches.predictions.dev"]);
-                let conditions = crd["status"]["conditions"].as_array()?;
-                conditions.iter().any(|c| c["type"] == "Established" && c["status"] == "True").then_some(())
-            },
-            String::new,
-        );
-    });
 }
 
 // -------------------------------------------------------------------------------------- batches

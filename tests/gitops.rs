@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use install::{ControllerProcess, ensure_crd, repo, run_ok, tool, wait_for_phase};
+use install::{ControllerProcess, repo, run_ok, tool, wait_for_phase};
 use serde_json::Value;
-use support::{TestNamespace, cluster, kubectl, kubectl_stdin};
+use support::{TestNamespace, cluster, ensure_crd, kubectl, kubectl_stdin};
 
 fn argocd_dir() -> PathBuf {
     repo().join("deploy/argocd")

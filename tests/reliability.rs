@@ -7,9 +7,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use controller::{Controller, MultiJobWatch, StatusWatch, apply, batch, ensure_crd, phase, wait_batch};
+use controller::{Controller, MultiJobWatch, StatusWatch, apply, batch, phase, wait_batch};
 use serde_json::json;
-use support::{TestNamespace, kubectl_json, kubectl_output, stages, wait_until};
+use support::{TestNamespace, ensure_crd, kubectl_json, kubectl_output, stages, wait_until};
 
 const LEASE: &str = "prediction-batch-controller";
 

@@ -371,15 +371,6 @@ pub fn wait_for_phase(ns: &str, name: &str, want: &str, timeout: Duration, contr
     )
 }
 
-/// Applies the CRD of the repository (as the chart's crds/ would) and waits until Established.
-pub fn ensure_crd() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &repo().join("crds").to_string_lossy()]);
-        super::support::wait_crd_established("predictionbatches.predictions.dev");
-    });
-}
-
 /// Serialises the tests of one binary that run a controller over all namespaces, so two
 /// controllers never reconcile the same batch.
 pub fn controller_lock() -> std::sync::MutexGuard<'static, ()> {

@@ -6,22 +6,11 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::support::{cluster, kubectl, kubectl_output, kubectl_stdin, wait_until};
-
-/// Applies the checked-in CRD once per test binary and waits until it is Established.
-pub fn ensure_crd() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
-        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
-        super::support::wait_crd_established("predictionbatches.predictions.dev");
-    });
-}
+use super::support::{cluster, kubectl_output, kubectl_stdin, wait_until};
 
 /// One controller process; SIGKILLed when dropped.
 pub struct Controller {

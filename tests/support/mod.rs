@@ -255,6 +255,17 @@ pub async fn client_from(kubeconfig: &Path) -> kube::Client {
 
 /// Waits until a CRD is Established. Not `kubectl wait`: right after creation a CRD has no
 /// conditions yet, and `kubectl wait` errors out instead of waiting.
+/// Applies the repository's CRD (as the chart's crds/ would) once per test binary and waits until
+/// it is Established.
+pub fn ensure_crd() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
+        wait_crd_established("predictionbatches.predictions.dev");
+    });
+}
+
 pub fn wait_crd_established(crd: &str) {
     wait_until(
         &format!("CRD {crd} to be Established"),
