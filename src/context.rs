@@ -10,6 +10,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::PredictionBatch;
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::mirror::MirrorHandle;
 
@@ -20,6 +21,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub mirror: MirrorHandle,
+    /// Asked before every action on a Job: a replica that may no longer lead must not act.
+    pub leadership: Arc<Leadership>,
     /// Per batch: our last status write, to coalesce progress-only writes and to plan from it
     /// while the batch cache has not caught up with it.
     pub written: Mutex<HashMap<ObjectRef<PredictionBatch>, Written>>,

@@ -199,6 +199,7 @@ async fn run_controller(
         recorder: Recorder::new(client, reporter),
         metrics,
         mirror,
+        leadership: Arc::new(crate::leadership::Leadership::unelected()),
         written: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
     });

@@ -15,6 +15,9 @@ pub enum Error {
     /// The object lacks what every stored object has (name, namespace, UID).
     #[error("batch object is missing {0}")]
     MissingObjectKey(&'static str),
+    /// This replica cannot be sure it still holds the leader Lease, so it must not act.
+    #[error("not acting: the leader Lease was not renewed within the renew deadline")]
+    NotLeading,
 }
 
 /// What to do after an error.
@@ -49,6 +52,7 @@ impl Error {
                 None => "transport",
             },
             Error::MissingObjectKey(_) => "object",
+            Error::NotLeading => "not_leading",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod faults;
 pub mod http;
 pub mod labels;
+pub mod leadership;
 pub mod metrics;
 pub mod mirror;
 pub mod reconcile;

@@ -139,6 +139,9 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
                     _ => return Ok(ControllerAction::await_change()),
                 }
             }
+            if !ctx.leadership.may_act() {
+                return Err(Error::NotLeading);
+            }
             act(&jobs_api, &current, &uid, action, &mut overlay, &mut rejected).await?;
         }
     }
@@ -430,6 +433,7 @@ mod tests {
             recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
             metrics: Default::default(),
             mirror: crate::mirror::MirrorHandle::disabled(),
+            leadership: Arc::new(crate::leadership::Leadership::unelected()),
             written: Default::default(),
             failures: Default::default(),
         });
