@@ -113,6 +113,19 @@ fn apply_spec_rules(spec: &mut Value) {
     {
         rules(spec, &[field], json!([immutable(&format!("spec.{field}"))]));
     }
+    // Workers restart only through the Job: with OnFailure a failing shard restarts inside its pod,
+    // the Job never sees a failure (backoffLimitPerShard counts nothing), and a crash-looping
+    // shard would hold the batch forever. One-shot stages may use OnFailure (backoffLimit counts
+    // their restarts). Ratcheting keeps batches stored before this rule updatable.
+    rules(
+        spec,
+        &["worker", "template", "spec"],
+        json!([{
+            "rule": "!has(self.restartPolicy) || self.restartPolicy == 'Never'",
+            "message": "spec.worker.template.spec.restartPolicy must be Never: with OnFailure a failing shard restarts inside its pod, the Job never counts its retries, and a crash-looping shard would never end the batch",
+            "fieldPath": ".restartPolicy"
+        }]),
+    );
     rules(spec, &["completion", "minSucceededPercent"], json!([immutable("spec.completion.minSucceededPercent")]));
     rules(spec, &["completion", "graceSeconds"], json!([immutable("spec.completion.graceSeconds")]));
 
