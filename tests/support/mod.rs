@@ -35,6 +35,9 @@ pub mod stages {
     /// Annotations: the completion indexes in `STRAGGLE_INDEXES` ("3,7") run `STRAGGLE_FOR` ("2m").
     pub const STRAGGLE_INDEXES: &str = "test.predictions.dev/straggle-indexes";
     pub const STRAGGLE_FOR: &str = "test.predictions.dev/straggle-for";
+    /// Annotation (any value): once deleted, the pod is never confirmed gone, as on a dead node
+    /// (stage `pod-delete-never`; force-delete such pods when done).
+    pub const NEVER_TERMINATE: &str = "test.predictions.dev/never-terminate";
     /// Label of every fake node.
     pub const NODE_SELECTOR: &str = "type=kwok";
 }
