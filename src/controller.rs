@@ -25,7 +25,7 @@ use crate::error::{Error, Retry, backoff};
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::metrics::Metrics;
 use crate::mirror::MirrorHandle;
-use crate::reconcile::reconcile;
+use crate::reconcile::{reconcile, release_jobs_of};
 
 /// Settings of the `run` command that shape the controller.
 #[derive(Clone, Debug)]
@@ -205,6 +205,7 @@ async fn run_controller(
     });
     *shared.batches.lock().expect("poisoned") = Some(batch_store.clone());
 
+    let ctx_for_orphans = ctx.clone();
     Controller::for_stream(batch_stream, batch_store)
         .owns_stream(job_stream)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
@@ -217,7 +218,19 @@ async fn run_controller(
             error_policy,
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(|result| {
+            let ctx = ctx_for_orphans.clone();
+            async move {
+                // A Job of ours changed whose batch is gone (e.g. the garbage collector deletes the
+                // Jobs of a deleted batch): our outcome finalizer must not keep it.
+                if let Err(kube::runtime::controller::Error::ObjectNotFound(batch)) = result {
+                    let ns = batch.namespace.clone().unwrap_or_default();
+                    if let Err(e) = release_jobs_of(&ctx, &ns, &batch.name, None).await {
+                        warn!(batch = %batch, error = %e, "could not release the Jobs of a deleted batch");
+                    }
+                }
+            }
+        })
         .await;
     info!("controller stopped");
 }

@@ -10,3 +10,7 @@ pub const STAGE_LABEL: &str = "predictions.dev/stage";
 /// Standard label naming the controller that manages an object.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "prediction-batch-controller";
+/// Finalizer on every child Job while its stage's outcome is not yet in the batch status. The
+/// controller removes it once the outcome is recorded (or the batch is gone), so a Job deleted
+/// before then is still there to be read. `prediction-batch-controller` must run for it to go.
+pub const OUTCOME_FINALIZER: &str = "predictions.dev/record-outcome";

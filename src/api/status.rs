@@ -54,6 +54,14 @@ pub struct PredictionBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<StageStatus>,
 
+    /// When the batch was last suspended (cleared when it resumes). The grace period does not run while suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_time: Option<Time>,
+
+    /// Seconds the batch spent suspended after its quorum was met; the grace period ends this much later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_paused_seconds: Option<i64>,
+
     /// When the worker Job was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
@@ -136,6 +144,9 @@ pub struct StageStatus {
     /// When the stage's Job started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
+    /// When the stage began ending early (state Stopping): it ends once its Job confirms the stop, and at the latest a minute later or at completeBy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_time: Option<Time>,
     /// When the stage ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,

@@ -14,7 +14,7 @@ use super::ranges::IndexSet;
 use super::shards::ShardLayout;
 use super::stage::{Stage, batch_label_value};
 use crate::api::{PodTemplate, PredictionBatch, PredictionBatchStatus};
-use crate::labels::{BATCH_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, STAGE_LABEL};
+use crate::labels::{BATCH_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OUTCOME_FINALIZER, STAGE_LABEL};
 
 /// Annotation the Job controller puts on Indexed Job pods.
 const COMPLETION_INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
@@ -120,6 +120,9 @@ pub fn build(batch: &PredictionBatch, stage: Stage) -> Option<Job> {
             namespace: batch.metadata.namespace.clone(),
             labels: Some(labels),
             owner_references: Some(vec![owner]),
+            // Held until the stage's outcome is in the batch status, so a Job deleted early (by a
+            // person, a TTL policy, a janitor) stays readable until its outcome is recorded.
+            finalizers: Some(vec![OUTCOME_FINALIZER.to_string()]),
             ..Default::default()
         },
         spec: Some(JobSpec { suspend: Some(spec.suspend), ..job_spec }),
@@ -152,7 +155,9 @@ fn pod_template(user: &PodTemplateSpec, labels: &BTreeMap<String, String>, env_v
     l.extend(labels.clone());
     let pod = t.spec.get_or_insert_with(Default::default);
     pod.restart_policy.get_or_insert_with(|| "Never".into());
-    for c in &mut pod.containers {
+    // Init containers too: the README promises the env to every container of every stage.
+    let init = pod.init_containers.iter_mut().flatten();
+    for c in pod.containers.iter_mut().chain(init) {
         let mut all = env_vars.to_vec();
         all.extend(c.env.take().unwrap_or_default());
         c.env = Some(all);
@@ -227,6 +232,31 @@ mod tests {
                 "GAME_DATE"
             ]
         );
+    }
+
+    #[test]
+    fn init_containers_get_the_env_contract_too() {
+        let mut b = batch();
+        let mut t = b.spec.worker.template.get().unwrap().clone();
+        t.spec.as_mut().unwrap().init_containers =
+            Some(vec![serde_json::from_value(serde_json::json!({"name": "fetch", "image": "f"})).unwrap()]);
+        b.spec.worker.template = t.into();
+        let job = build(&b, Stage::Workers).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let init = &pod.init_containers.unwrap()[0];
+        let names: Vec<_> = init.env.as_ref().unwrap().iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names[..2], ["PREDICTION_BATCH", "GAME_DATE"]);
+        assert!(names.contains(&"SHARD_INDEX"));
+    }
+
+    #[test]
+    fn every_job_carries_the_outcome_finalizer() {
+        let mut b = batch();
+        b.status = Some(PredictionBatchStatus::default());
+        for stage in [Stage::Workers, Stage::Consolidation] {
+            let job = build(&b, stage).unwrap();
+            assert_eq!(job.metadata.finalizers, Some(vec![OUTCOME_FINALIZER.to_string()]), "{stage:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Reconcile = observe → plan → act → write status.
 
+pub mod deadline;
 pub mod jobs;
 pub mod observed;
 pub mod plan;
@@ -8,4 +9,4 @@ mod run;
 pub mod shards;
 pub mod stage;
 
-pub use run::reconcile;
+pub use run::{reconcile, release_jobs_of};

@@ -5,6 +5,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::jiff::Timestamp;
 
 use super::stage::Stage;
+use crate::labels::OUTCOME_FINALIZER;
 
 /// How a Job ended, as its conditions say. `SuccessCriteriaMet` / `FailureTarget` come before
 /// `Complete` / `Failed` (which wait for the pods to be gone) and are the earliest moment to react.
@@ -23,6 +24,14 @@ pub struct JobView {
     /// The Job's controller ownerReference points at this batch (by UID).
     pub owned: bool,
     pub suspended: bool,
+    /// The Job controller has acted on the suspension (condition `Suspended=True`): it has
+    /// dropped the tracking finalizers of the pods it stopped, so they can no longer change the
+    /// completed indexes, even if they never finish terminating.
+    pub suspend_confirmed: bool,
+    /// The Job has a deletionTimestamp: it is going away.
+    pub deleting: bool,
+    /// Position of our outcome finalizer in `metadata.finalizers`, while the Job carries it.
+    pub outcome_finalizer: Option<usize>,
     pub parallelism: Option<i32>,
     pub active: u32,
     pub terminating: u32,
@@ -59,6 +68,9 @@ impl JobView {
             uid: meta.uid.clone().unwrap_or_default(),
             owned,
             suspended: spec.and_then(|s| s.suspend).unwrap_or(false),
+            suspend_confirmed: is_true("Suspended").is_some(),
+            deleting: meta.deletion_timestamp.is_some(),
+            outcome_finalizer: meta.finalizers.iter().flatten().position(|f| f == OUTCOME_FINALIZER),
             parallelism: spec.and_then(|s| s.parallelism),
             active: count(status.active),
             terminating: count(status.terminating),

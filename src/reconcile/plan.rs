@@ -12,8 +12,9 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 
+use super::deadline::{add_secs, parse_complete_by};
 use super::observed::{JobOutcome, JobView, Observed};
 use super::ranges::IndexSet;
 use super::shards::{MAX_SHARDS, ShardLayout};
@@ -23,14 +24,29 @@ use crate::api::{ItemCounts, Phase, PredictionBatch, PredictionBatchStatus, Shar
 /// What to do to the cluster after the status has been written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Server-side dry-run create of the consolidation and export Jobs, planned with the worker
+    /// Job's create: a template the apiserver refuses fails the batch before any worker runs.
+    Validate,
     /// Create the stage's Job (AlreadyExists with our owner counts as success).
     Create(Stage),
     /// Set `spec.suspend` of the stage's Job.
     Suspend { stage: Stage, suspend: bool },
     /// Set `spec.parallelism` of the worker Job.
     Parallelism(i32),
-    /// The batch finished `ttlSecondsAfterFinished` ago: delete its Jobs (never the batch).
-    DeleteJobs,
+    /// Remove our outcome finalizer (at `index` of `metadata.finalizers`) from the stage's Job
+    /// `uid`: its outcome is in the status just written, or it is not the stage's Job.
+    Release { stage: Stage, uid: String, index: usize },
+    /// The batch finished `ttlSecondsAfterFinished` ago: delete this Job of ours (UID precondition,
+    /// so a same-named Job someone else made since is never touched). Never the batch.
+    Delete { stage: Stage, uid: String },
+}
+
+impl Action {
+    /// Actions whose effect depends on our view being current (all but releasing a finalizer
+    /// after the outcome is recorded): the reconciler fences them with the batch's resourceVersion.
+    pub fn needs_fence(&self) -> bool {
+        !matches!(self, Action::Release { .. })
+    }
 }
 
 /// A Kubernetes Event to publish once the status is written.
@@ -58,6 +74,9 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
 
 /// How long to wait before looking again at a name conflict (a foreign Job is not watched).
 const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
+/// Longest wait for the worker Job to confirm an early stop (a node that never confirms its pods'
+/// deletion must not hold the batch); `completeBy` cuts it shorter.
+pub const STOP_TIMEOUT_SECS: i64 = 60;
 
 /// Why a batch stopped for good (or is stuck until its spec or the cluster changes).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,11 +123,9 @@ impl<'a> Planner<'a> {
         }
         let layout = ShardLayout::new(spec.target_count, spec.items_per_shard)
             .filter(|l| u64::from(l.shard_count()) <= MAX_SHARDS);
-        let complete_by = match spec.completion.complete_by.as_deref().map(str::parse::<Timestamp>) {
+        let complete_by = match spec.completion.complete_by.as_deref().map(parse_complete_by) {
             Some(Ok(t)) => Some(t),
-            Some(Err(e)) => {
-                return self.invalid_spec(format!("spec.completion.completeBy is not an RFC 3339 time: {e}"));
-            }
+            Some(Err(e)) => return self.invalid_spec(format!("spec.completion.completeBy is {e}")),
             None => None,
         };
         let Some(layout) = layout else {
@@ -118,7 +135,14 @@ impl<'a> Planner<'a> {
             ));
         };
 
-        self.workers(layout, complete_by);
+        self.track_suspension();
+        self.refuse_rejected_templates();
+        if self.stop.is_none() {
+            self.deadline_before_start(complete_by);
+        }
+        if self.stop.is_none() {
+            self.workers(layout, complete_by);
+        }
         if self.stop.is_none() && stage_done(&self.st.workers) {
             self.single_job_stage(Stage::Consolidation);
             if self.stop.is_none() && self.stage_done_or_skipped(Stage::Consolidation) {
@@ -127,6 +151,47 @@ impl<'a> Planner<'a> {
         }
         self.settle_phase();
         self.finish(layout)
+    }
+
+    // ---- before the workers ----------------------------------------------------------------
+
+    /// Records when the batch was suspended; on resume, adds the time it spent suspended after
+    /// its quorum was met to the grace period (the grace period does not run while suspended).
+    fn track_suspension(&mut self) {
+        if self.batch.spec.suspend {
+            self.st.suspend_time.get_or_insert(Time(self.now));
+            return;
+        }
+        let Some(since) = self.st.suspend_time.take() else { return };
+        let Some(quorum) = &self.st.quorum_time else { return };
+        let paused = self.now.duration_since(since.0.max(quorum.0)).as_secs();
+        if paused > 0 {
+            *self.st.grace_paused_seconds.get_or_insert(0) += paused;
+        }
+    }
+
+    /// A consolidation or export template the apiserver refused in the dry run that comes with
+    /// the worker Job's create: fail now, before any worker runs (the spec is immutable).
+    fn refuse_rejected_templates(&mut self) {
+        for stage in [Stage::Consolidation, Stage::Export] {
+            let created = stage_status(&self.st, stage).as_ref().is_some_and(|s| s.job_uid.is_some());
+            if let Some(message) = self.obs.rejection(stage).filter(|_| !created) {
+                let message = format!("the apiserver rejected the {} Job: {message}", stage.label());
+                return self.fail(stage, "JobRejected", message);
+            }
+        }
+    }
+
+    /// A `completeBy` that had already passed before the worker Job was created fails the batch
+    /// without creating any Job.
+    fn deadline_before_start(&mut self, complete_by: Option<Timestamp>) {
+        let Some(t) = complete_by.filter(|t| self.now >= *t) else { return };
+        let never_started =
+            self.st.workers.as_ref().is_none_or(|w| w.job_uid.is_none()) && self.obs.job(Stage::Workers).is_none();
+        if never_started {
+            let message = format!("completeBy {t} had passed before any worker started");
+            self.fail(Stage::Workers, "DeadlineExceeded", message);
+        }
     }
 
     // ---- workers -------------------------------------------------------------------------
@@ -158,12 +223,7 @@ impl<'a> Planner<'a> {
 
         let stopping = self.st.workers.as_ref().is_some_and(|w| w.state == StageState::Stopping);
         if stopping {
-            if !job.has_pods() || job.outcome != JobOutcome::Running {
-                self.finalize_workers(layout, &succeeded, job);
-            } else if !job.suspended {
-                self.actions.push(Action::Suspend { stage: Stage::Workers, suspend: true });
-            }
-            return;
+            return self.stopping_workers(layout, &succeeded, job, complete_by);
         }
 
         match &job.outcome {
@@ -199,16 +259,24 @@ impl<'a> Planner<'a> {
         }
         if layout.meets_quorum(succeeded_items, pct) {
             let since = self.st.quorum_time.get_or_insert(Time(self.now)).0;
-            let grace_end =
-                since.checked_add(SignedDuration::from_secs(spec.completion.grace_seconds.max(0))).unwrap_or(since);
-            let (deadline, why) = match complete_by {
-                Some(t) if t < grace_end => (t, "completeBy reached"),
-                _ => (grace_end, "grace period over"),
+            // The grace period is paused while the batch is suspended; completeBy is wall-clock.
+            let grace_end = (!spec.suspend).then(|| {
+                let paused = self.st.grace_paused_seconds.unwrap_or(0).max(0);
+                add_secs(since, spec.completion.grace_seconds.max(0).saturating_add(paused))
+            });
+            let deadline = match (complete_by, grace_end) {
+                (Some(t), Some(g)) if t < g => Some((t, "completeBy reached")),
+                (_, Some(g)) => Some((g, "grace period over")),
+                (Some(t), None) => Some((t, "completeBy reached")),
+                (None, None) => None,
             };
-            if self.now >= deadline {
-                return self.begin_stop(format!("quorum met ({succeeded_items}/{} items), {why}", layout.target));
+            if let Some((deadline, why)) = deadline {
+                if self.now >= deadline {
+                    let message = format!("quorum met ({succeeded_items}/{} items), {why}", layout.target);
+                    return self.begin_stop(message);
+                }
+                self.wake_at(deadline);
             }
-            self.wake_at(deadline);
         } else if let Some(t) = complete_by {
             if self.now >= t {
                 return self.fail(
@@ -253,8 +321,35 @@ impl<'a> Planner<'a> {
     fn begin_stop(&mut self, message: String) {
         let w = self.st.workers.as_mut().expect("attached");
         w.state = StageState::Stopping;
+        w.stop_time = Some(Time(self.now));
         w.message = Some(message);
         self.actions.push(Action::Suspend { stage: Stage::Workers, suspend: true });
+        self.wake_at(add_secs(self.now, STOP_TIMEOUT_SECS));
+    }
+
+    /// The worker stage is ending early. It ends once the Job has no pods left, or once the Job
+    /// controller has confirmed the suspension (it then dropped the stopped pods' tracking
+    /// finalizers, so pods that never finish terminating, e.g. on a dead node, cannot change the
+    /// completed indexes any more), and in any case [`STOP_TIMEOUT_SECS`] after the stop began
+    /// or at `completeBy`, whichever comes first.
+    fn stopping_workers(
+        &mut self,
+        layout: ShardLayout,
+        succeeded: &IndexSet,
+        job: &JobView,
+        complete_by: Option<Timestamp>,
+    ) {
+        let began = self.st.workers.as_mut().expect("attached").stop_time.get_or_insert(Time(self.now)).0;
+        let limit = add_secs(began, STOP_TIMEOUT_SECS);
+        let limit = complete_by.map_or(limit, |t| t.min(limit));
+        let confirmed = job.suspended && job.suspend_confirmed && job.active == 0;
+        if !job.has_pods() || job.outcome != JobOutcome::Running || confirmed || job.deleting || self.now >= limit {
+            return self.finalize_workers(layout, succeeded, job);
+        }
+        if !job.suspended {
+            self.actions.push(Action::Suspend { stage: Stage::Workers, suspend: true });
+        }
+        self.wake_at(limit);
     }
 
     fn finalize_workers(&mut self, layout: ShardLayout, succeeded: &IndexSet, job: &JobView) {
@@ -324,7 +419,10 @@ impl<'a> Planner<'a> {
                 };
                 self.fail(stage, why, format!("{} Job {}: {reason}: {message}", stage.label(), job.name));
             }
-            JobOutcome::Running => self.sync_running_job(stage, job),
+            // A one-shot stage is never suspended for spec.suspend: stopping its pod would run it
+            // again from scratch on resume. Suspend holds the next stage instead.
+            JobOutcome::Running if job.suspended => self.actions.push(Action::Suspend { stage, suspend: false }),
+            JobOutcome::Running => {}
         }
     }
 
@@ -340,6 +438,17 @@ impl<'a> Planner<'a> {
         let status = stage_status(&self.st, stage).clone();
         match (status.as_ref().and_then(|s| s.job_uid.clone()), job) {
             (Some(_), _) if status.as_ref().is_some_and(|s| s.state.is_finished()) => None,
+            // Being deleted while it runs: no outcome will ever come (the stage is not re-run).
+            (Some(uid), Some(j))
+                if j.uid == uid
+                    && j.deleting
+                    && j.outcome == JobOutcome::Running
+                    && status.as_ref().is_some_and(|s| s.state != StageState::Stopping) =>
+            {
+                let message = format!("{} Job {job_name} was deleted before it finished", stage.label());
+                self.fail(stage, "JobDeleted", message);
+                None
+            }
             (Some(uid), Some(j)) if j.uid == uid => Some(j),
             (Some(_), _) => {
                 self.fail(
@@ -379,6 +488,9 @@ impl<'a> Planner<'a> {
                 *stage_status_mut(&mut self.st, stage) =
                     Some(StageStatus { job_name, state: StageState::Pending, ..Default::default() });
                 if !self.batch.spec.suspend {
+                    if stage == Stage::Workers {
+                        self.actions.push(Action::Validate);
+                    }
                     self.actions.push(Action::Create(stage));
                 }
                 None
@@ -415,6 +527,7 @@ impl<'a> Planner<'a> {
             if let Some(job) = self.obs.job(stage) {
                 let action = Action::Suspend { stage, suspend: true };
                 if job.owned
+                    && !job.deleting
                     && job.has_pods()
                     && !job.suspended
                     && job.outcome == JobOutcome::Running
@@ -434,15 +547,18 @@ impl<'a> Planner<'a> {
             self.stop_leftover_pods();
         }
         let Some(ttl) = self.batch.spec.ttl_seconds_after_finished else { return };
-        let any_job = Stage::ALL.iter().any(|s| self.obs.job(*s).is_some_and(|j| j.owned));
-        if !any_job {
+        let owned: Vec<(Stage, String)> = Stage::ALL
+            .into_iter()
+            .filter_map(|s| self.obs.job(s).filter(|j| j.owned && !j.deleting).map(|j| (s, j.uid.clone())))
+            .collect();
+        if owned.is_empty() {
             return;
         }
         let done = self.st.completion_time.as_ref().map_or(self.now, |t| t.0);
-        let expiry = done.checked_add(SignedDuration::from_secs(ttl.max(0))).unwrap_or(done);
+        let expiry = add_secs(done, ttl.max(0));
         if self.now >= expiry {
             self.actions.retain(|a| !matches!(a, Action::Suspend { .. }));
-            self.actions.push(Action::DeleteJobs);
+            self.actions.extend(owned.into_iter().map(|(stage, uid)| Action::Delete { stage, uid }));
         } else {
             self.wake_at(expiry);
         }
@@ -511,7 +627,26 @@ impl<'a> Planner<'a> {
         let wanted = self.conditions(layout);
         self.st.conditions = merge_conditions(&self.prev.conditions, wanted, generation, self.now);
         let events = transition_events(&self.prev, &self.st, self.stop.as_ref());
-        Plan { status: self.st, actions: self.actions, requeue_after: self.requeue, events }
+        let mut actions = self.releases();
+        actions.append(&mut self.actions);
+        Plan { status: self.st, actions, requeue_after: self.requeue, events }
+    }
+
+    /// Our outcome finalizer stays on a Job only while that Job is its stage's recorded,
+    /// unfinished Job. Once the status being written holds the outcome (or names another Job, or
+    /// none), the finalizer goes, so nothing of ours holds up a deletion longer than needed.
+    fn releases(&self) -> Vec<Action> {
+        Stage::ALL
+            .into_iter()
+            .filter_map(|stage| {
+                let job = self.obs.job(stage).filter(|j| j.owned)?;
+                let index = job.outcome_finalizer?;
+                let holding = stage_status(&self.st, stage)
+                    .as_ref()
+                    .is_some_and(|s| s.job_uid.as_deref() == Some(job.uid.as_str()) && !s.state.is_finished());
+                (!holding).then(|| Action::Release { stage, uid: job.uid.clone(), index })
+            })
+            .collect()
     }
 
     fn conditions(&self, layout: ShardLayout) -> Vec<(&'static str, &'static str, String, String)> {

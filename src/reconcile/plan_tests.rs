@@ -82,6 +82,9 @@ fn job(stage: Stage) -> JobView {
         uid: uid(stage),
         owned: true,
         suspended: false,
+        suspend_confirmed: false,
+        deleting: false,
+        outcome_finalizer: None,
         parallelism: Some(if stage == Stage::Workers { 10 } else { 1 }),
         active: 0,
         terminating: 0,
@@ -201,13 +204,18 @@ impl Sim {
             self.batch = b;
             for a in &p.actions {
                 match a {
-                    Action::Create(s) => self.obs.set_job(*s, Some(job(*s))),
+                    Action::Create(s) => self.obs.set_job(*s, Some(JobView { outcome_finalizer: Some(0), ..job(*s) })),
                     Action::Suspend { stage, suspend } => {
                         if let Some(j) = self.obs.job(*stage).cloned() {
                             self.obs.set_job(*stage, Some(JobView { suspended: *suspend, active: 0, ..j }));
                         }
                     }
-                    Action::Parallelism(_) | Action::DeleteJobs => {}
+                    Action::Release { stage, .. } => {
+                        if let Some(j) = self.obs.job(*stage).cloned() {
+                            self.obs.set_job(*stage, Some(JobView { outcome_finalizer: None, ..j }));
+                        }
+                    }
+                    Action::Parallelism(_) | Action::Delete { .. } | Action::Validate => {}
                 }
             }
             self.obs.now = self.obs.now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(1)).unwrap();
@@ -241,7 +249,7 @@ fn assert_condition_generations(st: &PredictionBatchStatus) {
 fn first_pass_writes_pending_and_creates_workers() {
     let p = plan(&batch(spec(), None), &observed(0));
     assert_eq!(p.status.phase, Some(Phase::Pending));
-    assert_eq!(p.actions, vec![Action::Create(Stage::Workers)]);
+    assert_eq!(p.actions, vec![Action::Validate, Action::Create(Stage::Workers)]);
     let w = p.status.workers.as_ref().unwrap();
     assert_eq!(w.state, StageState::Pending);
     assert_eq!(w.job_name, "nba-2026-01-02-workers");
@@ -656,7 +664,8 @@ fn ttl_deletes_jobs_after_expiry() {
     assert!(wait >= Duration::from_secs(30) && wait <= Duration::from_secs(31), "{wait:?}");
     obs.now = done.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(61)).unwrap();
     let p = plan(&sim.batch, &obs);
-    assert_eq!(p.actions, vec![Action::DeleteJobs]);
+    let owned: Vec<Action> = Stage::ALL.into_iter().map(|stage| Action::Delete { stage, uid: uid(stage) }).collect();
+    assert_eq!(p.actions, owned, "each owned Job by its UID");
     assert_eq!(p.status, *sim.status(), "deleting Jobs does not change the status");
     // Jobs gone: nothing left to do, status unchanged.
     let gone = Observed::new(obs.now);
@@ -685,7 +694,7 @@ fn failed_batch_stops_leftover_pods_then_ttl_deletes() {
     assert_eq!(p.status.phase, Some(Phase::Failed));
     assert_eq!(cond(&p.status, CONDITION_STALLED).reason, "WorkersFailed");
     let p = plan(&b, &obs_with(200, &[failed(workers_job("0-5", "6", 0), "BackoffLimitExceeded", 99)]));
-    assert_eq!(p.actions, vec![Action::DeleteJobs]);
+    assert_eq!(p.actions, vec![Action::Delete { stage: Stage::Workers, uid: uid(Stage::Workers) }]);
     assert_eq!(cond(&p.status, CONDITION_STALLED).reason, "WorkersFailed");
 }
 
@@ -915,14 +924,19 @@ fn arb_outcome() -> impl Strategy<Value = JobOutcome> {
 
 fn arb_job(stage: Stage) -> impl Strategy<Value = JobView> {
     (
-        (any::<bool>(), any::<bool>(), prop_oneof![Just(uid(stage)), Just("other".to_string()), Just(String::new())]),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            prop_oneof![Just(uid(stage)), Just("other".to_string()), Just(String::new())],
+            (any::<bool>(), any::<bool>(), proptest::option::of(0usize..3)),
+        ),
         (proptest::option::of(any::<i32>()), prop_oneof![0u32..20, any::<u32>()], 0u32..3),
         (arb_indexes(), arb_indexes(), arb_outcome()),
         (proptest::option::of(arb_time()), proptest::option::of(arb_time())),
     )
         .prop_map(
             move |(
-                (owned, suspended, uid),
+                (owned, suspended, uid, (suspend_confirmed, deleting, fin)),
                 (parallelism, active, terminating),
                 (ci, fi, outcome),
                 (created, start),
@@ -932,6 +946,9 @@ fn arb_job(stage: Stage) -> impl Strategy<Value = JobView> {
                     uid,
                     owned,
                     suspended,
+                    suspend_confirmed,
+                    deleting,
+                    outcome_finalizer: fin,
                     parallelism,
                     active,
                     terminating,
@@ -971,12 +988,14 @@ fn arb_stage_status(stage: Stage) -> impl Strategy<Value = Option<StageStatus>> 
             proptest::option::of(prop_oneof![Just(uid(stage)), Just("other".to_string())]),
             proptest::option::of(arb_time()),
             proptest::option::of(arb_time()),
+            proptest::option::of(arb_time()),
         )
-            .prop_map(move |(state, job_uid, start, done)| StageStatus {
+            .prop_map(move |(state, job_uid, start, stop, done)| StageStatus {
                 job_name: stage.job_name(NAME),
                 job_uid,
                 state,
                 start_time: start.map(Time),
+                stop_time: stop.map(Time),
                 completion_time: done.map(Time),
                 message: None,
             }),
@@ -1008,10 +1027,20 @@ fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
             (proptest::option::of(arb_time()), proptest::option::of(arb_time()), proptest::option::of(arb_time())),
             (proptest::option::of((any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())), arb_indexes()),
             proptest::collection::vec(arb_condition(), 0..4),
+            (proptest::option::of(arb_time()), proptest::option::of(prop_oneof![0i64..1000, Just(i64::MAX)])),
         )
             .prop_map(
-                |(phase, (workers, consolidation, export), (quorum, start, done), (shards, failed), conditions)| {
+                |(
+                    phase,
+                    (workers, consolidation, export),
+                    (quorum, start, done),
+                    (shards, failed),
+                    conditions,
+                    (suspended, paused),
+                )| {
                     PredictionBatchStatus {
+                        suspend_time: suspended.map(Time),
+                        grace_paused_seconds: paused,
                         observed_generation: Some(1),
                         phase,
                         shards: shards.map(|(total, succeeded, failed, active)| crate::api::ShardCounts {
@@ -1272,6 +1301,7 @@ fn simulate(
                     next_uid += 1;
                     let j = JobView {
                         uid: format!("uid-{next_uid}"),
+                        outcome_finalizer: Some(0),
                         created: Some(obs.now),
                         start_time: Some(obs.now),
                         parallelism: None,
@@ -1293,11 +1323,14 @@ fn simulate(
                         j.parallelism = Some(*par);
                     }
                 }
-                Action::DeleteJobs => {
-                    for s in Stage::ALL {
-                        obs.set_job(s, None);
+                Action::Delete { stage, .. } => obs.set_job(*stage, None),
+                Action::Release { stage, .. } => {
+                    if let Some(mut j) = obs.job(*stage).cloned() {
+                        j.outcome_finalizer = None;
+                        obs.set_job(*stage, Some(j));
                     }
                 }
+                Action::Validate => {}
             }
         }
 
@@ -1442,5 +1475,237 @@ proptest! {
     #[test]
     fn simulation_keeps_the_invariants(spec in arb_sim_spec(), events in arb_sim_events()) {
         simulate(spec, events, false)?;
+    }
+}
+
+// ---- hardening: what a user, a node or a restart may do -------------------------------------
+
+/// A batch in its grace period with one straggler, stopped at `now`: the plan, and the batch
+/// with that plan's status (workers Stopping since `now`).
+fn stopping_batch(s: &PredictionBatchSpec, now: i64) -> (Plan, PredictionBatch, JobView) {
+    let b = batch(s.clone(), Some(running_status(s)));
+    let straggling = workers_job("0-28", "", 1);
+    let (_, b) = step(&b, &obs_with(now - 31, &[straggling.clone()]));
+    let (p, b) = step(&b, &obs_with(now, &[straggling.clone()]));
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Stopping), "{:?}", p.status);
+    assert_eq!(stage_of(&p.status, Stage::Workers).unwrap().stop_time, Some(Time(t(now))));
+    (p, b, straggling)
+}
+
+fn grace_spec() -> PredictionBatchSpec {
+    spec_with(|s| {
+        s.completion.min_succeeded_percent = 90;
+        s.completion.grace_seconds = 30;
+    })
+}
+
+#[test]
+fn stopping_ends_once_the_job_confirms_the_suspension_even_with_pods_that_never_terminate() {
+    let (_, b, straggling) = stopping_batch(&grace_spec(), 131);
+    // The Job controller suspended the Job and deleted the pod; the node never confirms it.
+    let stuck = JobView { suspended: true, suspend_confirmed: true, active: 0, terminating: 1, ..straggling };
+    let p = plan(&b, &obs_with(133, &[stuck]));
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Succeeded), "{:?}", p.status);
+    assert_eq!(p.status.failed_shards.as_deref(), Some("29"));
+    assert_eq!(creates(&p), vec![Stage::Consolidation], "consolidation follows, after this status is written");
+}
+
+#[test]
+fn stopping_ends_at_the_stop_timeout_when_the_job_never_confirms() {
+    let (p, b, straggling) = stopping_batch(&grace_spec(), 131);
+    let wait = p.requeue_after.expect("wakes up at the stop timeout");
+    assert!(wait <= Duration::from_secs(STOP_TIMEOUT_SECS as u64 + 1), "{wait:?}");
+    // Suspended, but nobody confirms (kube-controller-manager down) and the pod hangs on.
+    let hanging = JobView { suspended: true, active: 1, terminating: 1, ..straggling };
+    let p = plan(&b, &obs_with(131 + STOP_TIMEOUT_SECS - 1, &[hanging.clone()]));
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Stopping));
+    assert!(p.requeue_after.unwrap() <= Duration::from_secs(2));
+    let p = plan(&b, &obs_with(131 + STOP_TIMEOUT_SECS, &[hanging]));
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Succeeded), "{:?}", p.status);
+}
+
+#[test]
+fn stopping_never_outlasts_complete_by() {
+    let s = spec_with(|s| {
+        s.completion.min_succeeded_percent = 90;
+        s.completion.grace_seconds = 30;
+        s.completion.complete_by = Some(t(140).to_string());
+    });
+    let (_, b, straggling) = stopping_batch(&s, 131);
+    let hanging = JobView { suspended: true, active: 1, terminating: 1, ..straggling };
+    let p = plan(&b, &obs_with(139, &[hanging.clone()]));
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Stopping));
+    let p = plan(&b, &obs_with(140, &[hanging]));
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Succeeded), "{:?}", p.status);
+}
+
+#[test]
+fn a_finished_job_deleted_before_its_outcome_was_recorded_still_counts_and_is_then_released() {
+    let b = batch(spec(), Some(running_status(&spec())));
+    // TTL 0 (or a person) deleted the finished worker Job; our finalizer keeps it readable.
+    let gone = JobView { deleting: true, outcome_finalizer: Some(1), ..succeeded(workers_job("0-29", "", 0), 90) };
+    let p = plan(&b, &obs_with(100, &[gone.clone()]));
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Succeeded), "{:?}", p.status);
+    assert_ne!(p.status.phase, Some(Phase::Failed));
+    let release = Action::Release { stage: Stage::Workers, uid: uid(Stage::Workers), index: 1 };
+    assert!(p.actions.contains(&release), "{:?}", p.actions);
+    assert_eq!(creates(&p), vec![Stage::Consolidation]);
+}
+
+#[test]
+fn a_running_job_keeps_our_finalizer_and_a_deleted_running_job_fails_the_batch_once() {
+    let b = batch(spec(), Some(running_status(&spec())));
+    let held = JobView { outcome_finalizer: Some(0), ..workers_job("0-3", "", 10) };
+    let p = plan(&b, &obs_with(100, &[held.clone()]));
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::Release { .. })), "{:?}", p.actions);
+    // Deleted while it runs: its outcome never comes; fail (JobDeleted), then let it go.
+    let deleting = JobView { deleting: true, ..held };
+    let (p, b) = step(&b, &obs_with(101, &[deleting.clone()]));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    assert_eq!(cond(&p.status, CONDITION_STALLED).reason, "JobDeleted");
+    assert!(p.actions.contains(&Action::Release { stage: Stage::Workers, uid: uid(Stage::Workers), index: 0 }));
+    assert!(creates(&p).is_empty());
+    let p = plan(&b, &obs_with(102, &[JobView { outcome_finalizer: None, ..deleting }]));
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(cond(&p.status, CONDITION_STALLED).reason, "JobDeleted");
+}
+
+#[test]
+fn every_stage_job_is_released_after_the_pipeline_and_nothing_else_is_touched() {
+    let mut sim = Sim::new(spec(), JobView { outcome_finalizer: Some(0), ..job(Stage::Workers) }, 10);
+    sim.obs.workers = Some(JobView { outcome_finalizer: Some(0), ..succeeded(workers_job("0-29", "", 0), 9) });
+    sim.run(20);
+    assert_eq!(sim.status().phase, Some(Phase::Succeeded));
+    for stage in Stage::ALL {
+        assert_eq!(sim.obs.job(stage).unwrap().outcome_finalizer, None, "{stage:?} still held");
+    }
+    // A foreign Job with our finalizer (someone copied a manifest) is not ours to release.
+    let foreign = JobView { owned: false, outcome_finalizer: Some(0), ..job(Stage::Export) };
+    let p = plan(&sim.batch, &obs_with(1000, &[foreign]));
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+}
+
+#[test]
+fn ttl_never_deletes_a_same_named_job_it_does_not_own() {
+    let sim = finished_sim(Some(0));
+    // The export Job was replaced by a hand-made one with the same name.
+    let mine = sim.obs.job(Stage::Workers).cloned().unwrap();
+    let theirs = JobView { owned: false, uid: "hand-made".into(), ..job(Stage::Export) };
+    let p = plan(&sim.batch, &obs_with(100_000, &[mine, theirs]));
+    assert_eq!(p.actions, vec![Action::Delete { stage: Stage::Workers, uid: uid(Stage::Workers) }]);
+}
+
+#[test]
+fn suspending_during_consolidation_holds_the_export_and_never_stops_the_consolidation_pod() {
+    let w = succeeded(workers_job("0-29", "", 0), 90);
+    let b = batch(spec(), Some(running_status(&spec())));
+    let (_, b) = step(&b, &obs_with(100, &[w.clone()]));
+    let (_, mut b) = step(&b, &obs_with(101, &[w.clone(), job(Stage::Consolidation)]));
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Consolidating));
+    b.spec.suspend = true;
+    let cons = JobView { active: 1, ..job(Stage::Consolidation) };
+    let (p, b) = step(&b, &obs_with(102, &[w.clone(), cons.clone()]));
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::Suspend { .. })), "{:?}", p.actions);
+    assert_eq!(p.status.phase, Some(Phase::Suspended));
+    // It finishes while suspended: recorded, but the export waits.
+    let (p, mut b) = step(&b, &obs_with(110, &[w.clone(), succeeded(cons, 109)]));
+    assert_eq!(stage_state(&p.status, Stage::Consolidation), Some(StageState::Succeeded));
+    assert!(creates(&p).is_empty(), "{:?}", p.actions);
+    b.spec.suspend = false;
+    let p = plan(&b, &obs_with(120, &[w, succeeded(job(Stage::Consolidation), 109)]));
+    assert_eq!(creates(&p), vec![Stage::Export]);
+}
+
+#[test]
+fn a_one_shot_stage_suspended_by_an_older_controller_is_resumed() {
+    let w = succeeded(workers_job("0-29", "", 0), 90);
+    let b = batch(spec_with(|s| s.suspend = true), Some(running_status(&spec())));
+    let (_, b) = step(&b, &obs_with(100, &[w.clone()]));
+    let mut st = b.status.clone().unwrap();
+    st.consolidation = Some(StageStatus {
+        job_name: Stage::Consolidation.job_name(NAME),
+        job_uid: Some(uid(Stage::Consolidation)),
+        state: StageState::Running,
+        ..Default::default()
+    });
+    let b = batch(spec_with(|s| s.suspend = true), Some(st));
+    let p = plan(&b, &obs_with(101, &[w, JobView { suspended: true, ..job(Stage::Consolidation) }]));
+    assert!(p.actions.contains(&Action::Suspend { stage: Stage::Consolidation, suspend: false }), "{:?}", p.actions);
+}
+
+#[test]
+fn the_grace_period_does_not_run_while_suspended_but_complete_by_does() {
+    let s = grace_spec();
+    let b = batch(s.clone(), Some(running_status(&s)));
+    let straggling = workers_job("0-28", "", 1);
+    let (_, mut b) = step(&b, &obs_with(100, &[straggling.clone()])); // quorum at 100, grace to 130
+    b.spec.suspend = true;
+    let (p, b) = step(&b, &obs_with(110, &[straggling.clone()]));
+    assert_eq!(p.status.suspend_time, Some(Time(t(110))));
+    // Long past the grace period, still suspended: nothing stops.
+    let quiet = JobView { suspended: true, active: 0, ..straggling.clone() };
+    let (p, mut b) = step(&b, &obs_with(500, &[quiet.clone()]));
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Running), "{:?}", p.status);
+    // Resumed at 600 after 490 s suspended: 20 s of grace are left (until 620).
+    b.spec.suspend = false;
+    let (p, b) = step(&b, &obs_with(600, &[quiet]));
+    assert_eq!(p.status.grace_paused_seconds, Some(490));
+    assert_eq!(p.status.suspend_time, None);
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Running));
+    let p = plan(&b, &obs_with(619, &[straggling.clone()]));
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Running));
+    let p = plan(&b, &obs_with(620, &[straggling.clone()]));
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Stopping));
+
+    // completeBy is wall-clock: it ends the wait even while suspended.
+    let s = spec_with(|s| {
+        s.completion.min_succeeded_percent = 90;
+        s.completion.grace_seconds = 30;
+        s.completion.complete_by = Some(t(300).to_string());
+        s.suspend = true;
+    });
+    let b = batch(s.clone(), Some(running_status(&grace_spec())));
+    let (_, b) = step(&b, &obs_with(100, &[straggling.clone()]));
+    let p = plan(&b, &obs_with(300, &[JobView { suspended: true, active: 0, ..straggling }]));
+    assert_ne!(stage_state(&p.status, Stage::Workers), Some(StageState::Running), "{:?}", p.status);
+}
+
+#[test]
+fn a_template_the_apiserver_refuses_in_the_dry_run_fails_the_batch_before_any_worker() {
+    let b = batch(spec(), None);
+    let (p, b) = step(&b, &observed(0));
+    assert_eq!(p.actions, vec![Action::Validate, Action::Create(Stage::Workers)]);
+    // The dry run of the export Job was refused: the reconciler plans again before creating.
+    let mut obs = observed(0);
+    obs.rejected.push((Stage::Export, "spec.template.spec.containers[0].image: Required value".into()));
+    let p = plan(&b, &obs);
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    let stalled = cond(&p.status, CONDITION_STALLED);
+    assert_eq!(stalled.reason, "JobRejected");
+    assert!(
+        stalled.message.contains("export Job") && stalled.message.contains("Required value"),
+        "{}",
+        stalled.message
+    );
+    assert!(creates(&p).is_empty(), "{:?}", p.actions);
+}
+
+#[test]
+fn a_deadline_already_past_at_creation_fails_without_creating_any_job() {
+    let s = spec_with(|s| s.completion.complete_by = Some(t(-60).to_string()));
+    let p = plan(&batch(s, None), &observed(0));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    assert_eq!(cond(&p.status, CONDITION_STALLED).reason, "DeadlineExceeded");
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+}
+
+#[test]
+fn a_far_future_deadline_the_crd_admits_is_no_deadline_at_all() {
+    for far in ["9999-12-31T23:59:59Z", "9999-12-31T23:59:59.999999999-23:59"] {
+        let s = spec_with(|s| s.completion.complete_by = Some(far.into()));
+        let p = plan(&batch(s, None), &observed(0));
+        assert_eq!(p.status.phase, Some(Phase::Pending), "{far}: {:?}", p.status);
+        assert_ne!(cond(&p.status, CONDITION_STALLED).reason, "InvalidSpec", "{far}");
+        assert_eq!(creates(&p), vec![Stage::Workers], "{far}");
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy};
 use kube::runtime::controller::Action as ControllerAction;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -24,7 +24,7 @@ use crate::api::{PredictionBatch, PredictionBatchStatus, StageState};
 use crate::cache::trim_batch;
 use crate::context::{Context, Written};
 use crate::error::{Error, Retry, status_code};
-use crate::labels::FIELD_MANAGER;
+use crate::labels::{FIELD_MANAGER, OUTCOME_FINALIZER};
 
 /// Progress-only status changes (counts, not stage transitions) are written at most this often per batch.
 const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
@@ -57,6 +57,12 @@ pub async fn reconcile(batch: Arc<PredictionBatch>, ctx: Arc<Context>) -> Result
 }
 
 async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<ControllerAction, Error> {
+    if batch.metadata.deletion_timestamp.is_some() {
+        // Our outcome finalizers must not hold up the Jobs' deletion (foreground deletion of the
+        // batch waits for them), whatever else still runs for the batch.
+        let uid = batch.uid().unwrap_or_default();
+        release_jobs_of(ctx, &batch.namespace().unwrap_or_default(), &batch.name_any(), Some(&uid)).await?;
+    }
     // Firestore mirror (issue 8): its bounded finalizer. No API call unless the mirror is on, or
     // a batch being deleted still carries the finalizer from a run with the mirror on.
     if let Some(action) = crate::mirror::finalizer::reconcile(batch, ctx).await? {
@@ -82,7 +88,11 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
         let observed = observe(ctx, &jobs_api, &current, &uid, &overlay, &rejected).await?;
         let plan = plan(&current, &observed);
 
-        if current.status.as_ref() != Some(&plan.status) {
+        let changed = current.status.as_ref() != Some(&plan.status);
+        // Acting on a view that did not need a status write: prove the view is current first, by
+        // the same resourceVersion-conditional write (a no-op for the apiserver when it is).
+        let fence = !changed && plan.actions.iter().any(Action::needs_fence);
+        if changed || fence {
             if plan.actions.is_empty() && progress_only(current.status.as_ref(), &plan.status) {
                 let last = ctx.written.lock().expect("poisoned").get(&key).map(|w| w.at);
                 if let Some(wait) = last.and_then(|t| PROGRESS_WRITE_INTERVAL.checked_sub(t.elapsed())) {
@@ -90,7 +100,7 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
                     return Ok(ControllerAction::requeue(wait));
                 }
             }
-            match write_status(ctx, &current, &plan).await {
+            match write_status(ctx, &current, &plan, changed).await {
                 Ok(written) => current = written,
                 // Our view was stale (another writer, or a cache behind a write we did not
                 // remember): read the batch and plan again, rather than back off a whole pass.
@@ -108,9 +118,11 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
                 }
                 Err(e) => return Err(e),
             }
-            remember(ctx, &key, &current);
-            spawn_events(ctx, &current, &plan);
-            ctx.mirror.notify(&current);
+            if changed {
+                remember(ctx, &key, &current);
+                spawn_events(ctx, &current, &plan);
+                ctx.mirror.notify(&current);
+            }
         }
 
         if plan.actions.is_empty() {
@@ -120,9 +132,15 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
             });
         }
         for action in &plan.actions {
-            if let Action::Create(stage) = *action
-                && jobs::template_dropped(&current, stage)
-            {
+            let needs_templates = match action {
+                Action::Create(stage) => jobs::template_dropped(&current, *stage),
+                Action::Validate => {
+                    jobs::template_dropped(&current, Stage::Consolidation)
+                        || jobs::template_dropped(&current, Stage::Export)
+                }
+                _ => false,
+            };
+            if needs_templates {
                 // The cached copy of an idle batch has no templates: read it whole to build the Job.
                 match read_batch(&batches, batch).await? {
                     // Same generation, same spec: only the templates were missing.
@@ -143,6 +161,10 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
                 return Err(Error::NotLeading);
             }
             act(&jobs_api, &current, &uid, action, &mut overlay, &mut rejected).await?;
+            if *action == Action::Validate && !rejected.is_empty() {
+                // A refused template fails the batch: plan again before creating anything.
+                continue 'rounds;
+            }
         }
     }
     warn!("plan did not settle within {MAX_ROUNDS} rounds; looking again shortly");
@@ -250,7 +272,12 @@ fn progress_only(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchSta
 /// Server-side apply of the whole status, conditional on the resourceVersion we planned from:
 /// a stale view (another replica, a lagging cache) gets 409 and is retried, never written over
 /// newer state.
-async fn write_status(ctx: &Context, batch: &PredictionBatch, plan: &Plan) -> Result<PredictionBatch, Error> {
+async fn write_status(
+    ctx: &Context,
+    batch: &PredictionBatch,
+    plan: &Plan,
+    changed: bool,
+) -> Result<PredictionBatch, Error> {
     let api: Api<PredictionBatch> = Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default());
     let mut status = serde_json::to_value(&plan.status).expect("status serializes");
     // Conditions owned by other writers (the mirror's MirrorSynced) are theirs to apply.
@@ -266,7 +293,11 @@ async fn write_status(ctx: &Context, batch: &PredictionBatch, plan: &Plan) -> Re
     let written = api
         .patch_status(&batch.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map_err(|e| Error::kube("write status", e))?;
+        .map_err(|e| Error::kube(if changed { "write status" } else { "confirm status is current" }, e))?;
+    if !changed {
+        debug!(resource_version = written.resource_version(), "status is current; acting");
+        return Ok(written);
+    }
     ctx.metrics.status_writes.inc();
     let phase = plan.status.phase.map(|p| p.as_str()).unwrap_or("-");
     info!(phase, progress = plan.status.progress.as_deref().unwrap_or("-"), "status written");
@@ -291,6 +322,18 @@ fn observe_stage_durations(ctx: &Context, prev: Option<&PredictionBatchStatus>, 
     }
 }
 
+/// The apiserver refuses an Event whose note is longer than 1 KiB (in bytes).
+const MAX_EVENT_NOTE_BYTES: usize = 1024;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let end = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+    &s[..end]
+}
+
 /// Publishes the plan's events in the background: they are best effort, and must not delay
 /// the Job create that follows a status write (under load one publish took 700 ms).
 fn spawn_events(ctx: &Context, batch: &PredictionBatch, plan: &Plan) {
@@ -310,7 +353,7 @@ fn spawn_events(ctx: &Context, batch: &PredictionBatch, plan: &Plan) {
             Event {
                 type_: if e.warning { EventType::Warning } else { EventType::Normal },
                 reason: e.reason.to_string(),
-                note: Some(e.note.chars().take(1000).collect()),
+                note: Some(truncate_utf8(&e.note, MAX_EVENT_NOTE_BYTES).to_string()),
                 action: "Reconcile".into(),
                 secondary: None,
             }
@@ -372,17 +415,121 @@ async fn act(
             let job_name = Stage::Workers.job_name(&name);
             patch_job(api, uid, Stage::Workers, &job_name, json!({ "spec": { "parallelism": n } }), overlay).await?;
         }
-        Action::DeleteJobs => {
-            let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
-            for stage in Stage::ALL {
+        Action::Validate => {
+            for stage in [Stage::Consolidation, Stage::Export] {
+                let Some(job) = jobs::build(batch, stage) else { continue };
                 let job_name = stage.job_name(&name);
-                match api.delete(&job_name, &dp).await {
-                    Ok(_) => info!(job = job_name, "deleted Job (ttlSecondsAfterFinished)"),
-                    Err(e) if status_code(&e) == Some(404) => {}
-                    Err(e) => return Err(Error::kube(format!("delete Job {job_name}"), e)),
+                let pp = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
+                match api.create(&pp, &job).await {
+                    Ok(_) => {}
+                    // A Job by that name exists already: the real create will say whose it is.
+                    Err(e) if status_code(&e) == Some(409) => {}
+                    Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                        warn!(job = job_name, message = %s.message, "the apiserver would reject the Job");
+                        rejected.push((stage, s.message.clone()));
+                    }
+                    Err(e) => return Err(Error::kube(format!("validate Job {job_name} (dry run)"), e)),
                 }
-                overlay.insert(stage, None);
             }
+        }
+        Action::Release { stage, uid: ref job_uid, index } => {
+            let job_name = stage.job_name(&name);
+            let view = release(api, &job_name, job_uid, index).await?;
+            overlay.insert(stage, view.map(|j| JobView::from_job(&j, uid)));
+        }
+        Action::Delete { stage, uid: ref job_uid } => {
+            let job_name = stage.job_name(&name);
+            let dp = DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Background),
+                preconditions: Some(Preconditions { uid: Some(job_uid.clone()), resource_version: None }),
+                ..Default::default()
+            };
+            match api.delete(&job_name, &dp).await {
+                Ok(_) => info!(job = job_name, "deleted Job (ttlSecondsAfterFinished)"),
+                Err(e) if status_code(&e) == Some(404) => {}
+                // The UID precondition failed: the Job by that name is not the one we made.
+                Err(e) if status_code(&e) == Some(409) => info!(job = job_name, "Job by that name is not ours; kept"),
+                Err(e) => return Err(Error::kube(format!("delete Job {job_name}"), e)),
+            }
+            overlay.insert(stage, None);
+        }
+    }
+    Ok(())
+}
+
+/// Removes our outcome finalizer from Job `job_uid`, expected at `index` of its finalizers (a
+/// JSON patch that tests before it removes, so nobody else's finalizer is touched). If the list
+/// moved, reads the Job and tries once more. Returns the Job as it now is (`None`: gone).
+async fn release(api: &Api<Job>, job_name: &str, job_uid: &str, index: usize) -> Result<Option<Job>, Error> {
+    let mut index = index;
+    for attempt in 0..2 {
+        let patch = json!([
+            { "op": "test", "path": "/metadata/uid", "value": job_uid },
+            { "op": "test", "path": format!("/metadata/finalizers/{index}"), "value": OUTCOME_FINALIZER },
+            { "op": "remove", "path": format!("/metadata/finalizers/{index}") },
+        ]);
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("a JSON patch");
+        let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        match api.patch(job_name, &pp, &Patch::<()>::Json(patch)).await {
+            Ok(job) => {
+                debug!(job = job_name, "released the outcome finalizer");
+                return Ok(Some(job));
+            }
+            Err(e) if status_code(&e) == Some(404) => return Ok(None),
+            // A test failed (the list or the Job changed): look at the Job as it is.
+            Err(e) if attempt == 0 && matches!(status_code(&e), Some(409 | 422 | 500)) => {
+                let job = api.get_opt(job_name).await.map_err(|e| Error::kube(format!("get Job {job_name}"), e))?;
+                let Some(job) = job.filter(|j| j.metadata.uid.as_deref() == Some(job_uid)) else { return Ok(None) };
+                match job.metadata.finalizers.iter().flatten().position(|f| f == OUTCOME_FINALIZER) {
+                    Some(i) => index = i,
+                    None => return Ok(Some(job)),
+                }
+            }
+            Err(e) => return Err(Error::kube(format!("release Job {job_name}"), e)),
+        }
+    }
+    Ok(None)
+}
+
+/// Releases our outcome finalizer from cached Jobs of batch `ns/name`: with `owner_uid`, every Job
+/// of that batch (it is being deleted); without, the Jobs being deleted whose batch of that name
+/// no longer exists (read to be sure: the cache may simply not have caught up).
+pub async fn release_jobs_of(ctx: &Context, ns: &str, name: &str, owner_uid: Option<&str>) -> Result<(), Error> {
+    let held: Vec<(String, String, usize, String)> = ctx
+        .jobs
+        .state()
+        .iter()
+        .filter(|job| job.metadata.namespace.as_deref() == Some(ns))
+        .filter(|job| owner_uid.is_some() || job.metadata.deletion_timestamp.is_some())
+        .filter_map(|job| {
+            let meta = &job.metadata;
+            let owner = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true))?;
+            if owner.kind != PredictionBatch::kind(&()) || owner.name != name {
+                return None;
+            }
+            let index = meta.finalizers.iter().flatten().position(|f| f == OUTCOME_FINALIZER)?;
+            Some((meta.name.clone()?, meta.uid.clone()?, index, owner.uid.clone()))
+        })
+        .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    let keep = match owner_uid {
+        Some(_) => None,
+        None => {
+            let batches: Api<PredictionBatch> = Api::namespaced(ctx.client.clone(), ns);
+            batches.get_opt(name).await.map_err(|e| Error::kube("read batch", e))?.and_then(|b| b.uid())
+        }
+    };
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    for (job_name, job_uid, index, owner) in held {
+        let release_it = match owner_uid {
+            Some(uid) => owner == uid,
+            None => keep.as_deref() != Some(owner.as_str()),
+        };
+        if release_it {
+            release(&api, &job_name, &job_uid, index).await?;
+            info!(job = job_name, "released the outcome finalizer of a Job whose batch is gone or going");
         }
     }
     Ok(())
@@ -420,6 +567,18 @@ async fn patch_job(
 mod tests {
     use super::*;
     use kube::runtime::events::{Recorder, Reporter};
+
+    #[test]
+    fn event_notes_are_cut_at_a_character_boundary_within_one_kib() {
+        let note = "é".repeat(700); // 1400 bytes
+        let cut = truncate_utf8(&note, MAX_EVENT_NOTE_BYTES);
+        assert_eq!(cut.len(), 1024);
+        assert!(note.starts_with(cut));
+        let odd = format!("a{}", "€".repeat(400)); // 1 + 1200 bytes
+        let cut = truncate_utf8(&odd, MAX_EVENT_NOTE_BYTES);
+        assert!(cut.len() <= 1024 && cut.len() > 1020, "{}", cut.len());
+        assert_eq!(truncate_utf8("short", MAX_EVENT_NOTE_BYTES), "short");
+    }
 
     /// The controller holds one of these futures per batch being reconciled: with thousands of
     /// batches starting at once their size is the controller's memory.
