@@ -1,139 +1,32 @@
-//! The Firestore mirror (issue 8) against a real gRPC peer: the npm `@firestore-emulator/server`
-//! (pinned in tests/firestore-emulator/package-lock.json; `npm ci` there first), started by these
-//! tests on 127.0.0.1 with a free port, and the release controller binary on the local control
-//! plane of `tests/cluster/` (`tests/cluster/up`, or `tests/run-all`).
+//! The Firestore mirror against a real gRPC peer: the npm `@firestore-emulator/server` (pinned in
+//! tests/firestore-emulator/package-lock.json; `npm ci` there first), started by
+//! tests/support/firestore_emulator.rs on 127.0.0.1 with a free port, and the release controller
+//! binary on the local control plane of `tests/cluster/` (`tests/cluster/up`, or `tests/run-all`).
 //!
 //! These tests FAIL, never skip, when node, the installed emulator package or the cluster is
 //! missing. Each test has its own namespace, emulator and controller (watching only that
 //! namespace), so they run in parallel with each other and with the rest of the suite.
 
+#[path = "support/firestore_emulator.rs"]
+mod firestore_emulator;
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use firestore_emulator::{Docs, Emulator, PROJECT};
 use k8s_openapi::jiff::Timestamp;
 use prediction_batch_controller::mirror::document::{BatchDocument, FieldValue};
-use prediction_batch_controller::mirror::firestore::{
-    DocumentStore, FirestoreOptions, FirestoreStore, StoredDocument, WriteOutcome,
-};
+use prediction_batch_controller::mirror::firestore::{DocumentStore, StoredDocument, WriteOutcome};
 use serde_json::Value;
 use support::{TestNamespace, cluster, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
 
-const PROJECT: &str = "test-project";
-const COLLECTION: &str = "prediction_batches";
 const FINALIZER: &str = "predictions.dev/firestore-mirror";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-// ------------------------------------------------------------------------------------ emulator
-
-/// One `@firestore-emulator/server` process (in-memory: a restart starts empty).
-struct Emulator {
-    child: Child,
-    port: u16,
-}
-
-impl Emulator {
-    /// Starts on `port` (0: a free one) and waits until it listens.
-    fn start(port: u16) -> Emulator {
-        let dir = repo_root().join("tests/firestore-emulator");
-        let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-        assert!(
-            node_ok,
-            "node is required for the Firestore emulator (apt-get install nodejs npm), then `npm ci` in {}",
-            dir.display()
-        );
-        let package = dir.join("node_modules/@firestore-emulator/server/package.json");
-        assert!(
-            package.exists(),
-            "the Firestore emulator is not installed: run `npm ci` in {} (missing {})",
-            dir.display(),
-            package.display()
-        );
-        let mut child = Command::new("node")
-            .arg(dir.join("start.js"))
-            .arg(port.to_string())
-            .current_dir(&dir)
-            .stdin(Stdio::piped()) // closed when we drop the child: the emulator exits then
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start node tests/firestore-emulator/start.js");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the Firestore emulator did not start within 60s");
-            }
-        };
-        let port = line
-            .trim()
-            .strip_prefix("listening on 127.0.0.1:")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected emulator output {line:?}"));
-        Emulator { child, port }
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A reader/writer of the emulator's documents (the mirror's own store, pointed at it).
-struct Docs {
-    rt: tokio::runtime::Runtime,
-    store: FirestoreStore,
-}
-
-impl Docs {
-    fn new(host: &str) -> Docs {
-        install_crypto_provider();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let store = FirestoreStore::new(FirestoreOptions {
-            project: PROJECT.into(),
-            database: None,
-            collection: COLLECTION.into(),
-            emulator_host: Some(host.into()),
-        });
-        Docs { rt, store }
-    }
-
-    /// The document, `None` when missing or unreachable.
-    fn get(&self, id: &str) -> Option<StoredDocument> {
-        self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), self.store.read(id)).await.ok()?.ok()? })
-    }
-}
 
 // ---------------------------------------------------------------------------------- controller
 
