@@ -16,7 +16,9 @@
 //!
 //! The `MirrorSynced` condition is applied (server-side apply, field manager
 //! [`MIRROR_FIELD_MANAGER`], only that condition) when its status or reason would change: `False`
-//! with the error's reason on the first failure, `True` once nothing is pending. Idle batches
+//! with the error's reason on the first failure, `False` with reason `DocumentOfAnotherBatch`
+//! when the document belongs to another batch of the same name that keeps it (retried on the
+//! batch's next update, not on a timer), `True` once nothing is pending. Idle batches
 //! cost nothing, and a snapshot whose document content equals the last one written is not
 //! re-sent. Every failed attempt counts in `prediction_batch_mirror_failures`.
 
@@ -179,6 +181,8 @@ struct Entry {
     /// Consecutive failed attempts, and the last error.
     failures: u32,
     last_error: Option<MirrorError>,
+    /// The last write found the document owned by another batch (reason and message).
+    other_batch: Option<MirrorError>,
     /// The batch is gone: drop the entry once nothing is left to write.
     gone: bool,
     /// Last notification or deletion call (least recently used idle entries are evicted first).
@@ -386,9 +390,12 @@ impl Inner {
                         }
                         e.failures = 0;
                         e.last_error = None;
-                        e.confirmed = e.confirmed.max(doc.status_version);
                         if e.pending.as_ref().is_some_and(|p| p.status_version <= doc.status_version) {
                             e.pending = None;
+                        }
+                        if !matches!(outcome, Some(WriteOutcome::OtherBatch { .. })) {
+                            e.confirmed = e.confirmed.max(doc.status_version);
+                            e.other_batch = None;
                         }
                         match outcome {
                             Some(WriteOutcome::Written) => {
@@ -402,6 +409,30 @@ impl Inner {
                                     stored,
                                     "Firestore holds a newer document; not overwriting it"
                                 );
+                            }
+                            Some(WriteOutcome::OtherBatch { uid, .. }) if doc.deleted => {
+                                info!(
+                                    batch = id,
+                                    owner = uid,
+                                    "the Firestore document belongs to another batch; nothing to mark deleted"
+                                );
+                            }
+                            Some(WriteOutcome::OtherBatch { uid, created_at }) => {
+                                self.metrics.mirror_failures.inc();
+                                let when = |t: Option<Timestamp>| t.map_or_else(|| "unknown".into(), |t| t.to_string());
+                                let message = format!(
+                                    "the Firestore document {id} belongs to another batch of this name (uid {uid}, \
+                                     created {}), which keeps it: this batch (uid {}, created {}) is not the newer one; \
+                                     nothing written. Does a second cluster or controller write to the same collection? \
+                                     Tried again at this batch's next status change",
+                                    when(created_at),
+                                    doc.uid,
+                                    when(doc.created_at),
+                                );
+                                if e.other_batch.is_none() {
+                                    warn!(batch = id, owner = uid, "{message}");
+                                }
+                                e.other_batch = Some(MirrorError::new("DocumentOfAnotherBatch", message));
                             }
                             None => {}
                         }
@@ -425,8 +456,8 @@ impl Inner {
             let change = {
                 let entries = self.entries.lock().expect("poisoned");
                 let Some(e) = entries.get(&key) else { return };
-                let want = match (&e.last_error, &e.pending) {
-                    (Some(err), _) => Some(SyncedCondition {
+                let want = match (&e.last_error, &e.pending, &e.other_batch) {
+                    (Some(err), _, _) => Some(SyncedCondition {
                         state: SyncedState { status: false, reason: err.reason.clone() },
                         message: format!(
                             "writing the Firestore document {id} failed; retrying with backoff: {}",
@@ -434,12 +465,17 @@ impl Inner {
                         ),
                         observed_generation: e.generation,
                     }),
-                    (None, None) => Some(SyncedCondition {
+                    (None, None, Some(other)) => Some(SyncedCondition {
+                        state: SyncedState { status: false, reason: other.reason.clone() },
+                        message: other.message.clone(),
+                        observed_generation: e.generation,
+                    }),
+                    (None, None, None) => Some(SyncedCondition {
                         state: SyncedState::synced(),
                         message: format!("the Firestore document {id} is up to date"),
                         observed_generation: e.generation,
                     }),
-                    (None, Some(_)) => None,
+                    (None, Some(_), _) => None,
                 };
                 want.filter(|w| !e.deleting && e.condition.as_ref() != Some(&w.state))
             };
@@ -514,6 +550,8 @@ mod tests {
         stored: Mutex<u64>,
         others: Mutex<HashMap<String, u64>>,
         names: Mutex<Vec<String>>,
+        /// Batch `b`'s document belongs to a batch of this UID, which keeps it.
+        owner: Mutex<Option<String>>,
         down: AtomicBool,
         gate: Mutex<Option<Arc<Notify>>>,
     }
@@ -537,6 +575,9 @@ mod tests {
                 *stored = doc.status_version;
                 self.names.lock().unwrap().push(doc.name.clone());
                 return Ok(WriteOutcome::Written);
+            }
+            if let Some(uid) = self.owner.lock().unwrap().clone() {
+                return Ok(WriteOutcome::OtherBatch { uid, created_at: None });
             }
             let mut stored = self.stored.lock().unwrap();
             if *stored >= doc.status_version {
@@ -764,6 +805,32 @@ status:
             "an update was dropped ({} failures counted)",
             metrics.mirror_failures.get()
         );
+    }
+
+    #[tokio::test]
+    async fn a_document_of_another_batch_is_not_synced() {
+        let (m, store, conds, metrics) = setup();
+        *store.owner.lock().unwrap() = Some("uid-elsewhere".into());
+        m.notify(&batch(10, 1));
+        settle(&m).await;
+        assert!(store.writes.lock().unwrap().is_empty());
+        assert_eq!(*conds.applied.lock().unwrap(), [(false, "DocumentOfAnotherBatch".to_string())]);
+        assert_eq!(metrics.mirror_failures.get(), 1);
+        // No timer retries it; the next update does, and writes once the name is free.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(metrics.mirror_failures.get(), 1);
+        *store.owner.lock().unwrap() = None;
+        m.notify(&batch(11, 2));
+        settle(&m).await;
+        assert_eq!(*store.writes.lock().unwrap(), [(11, false)]);
+        assert_eq!(conds.applied.lock().unwrap().last(), Some(&(true, "Synced".to_string())));
+        // A deletion never marks another batch's document: nothing to wait for.
+        *store.owner.lock().unwrap() = Some("uid-elsewhere".into());
+        let deleting = batch(12, 2);
+        assert!(matches!(m.deletion(&deleting), Deletion::Pending { .. }));
+        settle(&m).await;
+        assert_eq!(m.deletion(&deleting), Deletion::Done);
+        assert_eq!(*store.writes.lock().unwrap(), [(11, false)]);
     }
 
     /// What the finalizer does with [`Mirror::deletion`]: poll until `Done` or until it has
