@@ -7,6 +7,8 @@
 //! Needs a running cluster (`tests/cluster/up`, or `tests/run-all`) and Helm (built from its Go
 //! module by tests/tools/build when not on PATH). Fails, never skips, without them.
 
+#[path = "support/firestore_emulator.rs"]
+mod firestore_emulator;
 mod install;
 mod support;
 
@@ -24,6 +26,18 @@ use support::{TestNamespace, cluster, ensure_crd, kubectl, kubectl_json, kubectl
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/batch.yaml");
 const EXAMPLE_NAME: &str = "nba-2026-01-02";
+
+/// Values that turn the Firestore mirror on (with a NetworkPolicy, so its egress renders too).
+const FIRESTORE_ON: &[&str] = &[
+    "--set",
+    "firestore.enabled=true",
+    "--set",
+    "firestore.project=my-project",
+    "--set",
+    "firestore.gcpServiceAccount=pbc-mirror@my-project.iam.gserviceaccount.com",
+    "--set",
+    "networkPolicy.enabled=true",
+];
 
 /// Values variants every static check runs over.
 fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
@@ -45,6 +59,7 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
             "single replica, no leader election",
             vec!["--set", "replicaCount=1", "--set", "controller.leaderElection.enabled=false"],
         ),
+        ("firestore mirror", FIRESTORE_ON.to_vec()),
     ]
 }
 
@@ -266,7 +281,12 @@ fn rendered_rbac_is_least_privilege() {
                     && d["metadata"]["name"] == "r-prediction-batch-controller"
             })
             .unwrap_or_else(|| panic!("controller role missing ({what})"));
-        assert_eq!(controller_role["rules"], json!(controller_rules), "controller rules ({what})");
+        let mut expected = controller_rules.clone();
+        if what == "firestore mirror" {
+            // The mirror's finalizer is added and removed with a JSON patch of the batch.
+            expected.push(rule(&["predictions.dev"], &["predictionbatches"], &["patch"]));
+        }
+        assert_eq!(controller_role["rules"], json!(expected), "controller rules ({what})");
         if scoped {
             assert_eq!(controller_role["metadata"]["namespace"], "team-a");
             assert!(of_kind(&docs, "ClusterRoleBinding").is_empty(), "a namespace-scoped install binds no ClusterRole");
@@ -355,6 +375,120 @@ fn optional_objects_render_only_when_enabled() {
     assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["spec"]["selector"]);
     let np = one_of_kind(&all, "NetworkPolicy");
     assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+}
+
+/// One switch, `firestore.enabled`, turns on everything the mirror needs together: the flags,
+/// the RBAC rule of its finalizer, the Workload Identity annotation and the egress to Google.
+#[test]
+fn the_firestore_block_turns_on_the_mirror_with_everything_it_needs() {
+    let args_of = |docs: &[Value]| -> Vec<String> {
+        one_of_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    let controller_rules = |docs: &[Value]| -> Vec<Value> {
+        docs.iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "r-prediction-batch-controller")
+            .expect("the controller's ClusterRole")["rules"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let finalizer_rule =
+        json!({"apiGroups": ["predictions.dev"], "resources": ["predictionbatches"], "verbs": ["patch"]});
+    let wi = "iam.gke.io/gcp-service-account";
+
+    // Off (the default): none of it.
+    let off = render("r", "pbc-system", &["--set", "networkPolicy.enabled=true"]);
+    assert!(!args_of(&off).iter().any(|a| a.starts_with("--firestore")), "{:?}", args_of(&off));
+    assert!(!controller_rules(&off).contains(&finalizer_rule));
+    assert!(one_of_kind(&off, "ServiceAccount")["metadata"]["annotations"][wi].is_null());
+    let egress = one_of_kind(&off, "NetworkPolicy")["spec"]["egress"].to_string();
+    assert!(!egress.contains("169.254.169.254"), "{egress}");
+
+    // On.
+    let on = render(
+        "r",
+        "pbc-system",
+        &[
+            FIRESTORE_ON,
+            &[
+                "--set",
+                "firestore.database=mirror-db",
+                "--set",
+                "firestore.collection=batches",
+                "--set",
+                "firestore.deleteTimeoutSeconds=45",
+                "--set",
+                "networkPolicy.apiServerTo[0].ipBlock.cidr=10.0.0.1/32",
+            ],
+        ]
+        .concat(),
+    );
+    let args = args_of(&on);
+    for flag in [
+        "--firestore-project=my-project",
+        "--firestore-collection=batches",
+        "--firestore-database=mirror-db",
+        "--firestore-delete-timeout=45",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
+    }
+    let rules = controller_rules(&on);
+    assert!(rules.contains(&finalizer_rule), "no finalizer rule: {rules:#?}");
+    let sa = one_of_kind(&on, "ServiceAccount");
+    assert_eq!(sa["metadata"]["annotations"][wi], "pbc-mirror@my-project.iam.gserviceaccount.com", "{sa:#}");
+    // Egress: Google APIs on 443 although the API server rule is pinned to one address, and the
+    // metadata server that hands out Workload Identity tokens.
+    let np = one_of_kind(&on, "NetworkPolicy");
+    let egress = np["spec"]["egress"].as_array().unwrap();
+    let open_443 = egress.iter().any(|r| {
+        r["to"].is_null() && r["ports"].as_array().unwrap().contains(&json!({"port": 443, "protocol": "TCP"}))
+    });
+    assert!(open_443, "no egress to Google APIs on 443: {egress:#?}");
+    for (cidr, port) in [("169.254.169.254/32", 80), ("169.254.169.252/32", 988)] {
+        let found = egress.iter().any(|r| {
+            r["to"] == json!([{"ipBlock": {"cidr": cidr}}]) && r["ports"] == json!([{"port": port, "protocol": "TCP"}])
+        });
+        assert!(found, "no egress to the metadata server {cidr}:{port}: {egress:#?}");
+    }
+
+    // Namespace-scoped: the rule lands in the Role.
+    let scoped = render("r", "pbc-system", &[FIRESTORE_ON, &["--set", "controller.watchNamespace=team-a"]].concat());
+    let role = scoped
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "r-prediction-batch-controller")
+        .expect("the controller's Role");
+    assert!(role["rules"].as_array().unwrap().contains(&finalizer_rule), "{role:#}");
+
+    // Defaults of the block: the binary's own defaults; the database flag only when set.
+    let plain = render("r", "pbc-system", &["--set", "firestore.enabled=true", "--set", "firestore.project=p"]);
+    let args = args_of(&plain);
+    assert!(args.contains(&"--firestore-collection=prediction_batches".to_string()), "{args:?}");
+    assert!(args.contains(&"--firestore-delete-timeout=30".to_string()), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--firestore-database")), "{args:?}");
+    assert!(one_of_kind(&plain, "ServiceAccount")["metadata"]["annotations"][wi].is_null());
+
+    // Refused: no project; an annotation the chart cannot place (it creates no ServiceAccount).
+    for (bad, expect) in [
+        (vec!["--set", "firestore.enabled=true"], "firestore.project"),
+        (
+            [FIRESTORE_ON, &["--set", "serviceAccount.create=false", "--set", "serviceAccount.name=mine"]].concat(),
+            "gcpServiceAccount",
+        ),
+    ] {
+        let mut cmd = tool_command("helm");
+        cmd.args(["template", "bad", CHART_DIR]).args(&bad);
+        let out = install::output(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "helm template {bad:?} should fail naming {expect}: {err}"
+        );
+    }
 }
 
 // ------------------------------------------------------------------------- against the cluster
@@ -655,6 +789,117 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
         let resource = line.split_whitespace().next().unwrap_or("");
         assert!(!line.contains("[*]") && resource != "*.*", "wildcard grant for {sa}: {line}\n{list}");
     }
+}
+
+/// The chart with `firestore.enabled`: the controller binary, with the mirror flags the chart
+/// renders and only the rights of the chart's ServiceAccount, adds and removes the mirror's
+/// finalizer, keeps its document in sync (against the Firestore emulator) and is refused nothing.
+#[test]
+fn the_chart_service_account_runs_a_mirrored_batch_with_firestore_enabled() {
+    ensure_crd();
+    let _one_controller = controller_lock();
+    let emulator = firestore_emulator::Emulator::start(0);
+    let docs = firestore_emulator::Docs::new(&emulator.host());
+    let namespace = unique("chart-fs");
+    let project = firestore_emulator::PROJECT;
+    let release = Release::install(
+        &unique("pbc"),
+        &namespace,
+        &[
+            "--skip-crds",
+            "--set",
+            "replicaCount=0",
+            "--set",
+            "firestore.enabled=true",
+            "--set",
+            &format!("firestore.project={project}"),
+            "--set",
+            "firestore.deleteTimeoutSeconds=60",
+            "--set",
+            "firestore.gcpServiceAccount=pbc-mirror@test-project.iam.gserviceaccount.com",
+        ],
+    );
+    let full = release.fullname();
+    let sa = release.service_account();
+    let sa_object = kubectl_json(&["get", "serviceaccount", &full, "-n", &namespace]);
+    assert_eq!(
+        sa_object["metadata"]["annotations"]["iam.gke.io/gcp-service-account"],
+        "pbc-mirror@test-project.iam.gserviceaccount.com"
+    );
+    // The mirror's flags, as the chart renders them for the Deployment.
+    let deploy = kubectl_json(&["get", "deployment", &full, "-n", &namespace]);
+    let mirror_args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str().filter(|a| a.starts_with("--firestore")).map(String::from))
+        .collect();
+    assert!(mirror_args.contains(&format!("--firestore-project={project}")), "{mirror_args:?}");
+
+    let dir = tempfile::Builder::new().prefix("chart-fs-").tempdir_in(repo().join("target")).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    service_account_kubeconfig(&namespace, &full, &kubeconfig);
+    let ns = TestNamespace::new("chart-fs-batch");
+    let mut cmd = Command::new(BINARY);
+    cmd.args(["run", "--http-addr", "127.0.0.1:0", "--leader-elect", "--lease-namespace", &namespace])
+        .args(["--lease-name", &full, "--identity", "chart-fs-test"])
+        .args(&mirror_args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("FIRESTORE_EMULATOR_HOST", emulator.host())
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env("RUST_LOG", "info,kube=warn")
+        .env("NO_COLOR", "1");
+    let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
+    controller.wait_for_log("acquired leadership", Duration::from_secs(30));
+
+    let started = Instant::now();
+    kubectl(&["apply", "-n", ns.name(), "-f", EXAMPLE]);
+    let batch = wait_for_phase(ns.name(), EXAMPLE_NAME, "Succeeded", Duration::from_secs(180), &controller);
+    eprintln!("mirrored batch Succeeded as {sa} in {:?}", started.elapsed());
+    let finalizers = batch["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+    assert!(finalizers.contains(&json!("predictions.dev/firestore-mirror")), "no mirror finalizer: {finalizers:?}");
+    let id = format!("{}.{EXAMPLE_NAME}", ns.name());
+    let uid = batch["metadata"]["uid"].as_str().unwrap().to_string();
+    wait_until(
+        "the document of the finished batch, and MirrorSynced=True",
+        Duration::from_secs(30),
+        || {
+            let d = docs.get(&id)?;
+            let b = install::batch(ns.name(), EXAMPLE_NAME)?;
+            let synced = b["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "MirrorSynced" && c["status"] == "True");
+            (synced && d.str("uid") == Some(uid.as_str()) && d.str("phase") == Some("Succeeded")).then_some(())
+        },
+        || format!("{:?}\n{}", docs.get(&id).map(|d| d.fields), controller.log_tail()),
+    );
+
+    // Deleting it marks the document deleted and releases the batch (long before the timeout).
+    let deleted_at = Instant::now();
+    kubectl(&["delete", "predictionbatch", EXAMPLE_NAME, "-n", ns.name(), "--wait=false"]);
+    wait_until(
+        "the batch to be gone",
+        Duration::from_secs(30),
+        || install::batch(ns.name(), EXAMPLE_NAME).is_none().then_some(()),
+        || controller.log_tail(),
+    );
+    assert!(deleted_at.elapsed() < Duration::from_secs(30), "the deletion waited for the timeout");
+    assert_eq!(docs.get(&id).and_then(|d| d.bool("deleted")), Some(true));
+    let status = controller.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "no clean exit on SIGTERM: {status:?}\n{}", controller.log_tail());
+
+    // Not one request of the account was refused.
+    let audit = std::fs::read_to_string(&cluster().audit_log).expect("audit log");
+    let refused: Vec<String> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["user"]["username"] == sa.as_str() && e["responseStatus"]["code"] == 403)
+        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+        .collect();
+    assert!(refused.is_empty(), "requests refused by RBAC: {refused:#?}");
+    let log = controller.log_text();
+    assert!(!log.contains("forbidden") && !log.contains("Forbidden"), "{}", controller.log_tail());
 }
 
 /// A namespace-scoped install: the ServiceAccount may act in the watched namespace only.

@@ -1,139 +1,33 @@
-//! The Firestore mirror (issue 8) against a real gRPC peer: the npm `@firestore-emulator/server`
-//! (pinned in tests/firestore-emulator/package-lock.json; `npm ci` there first), started by these
-//! tests on 127.0.0.1 with a free port, and the release controller binary on the local control
-//! plane of `tests/cluster/` (`tests/cluster/up`, or `tests/run-all`).
+//! The Firestore mirror against a real gRPC peer: the npm `@firestore-emulator/server` (pinned in
+//! tests/firestore-emulator/package-lock.json; `npm ci` there first), started by
+//! tests/support/firestore_emulator.rs on 127.0.0.1 with a free port, and the release controller
+//! binary on the local control plane of `tests/cluster/` (`tests/cluster/up`, or `tests/run-all`).
 //!
 //! These tests FAIL, never skip, when node, the installed emulator package or the cluster is
 //! missing. Each test has its own namespace, emulator and controller (watching only that
 //! namespace), so they run in parallel with each other and with the rest of the suite.
 
+#[path = "support/firestore_emulator.rs"]
+mod firestore_emulator;
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use firestore_emulator::{Docs, Emulator, PROJECT};
 use k8s_openapi::jiff::Timestamp;
+use prediction_batch_controller::api::PredictionBatch;
 use prediction_batch_controller::mirror::document::{BatchDocument, FieldValue};
-use prediction_batch_controller::mirror::firestore::{
-    DocumentStore, FirestoreOptions, FirestoreStore, StoredDocument, WriteOutcome,
-};
-use serde_json::Value;
+use prediction_batch_controller::mirror::firestore::{DocumentStore, StoredDocument, WriteOutcome};
+use serde_json::{Value, json};
 use support::{TestNamespace, cluster, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
 
-const PROJECT: &str = "test-project";
-const COLLECTION: &str = "prediction_batches";
 const FINALIZER: &str = "predictions.dev/firestore-mirror";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-// ------------------------------------------------------------------------------------ emulator
-
-/// One `@firestore-emulator/server` process (in-memory: a restart starts empty).
-struct Emulator {
-    child: Child,
-    port: u16,
-}
-
-impl Emulator {
-    /// Starts on `port` (0: a free one) and waits until it listens.
-    fn start(port: u16) -> Emulator {
-        let dir = repo_root().join("tests/firestore-emulator");
-        let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-        assert!(
-            node_ok,
-            "node is required for the Firestore emulator (apt-get install nodejs npm), then `npm ci` in {}",
-            dir.display()
-        );
-        let package = dir.join("node_modules/@firestore-emulator/server/package.json");
-        assert!(
-            package.exists(),
-            "the Firestore emulator is not installed: run `npm ci` in {} (missing {})",
-            dir.display(),
-            package.display()
-        );
-        let mut child = Command::new("node")
-            .arg(dir.join("start.js"))
-            .arg(port.to_string())
-            .current_dir(&dir)
-            .stdin(Stdio::piped()) // closed when we drop the child: the emulator exits then
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start node tests/firestore-emulator/start.js");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the Firestore emulator did not start within 60s");
-            }
-        };
-        let port = line
-            .trim()
-            .strip_prefix("listening on 127.0.0.1:")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected emulator output {line:?}"));
-        Emulator { child, port }
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A reader/writer of the emulator's documents (the mirror's own store, pointed at it).
-struct Docs {
-    rt: tokio::runtime::Runtime,
-    store: FirestoreStore,
-}
-
-impl Docs {
-    fn new(host: &str) -> Docs {
-        install_crypto_provider();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let store = FirestoreStore::new(FirestoreOptions {
-            project: PROJECT.into(),
-            database: None,
-            collection: COLLECTION.into(),
-            emulator_host: Some(host.into()),
-        });
-        Docs { rt, store }
-    }
-
-    /// The document, `None` when missing or unreachable.
-    fn get(&self, id: &str) -> Option<StoredDocument> {
-        self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), self.store.read(id)).await.ok()?.ok()? })
-    }
-}
 
 // ---------------------------------------------------------------------------------- controller
 
@@ -334,6 +228,39 @@ fn stored_summary(d: &Option<StoredDocument>) -> String {
     }
 }
 
+/// The document the mirror writes for a batch `ns/name` with this UID, creation time and
+/// resourceVersion, in `phase` with `items.1` of `items.0` items done.
+fn document(
+    ns: &str,
+    name: &str,
+    uid: &str,
+    created: Timestamp,
+    version: u64,
+    phase: &str,
+    (expected, completed): (u32, u32),
+) -> BatchDocument {
+    let batch: PredictionBatch = serde_json::from_value(json!({
+        "apiVersion": "predictions.dev/v1alpha1",
+        "kind": "PredictionBatch",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "uid": uid,
+            "generation": 1,
+            "resourceVersion": version.to_string(),
+            "creationTimestamp": created.to_string(),
+        },
+        "spec": {
+            "gameDate": "2026-01-02",
+            "targetCount": expected,
+            "worker": {"template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}},
+        },
+        "status": {"phase": phase, "items": {"target": expected, "succeeded": completed, "failed": 0}},
+    }))
+    .expect("a batch");
+    BatchDocument::from_batch(&batch, "2026-01-02T12:00:00Z".parse().unwrap(), false).expect("a document")
+}
+
 // ---------------------------------------------------------------------------------------- tests
 
 #[test]
@@ -521,33 +448,12 @@ fn a_firestore_outage_neither_delays_the_batch_nor_loses_the_final_state() {
 fn the_store_never_moves_a_document_backwards() {
     let emulator = Emulator::start(0);
     let docs = Docs::new(&emulator.host());
-    let now: Timestamp = "2026-01-02T12:00:00Z".parse().unwrap();
-    let doc = |version: u64, phase: &str, completed: i64| BatchDocument {
-        id: "ns.stale".into(),
-        namespace: "ns".into(),
-        name: "stale".into(),
-        uid: "uid-1".into(),
-        generation: 1,
-        status_version: version,
-        game_date: "2026-01-02".into(),
-        phase: phase.into(),
-        expected_players: 120,
-        completed_players: completed,
-        failed_players: 0,
-        progress: Some(format!("{completed}/120")),
-        total_shards: 30,
-        completed_shards: 0,
-        failed_shards: 0,
-        failed_shard_indexes: None,
-        is_complete: phase == "Succeeded",
-        consolidation_triggered: false,
-        consolidation_completed: false,
-        export_completed: false,
-        started_at: Some(now),
-        completed_at: None,
-        message: Some("waiting".into()),
-        deleted: false,
-        updated_at: now,
+    let created: Timestamp = "2026-01-02T11:00:00Z".parse().unwrap();
+    let doc = |version: u64, phase: &str, completed: u32| {
+        let mut d = document("ns", "stale", "uid-1", created, version, phase, (120, completed));
+        d.progress = Some(format!("{completed}/120"));
+        d.message = Some("waiting".into());
+        d
     };
     let write = |d: &BatchDocument| docs.rt.block_on(docs.store.write(d)).expect("write");
 
@@ -574,47 +480,78 @@ fn the_store_never_moves_a_document_backwards() {
     assert_eq!(stored.str("uid"), Some("uid-1"));
 }
 
-/// A controller that is behind the stored document (restarted from an old state, or a stale
-/// replica) leaves it alone, and still reports itself caught up.
+/// resourceVersions order the snapshots of one batch only: a document of another batch (another
+/// UID: the same name in a restored or a second cluster, or before a delete and re-create) is
+/// ordered by creation time, whatever its watermark.
+#[test]
+fn the_store_compares_the_uid_before_the_watermark() {
+    let emulator = Emulator::start(0);
+    let docs = Docs::new(&emulator.host());
+    let at = |s: &str| -> Timestamp { s.parse().unwrap() };
+    let write = |d: &BatchDocument| docs.rt.block_on(docs.store.write(d)).expect("write");
+    let plant = |d: &BatchDocument| docs.rt.block_on(docs.store.write_unchecked(d)).expect("plant");
+    let ours = |version: u64, completed: u32| {
+        document("ns", "b", "uid-ours", at("2026-01-02T11:00:00Z"), version, "Running", (8, completed))
+    };
+
+    // An earlier batch of the same name (before a restore) at a far higher watermark.
+    plant(&document("ns", "b", "uid-before", at("2025-06-01T00:00:00Z"), 1_000_000, "Succeeded", (7, 7)));
+    let outcome = write(&ours(500, 1));
+    let stored = docs.get("ns.b").unwrap();
+    assert_eq!(
+        (outcome, stored.str("uid"), stored.int("status_version")),
+        (WriteOutcome::Written, Some("uid-ours"), Some(500)),
+        "the document of an earlier batch of the same name blocked ours: {:#?}",
+        stored.fields
+    );
+    // From then on the watermark orders our snapshots.
+    assert_eq!(write(&ours(400, 0)), WriteOutcome::Stale { stored: 500 });
+    assert_eq!(write(&ours(600, 2)), WriteOutcome::Written);
+
+    // A batch of the same name created after ours (a second cluster), at a lower watermark: its
+    // document is left alone, and a deletion of ours does not mark it deleted either.
+    let elsewhere = document("ns", "b", "uid-elsewhere", at("2026-01-02T12:00:00Z"), 3, "Running", (5, 1));
+    plant(&elsewhere);
+    let outcome = write(&ours(700, 3));
+    let mut ours_deleted = ours(800, 3);
+    ours_deleted.deleted = true;
+    let deleted_outcome = write(&ours_deleted);
+    let stored = docs.get("ns.b").unwrap();
+    assert_ne!(outcome, WriteOutcome::Written, "overwrote a newer batch's document: {:#?}", stored.fields);
+    assert_ne!(deleted_outcome, WriteOutcome::Written, "marked a newer batch's document deleted");
+    assert_eq!((stored.str("uid"), stored.int("status_version")), (Some("uid-elsewhere"), Some(3)));
+    assert_eq!(stored.bool("deleted"), Some(false));
+
+    // Once that batch is deleted, its name is free: ours takes the document over.
+    let mut gone = elsewhere.clone();
+    gone.deleted = true;
+    plant(&gone);
+    assert_eq!(write(&ours(900, 4)), WriteOutcome::Written);
+    let stored = docs.get("ns.b").unwrap();
+    assert_eq!((stored.str("uid"), stored.int("completed_players")), (Some("uid-ours"), Some(4)));
+}
+
+/// A controller that is behind the stored document of its own batch (restarted from an old state,
+/// or a stale replica) leaves it alone, and still reports itself caught up: the newer snapshot
+/// is there.
 #[test]
 fn a_controller_behind_the_stored_document_never_overwrites_it() {
-    const FUTURE_VERSION: i64 = 1_000_000_000_000_000;
+    const FUTURE_VERSION: u64 = 1_000_000_000_000_000;
     let emulator = Emulator::start(0);
     let docs = Docs::new(&emulator.host());
     let ns = TestNamespace::new("fs-stale");
     let name = "stale";
     let id = format!("{}.{name}", ns.name());
-    let future = BatchDocument {
-        id: id.clone(),
-        namespace: ns.name().into(),
-        name: name.into(),
-        uid: "from-the-future".into(),
-        generation: 9,
-        // Far ahead of any resourceVersion (and exact in the emulator's JavaScript numbers).
-        status_version: FUTURE_VERSION as u64,
-        game_date: "2026-01-02".into(),
-        phase: "Succeeded".into(),
-        expected_players: 7,
-        completed_players: 7,
-        failed_players: 0,
-        progress: None,
-        total_shards: 7,
-        completed_shards: 7,
-        failed_shards: 0,
-        failed_shard_indexes: None,
-        is_complete: true,
-        consolidation_triggered: true,
-        consolidation_completed: true,
-        export_completed: true,
-        started_at: None,
-        completed_at: None,
-        message: None,
-        deleted: false,
-        updated_at: Timestamp::UNIX_EPOCH,
-    };
+    // The batch exists before its controller starts, so the planted document can carry its UID.
+    support::ensure_crd();
+    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
+    let batch = get_batch(ns.name(), name).expect("the batch");
+    let uid = batch["metadata"]["uid"].as_str().unwrap();
+    let created: Timestamp = batch["metadata"]["creationTimestamp"].as_str().unwrap().parse().unwrap();
+    // Far ahead of any resourceVersion (and exact in the emulator's JavaScript numbers).
+    let future = document(ns.name(), name, uid, created, FUTURE_VERSION, "Succeeded", (7, 7));
     docs.rt.block_on(docs.store.write_unchecked(&future)).unwrap();
     let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &[]);
-    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
     wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
     wait_until(
         "MirrorSynced=True",
@@ -623,10 +560,87 @@ fn a_controller_behind_the_stored_document_never_overwrites_it() {
         || describe(ns.name(), name, &ctl),
     );
     let stored = docs.get(&id).expect("the planted document");
-    assert_eq!(stored.str("uid"), Some("from-the-future"), "overwritten: {:#?}", stored.fields);
-    assert_eq!(stored.int("expected_players"), Some(7));
-    assert_eq!(stored.int("status_version"), Some(FUTURE_VERSION));
+    assert_eq!(stored.int("expected_players"), Some(7), "overwritten: {:#?}", stored.fields);
+    assert_eq!(stored.int("status_version"), Some(FUTURE_VERSION as i64));
     assert!(ctl.log_text().contains("Firestore holds a newer document"), "the skip is logged");
+}
+
+/// A restored cluster (or a delete and re-create while Firestore was down): the document left by
+/// an earlier batch of the same name, at a watermark far above this cluster's resourceVersions,
+/// is taken over by the batch that exists now.
+#[test]
+fn a_document_left_by_an_earlier_batch_of_the_same_name_is_taken_over() {
+    let emulator = Emulator::start(0);
+    let docs = Docs::new(&emulator.host());
+    let ns = TestNamespace::new("fs-restored");
+    let name = "restored";
+    let id = format!("{}.{name}", ns.name());
+    let before: Timestamp = "2025-06-01T00:00:00Z".parse().unwrap();
+    let left = document(ns.name(), name, "uid-before-the-restore", before, 1_000_000_000_000, "Succeeded", (7, 7));
+    docs.rt.block_on(docs.store.write_unchecked(&left)).unwrap();
+    let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &[]);
+    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
+    let batch = wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
+    let uid = batch["metadata"]["uid"].as_str().unwrap().to_string();
+    wait_until(
+        "the document to show this cluster's finished batch",
+        Duration::from_secs(20),
+        || docs.get(&id).filter(|d| doc_is_final(d, &uid, 8)),
+        || format!("{}\n{}", stored_summary(&docs.get(&id)), describe(ns.name(), name, &ctl)),
+    );
+    wait_until(
+        "MirrorSynced=True",
+        Duration::from_secs(15),
+        || get_batch(ns.name(), name).filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "True")),
+        || describe(ns.name(), name, &ctl),
+    );
+}
+
+/// A second cluster writing the same collection: its batch of the same name, created after ours,
+/// keeps its document whatever the two watermarks, and ours says MirrorSynced=False (it writes
+/// nothing) instead of claiming to be in sync.
+#[test]
+fn a_newer_batch_of_the_same_name_elsewhere_keeps_its_document_and_mirror_synced_says_so() {
+    let emulator = Emulator::start(0);
+    let docs = Docs::new(&emulator.host());
+    let ns = TestNamespace::new("fs-elsewhere");
+    // Created in the other cluster after ours (ours is created below).
+    let later = Timestamp::now() + std::time::Duration::from_secs(24 * 3600);
+    // One watermark far above this cluster's resourceVersions, one far below.
+    let cases = [("above", 1_000_000_000_000u64), ("below", 2u64)];
+    for (name, version) in cases {
+        let theirs = document(ns.name(), name, &format!("uid-elsewhere-{name}"), later, version, "Running", (7, 3));
+        docs.rt.block_on(docs.store.write_unchecked(&theirs)).unwrap();
+    }
+    let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &[]);
+    for (name, _) in cases {
+        kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
+    }
+    for (name, version) in cases {
+        wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
+        let b = wait_until(
+            &format!("MirrorSynced=False on {name}"),
+            Duration::from_secs(20),
+            || {
+                get_batch(ns.name(), name)
+                    .filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "False"))
+            },
+            || {
+                format!(
+                    "{}\n{}",
+                    stored_summary(&docs.get(&format!("{}.{name}", ns.name()))),
+                    describe(ns.name(), name, &ctl)
+                )
+            },
+        );
+        let c = condition(&b, "MirrorSynced").unwrap();
+        println!("{name}: MirrorSynced {}: {}", c["reason"], c["message"]);
+        assert_eq!(c["reason"], "DocumentOfAnotherBatch", "{c}");
+        let stored = docs.get(&format!("{}.{name}", ns.name())).expect("their document");
+        assert_eq!(stored.str("uid"), Some(format!("uid-elsewhere-{name}").as_str()), "{:#?}", stored.fields);
+        assert_eq!(stored.int("status_version"), Some(version as i64));
+        assert_eq!(stored.int("completed_players"), Some(3));
+    }
 }
 
 /// Deleting a batch while Firestore is down goes through after the (configured) timeout, with a

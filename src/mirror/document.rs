@@ -4,8 +4,8 @@
 //! first dot separates the two). Its fields are what the old coordinator's readers (front-end,
 //! monitoring, health checks) expect — `batch_id`, `game_date`, `expected_players`,
 //! `completed_players`, `failed_players`, `phase`, `is_complete`, `consolidation_triggered`,
-//! `consolidation_completed`, `export_completed`, `updated_at` — plus `uid`, `generation`,
-//! `status_version` (the watermark), `deleted` and a few descriptive extras.
+//! `consolidation_completed`, `export_completed`, `updated_at` — plus `uid`, `created_at`,
+//! `generation`, `status_version` (the watermark), `deleted` and a few descriptive extras.
 //!
 //! Every write carries every field of [`FIELDS`] (absent values as `null`) under an update mask of
 //! exactly those fields, so a field that became empty is cleared on the real service and on the
@@ -13,8 +13,11 @@
 //! stale values there).
 //!
 //! The watermark is `metadata.resourceVersion` as an integer: with etcd it is the revision of the
-//! object's last write, which only grows for one object (and across a delete and re-create of the
-//! same name), so a snapshot with a higher watermark is strictly newer.
+//! object's last write, which only grows for one object, so of two snapshots of one batch (one
+//! UID) the higher watermark is the newer. It says nothing about two different batches of the
+//! same name: a restored cluster or a second cluster numbers its resourceVersions on its own. So
+//! [`precedence`] compares the UID first and orders documents of different batches by creation
+//! time.
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -27,6 +30,7 @@ pub const FIELDS: &[&str] = &[
     "namespace",
     "name",
     "uid",
+    "created_at",
     "generation",
     "status_version",
     "game_date",
@@ -87,6 +91,8 @@ pub struct BatchDocument {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// `metadata.creationTimestamp`: orders documents of different batches of one name.
+    pub created_at: Option<Timestamp>,
     pub generation: i64,
     /// The watermark: `metadata.resourceVersion` of the snapshot.
     pub status_version: u64,
@@ -152,6 +158,7 @@ impl BatchDocument {
             namespace,
             name,
             uid,
+            created_at: batch.metadata.creation_timestamp.as_ref().map(|t| t.0),
             generation: batch.metadata.generation.unwrap_or(0),
             status_version,
             game_date: batch.spec.game_date.clone(),
@@ -184,6 +191,7 @@ impl BatchDocument {
             ("namespace", Str(self.namespace.clone())),
             ("name", Str(self.name.clone())),
             ("uid", Str(self.uid.clone())),
+            ("created_at", FieldValue::opt_time(&self.created_at)),
             ("generation", Int(self.generation)),
             ("status_version", Int(i64::try_from(self.status_version).unwrap_or(i64::MAX))),
             ("game_date", Str(self.game_date.clone())),
@@ -215,6 +223,59 @@ impl BatchDocument {
             |d: &BatchDocument| BatchDocument { status_version: 0, updated_at: Timestamp::UNIX_EPOCH, ..d.clone() };
         strip(self) == strip(other)
     }
+}
+
+/// What a stored document says about whose it is and how new: the fields [`precedence`] reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoredHead {
+    pub uid: Option<String>,
+    pub created_at: Option<Timestamp>,
+    pub status_version: Option<u64>,
+    pub deleted: bool,
+}
+
+/// Whether a document may replace the stored one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precedence {
+    /// Write it.
+    Replace,
+    /// The stored document is a snapshot of the same batch, as new or newer.
+    Stale { stored: u64 },
+    /// The stored document belongs to another batch of the same name that keeps it.
+    OtherBatch { uid: String, created_at: Option<Timestamp> },
+}
+
+/// Whether `ours` may replace `stored`; the UID is compared before the watermark.
+///
+/// - No document, or one without a `uid` (not written by this mirror): replace it.
+/// - Same UID: the watermark decides; an equal or higher stored one is [`Precedence::Stale`].
+/// - Another UID (the same name in a restored or a second cluster, or a delete and re-create
+///   whose `deleted` marker never landed): resourceVersions of different objects do not compare,
+///   so the batch created later owns the document. A document marked `deleted` is free for any
+///   batch; a deletion never marks another batch's document; a stored document without
+///   `created_at` (written before the field existed) counts as older; at equal creation times the
+///   stored one stays.
+pub fn precedence(ours: &BatchDocument, stored: &StoredHead) -> Precedence {
+    let Some(uid) = &stored.uid else { return Precedence::Replace };
+    if *uid == ours.uid {
+        return match stored.status_version {
+            Some(s) if s >= ours.status_version => Precedence::Stale { stored: s },
+            _ => Precedence::Replace,
+        };
+    }
+    let other = Precedence::OtherBatch { uid: uid.clone(), created_at: stored.created_at };
+    if ours.deleted {
+        return other;
+    }
+    if stored.deleted {
+        return Precedence::Replace;
+    }
+    let ours_is_newer = match (ours.created_at, stored.created_at) {
+        (Some(a), Some(b)) => a > b,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if ours_is_newer { Precedence::Replace } else { other }
 }
 
 #[cfg(test)]
@@ -387,6 +448,55 @@ spec:
         assert!(BatchDocument::from_batch(&b, Timestamp::UNIX_EPOCH, false).is_err());
         b.metadata.resource_version = None;
         assert_eq!(watermark(&b), Err(MappingError::Missing("metadata.resourceVersion")));
+    }
+
+    #[test]
+    fn the_uid_is_compared_before_the_watermark() {
+        let created = ts("2026-01-02T11:00:00Z");
+        let mut ours = BatchDocument::from_batch(&batch(None), Timestamp::UNIX_EPOCH, false).unwrap();
+        ours.created_at = Some(created);
+        let uid = ours.uid.clone();
+        let head = |uid: &str, created_at: Option<&str>, version: u64, deleted: bool| StoredHead {
+            uid: Some(uid.into()),
+            created_at: created_at.map(ts),
+            status_version: Some(version),
+            deleted,
+        };
+        let other =
+            |created_at: Option<&str>| Precedence::OtherBatch { uid: "other".into(), created_at: created_at.map(ts) };
+        // Nothing there, or a document this mirror did not write.
+        assert_eq!(precedence(&ours, &StoredHead::default()), Precedence::Replace);
+        // Our batch: the watermark decides.
+        assert_eq!(precedence(&ours, &head(&uid, Some("2026-01-02T11:00:00Z"), 48212, false)), Precedence::Replace);
+        assert_eq!(
+            precedence(&ours, &head(&uid, Some("2026-01-02T11:00:00Z"), 48213, false)),
+            Precedence::Stale { stored: 48213 }
+        );
+        assert_eq!(precedence(&ours, &head(&uid, None, 99_999_999, true)), Precedence::Stale { stored: 99_999_999 });
+        // Another batch created earlier (before a restore, or before a delete and re-create):
+        // ours takes over, whatever its watermark.
+        assert_eq!(
+            precedence(&ours, &head("other", Some("2025-06-01T00:00:00Z"), 99_999_999, false)),
+            Precedence::Replace
+        );
+        assert_eq!(precedence(&ours, &head("other", None, 99_999_999, false)), Precedence::Replace);
+        // Another batch created later (a second cluster), or at the same time: it keeps the
+        // document, whatever the watermarks.
+        for later in ["2026-01-02T11:00:01Z", "2026-01-02T11:00:00Z"] {
+            assert_eq!(precedence(&ours, &head("other", Some(later), 1, false)), other(Some(later)));
+        }
+        // ...until it is deleted.
+        let later = "2026-01-02T12:00:00Z";
+        assert_eq!(precedence(&ours, &head("other", Some(later), 1, true)), Precedence::Replace);
+        // A deletion never marks another batch's document, older or not.
+        let mut deleting = ours.clone();
+        deleting.deleted = true;
+        let earlier = "2025-06-01T00:00:00Z";
+        assert_eq!(precedence(&deleting, &head("other", Some(earlier), 1, false)), other(Some(earlier)));
+        assert_eq!(precedence(&deleting, &head("other", Some(earlier), 1, true)), other(Some(earlier)));
+        // Ours without a creation time never displaces another batch.
+        ours.created_at = None;
+        assert_eq!(precedence(&ours, &head("other", Some(earlier), 1, false)), other(Some(earlier)));
     }
 
     #[test]

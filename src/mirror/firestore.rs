@@ -1,8 +1,9 @@
 //! The Firestore store: writes a [`BatchDocument`] unless the stored one is as new or newer.
 //!
 //! Each write is one read-write transaction: BeginTransaction, BatchGetDocuments of the stored
-//! `status_version` inside it, then either Rollback (the stored watermark is newer or equal) or a
-//! Commit of one update with an explicit mask of every field. Those are the RPCs the npm
+//! `uid`, `created_at`, `status_version` and `deleted` inside it, then either Rollback (the stored
+//! document is a newer snapshot of the same batch, or belongs to another batch that keeps it: see
+//! [`precedence`]) or a Commit of one update with an explicit mask of every field. Those are the RPCs the npm
 //! `@firestore-emulator/server` serves (it has no GetDocument/UpdateDocument/Write), and the
 //! no-regression check is ours, not a server precondition (the emulator checks none and does not
 //! isolate transactions; the real service does both, so concurrent writers serialise there).
@@ -23,15 +24,18 @@ use firestore::{FirestoreDb, FirestoreDbOptions};
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::OnceCell;
 
-use super::document::{BatchDocument, FIELDS, FieldValue};
+use super::document::{BatchDocument, FIELDS, FieldValue, Precedence, StoredHead, precedence};
 
 /// What a write did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
     /// The document now holds this snapshot.
     Written,
-    /// The stored document's watermark is as new or newer; nothing was written.
+    /// The stored document is a snapshot of the same batch, as new or newer; nothing was written.
     Stale { stored: u64 },
+    /// The stored document belongs to another batch of the same name (another UID) that keeps it
+    /// (created later, or not deleted while ours is); nothing was written.
+    OtherBatch { uid: String, created_at: Option<Timestamp> },
 }
 
 /// A failed write, with a condition reason (CamelCase) and a human message.
@@ -57,7 +61,7 @@ impl MirrorError {
 /// Where the mirror writes documents (Firestore, or a fake in tests).
 #[async_trait]
 pub trait DocumentStore: Send + Sync {
-    /// Writes `doc` unless the stored document's watermark is newer or equal.
+    /// Writes `doc` unless the stored document may not be replaced by it ([`precedence`]).
     async fn write(&self, doc: &BatchDocument) -> Result<WriteOutcome, MirrorError>;
 }
 
@@ -197,25 +201,27 @@ impl DocumentStore for FirestoreStore {
         let read = pb::BatchGetDocumentsRequest {
             database: database.clone(),
             documents: vec![path],
-            mask: Some(pb::DocumentMask { field_paths: vec!["status_version".into()] }),
+            mask: Some(pb::DocumentMask { field_paths: HEAD_FIELDS.iter().map(|f| f.to_string()).collect() }),
             consistency_selector: Some(pb::batch_get_documents_request::ConsistencySelector::Transaction(tx.clone())),
             ..Default::default()
         };
         let stored = match batch_get_one(&mut client, read).await {
-            Ok(found) => {
-                found.and_then(|d| d.fields.get("status_version").cloned()).and_then(|v| watermark_of(&from_value(v)))
-            }
+            Ok(found) => found.map(|d| head_of(d.fields)).unwrap_or_default(),
             Err(e) => {
                 rollback(&mut client, &database, tx).await;
                 return Err(e);
             }
         };
-        if let Some(stored) = stored.filter(|s| *s >= doc.status_version) {
-            rollback(&mut client, &database, tx).await;
-            return Ok(WriteOutcome::Stale { stored });
-        }
-        commit(&mut client, &database, tx, self.update(db, doc)).await?;
-        Ok(WriteOutcome::Written)
+        let outcome = match precedence(doc, &stored) {
+            Precedence::Replace => {
+                commit(&mut client, &database, tx, self.update(db, doc)).await?;
+                return Ok(WriteOutcome::Written);
+            }
+            Precedence::Stale { stored } => WriteOutcome::Stale { stored },
+            Precedence::OtherBatch { uid, created_at } => WriteOutcome::OtherBatch { uid, created_at },
+        };
+        rollback(&mut client, &database, tx).await;
+        Ok(outcome)
     }
 }
 
@@ -275,6 +281,24 @@ fn watermark_of(v: &FieldValue) -> Option<u64> {
     }
 }
 
+/// The fields a write reads back inside its transaction.
+const HEAD_FIELDS: &[&str] = &["uid", "created_at", "status_version", "deleted"];
+
+/// Whose the stored document is and how new, from its fields (those of [`HEAD_FIELDS`]).
+fn head_of(fields: std::collections::HashMap<String, pb::Value>) -> StoredHead {
+    let mut head = StoredHead::default();
+    for (name, value) in fields {
+        match (name.as_str(), from_value(value)) {
+            ("uid", FieldValue::Str(s)) => head.uid = Some(s),
+            ("created_at", FieldValue::Time(t)) => head.created_at = Some(t),
+            ("status_version", v) => head.status_version = watermark_of(&v),
+            ("deleted", FieldValue::Bool(b)) => head.deleted = b,
+            _ => {}
+        }
+    }
+    head
+}
+
 /// A field value on the wire.
 pub fn to_value(v: FieldValue) -> pb::Value {
     use pb::value::ValueType;
@@ -322,6 +346,27 @@ mod tests {
         ] {
             assert_eq!(from_value(to_value(v.clone())), v);
         }
+    }
+
+    #[test]
+    fn the_head_of_a_stored_document() {
+        let t: Timestamp = "2026-01-02T11:00:00Z".parse().unwrap();
+        let fields = [
+            ("uid", FieldValue::Str("u".into())),
+            ("created_at", FieldValue::Time(t)),
+            ("status_version", FieldValue::Int(42)),
+            ("deleted", FieldValue::Bool(true)),
+            ("phase", FieldValue::Str("Running".into())),
+        ];
+        let head = head_of(fields.into_iter().map(|(k, v)| (k.to_string(), to_value(v))).collect());
+        assert_eq!(
+            head,
+            StoredHead { uid: Some("u".into()), created_at: Some(t), status_version: Some(42), deleted: true }
+        );
+        // The old coordinator's documents: no uid, no watermark.
+        let legacy = [("batch_id", FieldValue::Str("ns.b".into())), ("status_version", FieldValue::Str("x".into()))];
+        let head = head_of(legacy.into_iter().map(|(k, v)| (k.to_string(), to_value(v))).collect());
+        assert_eq!(head, StoredHead::default());
     }
 
     #[test]

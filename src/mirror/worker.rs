@@ -5,11 +5,20 @@
 //! write); it never waits. Per batch, at most one task writes, taking the newest pending snapshot
 //! each time round, retrying failures with exponential backoff (capped low, so the document
 //! catches up within seconds of Firestore's return), and at most `concurrency` writes are in
-//! flight at once. The queue is bounded: one entry per batch, at most `max_batches` batches.
+//! flight at once.
+//!
+//! The tracking table holds one entry per batch and never drops an update: when it reaches
+//! `max_batches`, the least recently used *idle* entries (nothing pending, nothing failing, no
+//! deletion under way) are evicted, which only costs their de-duplication (the next update of
+//! such a batch is written even if its content did not change). Entries with work outstanding are
+//! never evicted or refused, so while more than `max_batches` batches wait for Firestore the table
+//! holds one entry for each of them (at most one per batch the controller watches).
 //!
 //! The `MirrorSynced` condition is applied (server-side apply, field manager
 //! [`MIRROR_FIELD_MANAGER`], only that condition) when its status or reason would change: `False`
-//! with the error's reason on the first failure, `True` once nothing is pending. Idle batches
+//! with the error's reason on the first failure, `False` with reason `DocumentOfAnotherBatch`
+//! when the document belongs to another batch of the same name that keeps it (retried on the
+//! batch's next update, not on a timer), `True` once nothing is pending. Idle batches
 //! cost nothing, and a snapshot whose document content equals the last one written is not
 //! re-sent. Every failed attempt counts in `prediction_batch_mirror_failures`.
 
@@ -25,7 +34,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use super::document::BatchDocument;
+use super::document::{BatchDocument, MappingError};
 use super::firestore::{DocumentStore, FirestoreOptions, FirestoreStore, MirrorError, WriteOutcome};
 use super::{
     CONDITION_MIRROR_SYNCED, DEFAULT_DELETE_TIMEOUT, Deletion, MIRROR_FIELD_MANAGER, MirrorHandle, MirrorSink,
@@ -44,7 +53,8 @@ pub struct MirrorConfig {
     pub attempt_timeout: Duration,
     /// Firestore writes in flight at once.
     pub concurrency: usize,
-    /// Batches tracked at once; notifications of further batches are dropped (and counted).
+    /// Idle batches remembered (for de-duplication) at most; the least recently used idle ones are
+    /// evicted beyond it. Batches with work outstanding are always tracked, whatever their number.
     pub max_batches: usize,
     /// How long a deletion waits for the document to be marked deleted.
     pub delete_timeout: Duration,
@@ -171,8 +181,39 @@ struct Entry {
     /// Consecutive failed attempts, and the last error.
     failures: u32,
     last_error: Option<MirrorError>,
+    /// The last write found the document owned by another batch (reason and message).
+    other_batch: Option<MirrorError>,
     /// The batch is gone: drop the entry once nothing is left to write.
     gone: bool,
+    /// Last notification or deletion call (least recently used idle entries are evicted first).
+    touched: Option<Instant>,
+}
+
+impl Entry {
+    /// Nothing to write, nothing failing, no deletion under way: forgetting the entry loses only
+    /// the de-duplication of the batch's next update.
+    fn idle(&self) -> bool {
+        !self.running && self.pending.is_none() && self.last_error.is_none() && self.deletion_started.is_none()
+    }
+}
+
+/// Makes room for a new entry in a table at `max` entries: evicts the least recently used idle
+/// entries, a tenth of the table at once (so a full table is swept once per `max / 10` new
+/// batches, not once per batch). Entries with work outstanding stay, whatever their number.
+fn evict_idle(entries: &mut HashMap<Key, Entry>, max: usize) {
+    let mut idle: Vec<(Option<Instant>, Key)> =
+        entries.iter().filter(|(_, e)| e.idle()).map(|(k, e)| (e.touched, k.clone())).collect();
+    if idle.is_empty() {
+        debug!(tracked = entries.len(), limit = max, "mirror table over its bound: every entry has work outstanding");
+        return;
+    }
+    let excess = (entries.len() + 1).saturating_sub(max);
+    let evict = excess.max(max / 10).clamp(1, idle.len());
+    idle.select_nth_unstable_by_key(evict - 1, |(t, _)| *t);
+    for (_, key) in idle.into_iter().take(evict) {
+        entries.remove(&key);
+    }
+    debug!(evicted = evict, tracked = entries.len(), "evicted idle mirror entries");
 }
 
 struct Inner {
@@ -225,25 +266,18 @@ impl Mirror {
         self.inner.entries.lock().expect("poisoned").len()
     }
 
-    /// Records the snapshot; starts the batch's task unless one runs. Never waits.
-    fn enqueue(&self, batch: &PredictionBatch, deleted: bool) {
-        let doc = match BatchDocument::from_batch(batch, Timestamp::now(), deleted) {
-            Ok(doc) => doc,
-            Err(e) => {
-                self.inner.metrics.mirror_failures.inc();
-                warn!(error = %e, "cannot mirror this batch");
-                return;
-            }
-        };
+    /// Records the snapshot; starts the batch's task unless one runs. Never waits, never drops
+    /// the snapshot (fails only when the batch cannot be mapped to a document).
+    fn enqueue(&self, batch: &PredictionBatch, deleted: bool) -> Result<(), MappingError> {
+        let doc = BatchDocument::from_batch(batch, Timestamp::now(), deleted)?;
         let key = (doc.namespace.clone(), doc.name.clone());
         let start = {
             let mut entries = self.inner.entries.lock().expect("poisoned");
             if !entries.contains_key(&key) && entries.len() >= self.inner.config.max_batches {
-                self.inner.metrics.mirror_failures.inc();
-                warn!(batch = doc.id, limit = self.inner.config.max_batches, "mirror queue full; dropping this update");
-                return;
+                evict_idle(&mut entries, self.inner.config.max_batches);
             }
             let e = entries.entry(key.clone()).or_default();
+            e.touched = Some(Instant::now());
             if e.condition.is_none() {
                 e.condition = observed_condition(batch);
             }
@@ -266,12 +300,16 @@ impl Mirror {
         if start {
             tokio::spawn(self.inner.clone().run(key));
         }
+        Ok(())
     }
 }
 
 impl MirrorSink for Mirror {
     fn notify(&self, batch: &PredictionBatch) {
-        self.enqueue(batch, false);
+        if let Err(e) = self.enqueue(batch, false) {
+            self.inner.metrics.mirror_failures.inc();
+            warn!(error = %e, "cannot mirror this batch");
+        }
     }
 
     fn deletion(&self, batch: &PredictionBatch) -> Deletion {
@@ -285,21 +323,27 @@ impl MirrorSink for Mirror {
                 return Deletion::Done;
             }
         }
-        self.enqueue(batch, true);
+        let unmappable = self.enqueue(batch, true).err();
+        // Whether or not a write could be queued, the deletion's clock runs from the first call,
+        // so the finalizer's timeout holds for every batch.
         let mut entries = self.inner.entries.lock().expect("poisoned");
-        let Some(e) = entries.get_mut(&key) else {
-            return Deletion::Pending { waiting: Duration::ZERO, last_error: None };
-        };
+        let e = entries.entry(key).or_default();
         let uid = batch.metadata.uid.clone().unwrap_or_default();
         let started = match &e.deletion_started {
             Some((u, t)) if *u == uid => *t,
             _ => {
+                if let Some(err) = &unmappable {
+                    self.inner.metrics.mirror_failures.inc();
+                    warn!(error = %err, "cannot mark this batch's document deleted");
+                }
                 let now = Instant::now();
                 e.deletion_started = Some((uid, now));
+                e.touched = Some(now);
                 now
             }
         };
-        Deletion::Pending { waiting: started.elapsed(), last_error: e.last_error.as_ref().map(|e| e.to_string()) }
+        let last_error = e.last_error.as_ref().map(|e| e.to_string()).or(unmappable.map(|e| e.to_string()));
+        Deletion::Pending { waiting: started.elapsed(), last_error }
     }
 
     fn release(&self, batch: &PredictionBatch) {
@@ -346,9 +390,12 @@ impl Inner {
                         }
                         e.failures = 0;
                         e.last_error = None;
-                        e.confirmed = e.confirmed.max(doc.status_version);
                         if e.pending.as_ref().is_some_and(|p| p.status_version <= doc.status_version) {
                             e.pending = None;
+                        }
+                        if !matches!(outcome, Some(WriteOutcome::OtherBatch { .. })) {
+                            e.confirmed = e.confirmed.max(doc.status_version);
+                            e.other_batch = None;
                         }
                         match outcome {
                             Some(WriteOutcome::Written) => {
@@ -362,6 +409,30 @@ impl Inner {
                                     stored,
                                     "Firestore holds a newer document; not overwriting it"
                                 );
+                            }
+                            Some(WriteOutcome::OtherBatch { uid, .. }) if doc.deleted => {
+                                info!(
+                                    batch = id,
+                                    owner = uid,
+                                    "the Firestore document belongs to another batch; nothing to mark deleted"
+                                );
+                            }
+                            Some(WriteOutcome::OtherBatch { uid, created_at }) => {
+                                self.metrics.mirror_failures.inc();
+                                let when = |t: Option<Timestamp>| t.map_or_else(|| "unknown".into(), |t| t.to_string());
+                                let message = format!(
+                                    "the Firestore document {id} belongs to another batch of this name (uid {uid}, \
+                                     created {}), which keeps it: this batch (uid {}, created {}) is not the newer one; \
+                                     nothing written. Does a second cluster or controller write to the same collection? \
+                                     Tried again at this batch's next status change",
+                                    when(created_at),
+                                    doc.uid,
+                                    when(doc.created_at),
+                                );
+                                if e.other_batch.is_none() {
+                                    warn!(batch = id, owner = uid, "{message}");
+                                }
+                                e.other_batch = Some(MirrorError::new("DocumentOfAnotherBatch", message));
                             }
                             None => {}
                         }
@@ -385,8 +456,8 @@ impl Inner {
             let change = {
                 let entries = self.entries.lock().expect("poisoned");
                 let Some(e) = entries.get(&key) else { return };
-                let want = match (&e.last_error, &e.pending) {
-                    (Some(err), _) => Some(SyncedCondition {
+                let want = match (&e.last_error, &e.pending, &e.other_batch) {
+                    (Some(err), _, _) => Some(SyncedCondition {
                         state: SyncedState { status: false, reason: err.reason.clone() },
                         message: format!(
                             "writing the Firestore document {id} failed; retrying with backoff: {}",
@@ -394,12 +465,17 @@ impl Inner {
                         ),
                         observed_generation: e.generation,
                     }),
-                    (None, None) => Some(SyncedCondition {
+                    (None, None, Some(other)) => Some(SyncedCondition {
+                        state: SyncedState { status: false, reason: other.reason.clone() },
+                        message: other.message.clone(),
+                        observed_generation: e.generation,
+                    }),
+                    (None, None, None) => Some(SyncedCondition {
                         state: SyncedState::synced(),
                         message: format!("the Firestore document {id} is up to date"),
                         observed_generation: e.generation,
                     }),
-                    (None, Some(_)) => None,
+                    (None, Some(_), _) => None,
                 };
                 want.filter(|w| !e.deleting && e.condition.as_ref() != Some(&w.state))
             };
@@ -465,11 +541,17 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::sync::Notify;
 
-    /// A store that records writes, fails while `down`, and can hold writes at a gate.
+    /// A store that records writes, fails while `down`, and can hold writes at a gate. `stored`
+    /// is the watermark of batch `b` (the only one most tests use); `names` records which
+    /// batches were written.
     #[derive(Default)]
     struct FakeStore {
         writes: Mutex<Vec<(u64, bool)>>,
         stored: Mutex<u64>,
+        others: Mutex<HashMap<String, u64>>,
+        names: Mutex<Vec<String>>,
+        /// Batch `b`'s document belongs to a batch of this UID, which keeps it.
+        owner: Mutex<Option<String>>,
         down: AtomicBool,
         gate: Mutex<Option<Arc<Notify>>>,
     }
@@ -484,12 +566,26 @@ mod tests {
             if self.down.load(Ordering::SeqCst) {
                 return Err(MirrorError::new("FirestoreUnavailable", "connection refused"));
             }
+            if doc.name != "b" {
+                let mut others = self.others.lock().unwrap();
+                let stored = others.entry(doc.name.clone()).or_default();
+                if *stored >= doc.status_version {
+                    return Ok(WriteOutcome::Stale { stored: *stored });
+                }
+                *stored = doc.status_version;
+                self.names.lock().unwrap().push(doc.name.clone());
+                return Ok(WriteOutcome::Written);
+            }
+            if let Some(uid) = self.owner.lock().unwrap().clone() {
+                return Ok(WriteOutcome::OtherBatch { uid, created_at: None });
+            }
             let mut stored = self.stored.lock().unwrap();
             if *stored >= doc.status_version {
                 return Ok(WriteOutcome::Stale { stored: *stored });
             }
             *stored = doc.status_version;
             self.writes.lock().unwrap().push((doc.status_version, doc.deleted));
+            self.names.lock().unwrap().push(doc.name.clone());
             Ok(WriteOutcome::Written)
         }
     }
@@ -517,10 +613,22 @@ mod tests {
     }
 
     fn setup() -> (Mirror, Arc<FakeStore>, Arc<FakeConditions>, Arc<Metrics>) {
+        setup_with(config())
+    }
+
+    fn setup_with(config: MirrorConfig) -> (Mirror, Arc<FakeStore>, Arc<FakeConditions>, Arc<Metrics>) {
         let store = Arc::new(FakeStore::default());
         let conds = Arc::new(FakeConditions::default());
         let metrics = Arc::new(Metrics::default());
-        (Mirror::new(store.clone(), conds.clone(), metrics.clone(), config()), store, conds, metrics)
+        (Mirror::new(store.clone(), conds.clone(), metrics.clone(), config), store, conds, metrics)
+    }
+
+    /// Batch `name` (uid `uid-<name>`) at resourceVersion `rv`.
+    fn named(name: &str, rv: u64, succeeded: u32) -> PredictionBatch {
+        let mut b = batch(rv, succeeded);
+        b.metadata.name = Some(name.into());
+        b.metadata.uid = Some(format!("uid-{name}"));
+        b
     }
 
     fn batch(rv: u64, succeeded: u32) -> PredictionBatch {
@@ -658,6 +766,108 @@ status:
         assert_eq!(conds.applied.lock().unwrap().len(), 1, "no condition writes for a batch being deleted");
         m.release(&deleting);
         assert_eq!(m.tracked(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_table_evicts_an_idle_entry_rather_than_drop_a_new_batch() {
+        let (m, store, _, metrics) = setup_with(MirrorConfig { max_batches: 2, ..config() });
+        m.notify(&named("a", 10, 1));
+        m.notify(&named("c", 11, 1));
+        settle(&m).await;
+        // Both are written and idle; a third batch arrives at a full table.
+        m.notify(&named("d", 12, 1));
+        settle(&m).await;
+        assert_eq!(*store.names.lock().unwrap(), ["a", "c", "d"], "the new batch's update was dropped");
+        assert!(m.tracked() <= 2, "the table keeps its bound by evicting idle entries ({} tracked)", m.tracked());
+        assert_eq!(metrics.mirror_failures.get(), 0);
+        // An evicted batch is mirrored again on its next update.
+        m.notify(&named("a", 13, 2));
+        settle(&m).await;
+        assert_eq!(*store.names.lock().unwrap(), ["a", "c", "d", "a"]);
+    }
+
+    #[tokio::test]
+    async fn a_table_full_of_pending_work_still_takes_a_new_batch() {
+        let (m, store, _, metrics) = setup_with(MirrorConfig { max_batches: 2, ..config() });
+        store.down.store(true, Ordering::SeqCst);
+        m.notify(&named("a", 10, 1));
+        m.notify(&named("c", 11, 1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Nothing is idle: both batches wait for Firestore. A third still gets its turn.
+        m.notify(&named("d", 12, 1));
+        store.down.store(false, Ordering::SeqCst);
+        settle(&m).await;
+        let mut names = store.names.lock().unwrap().clone();
+        names.sort();
+        assert_eq!(
+            names,
+            ["a", "c", "d"],
+            "an update was dropped ({} failures counted)",
+            metrics.mirror_failures.get()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_document_of_another_batch_is_not_synced() {
+        let (m, store, conds, metrics) = setup();
+        *store.owner.lock().unwrap() = Some("uid-elsewhere".into());
+        m.notify(&batch(10, 1));
+        settle(&m).await;
+        assert!(store.writes.lock().unwrap().is_empty());
+        assert_eq!(*conds.applied.lock().unwrap(), [(false, "DocumentOfAnotherBatch".to_string())]);
+        assert_eq!(metrics.mirror_failures.get(), 1);
+        // No timer retries it; the next update does, and writes once the name is free.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(metrics.mirror_failures.get(), 1);
+        *store.owner.lock().unwrap() = None;
+        m.notify(&batch(11, 2));
+        settle(&m).await;
+        assert_eq!(*store.writes.lock().unwrap(), [(11, false)]);
+        assert_eq!(conds.applied.lock().unwrap().last(), Some(&(true, "Synced".to_string())));
+        // A deletion never marks another batch's document: nothing to wait for.
+        *store.owner.lock().unwrap() = Some("uid-elsewhere".into());
+        let deleting = batch(12, 2);
+        assert!(matches!(m.deletion(&deleting), Deletion::Pending { .. }));
+        settle(&m).await;
+        assert_eq!(m.deletion(&deleting), Deletion::Done);
+        assert_eq!(*store.writes.lock().unwrap(), [(11, false)]);
+    }
+
+    /// What the finalizer does with [`Mirror::deletion`]: poll until `Done` or until it has
+    /// waited the delete timeout. Returns how long that took, or `None` after `give_up`.
+    async fn finalize(m: &Mirror, b: &PredictionBatch, give_up: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < give_up {
+            match m.deletion(b) {
+                Deletion::Done => return Some(start.elapsed()),
+                Deletion::Pending { waiting, .. } if waiting >= m.delete_timeout() => return Some(start.elapsed()),
+                Deletion::Pending { .. } => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn deleting_an_untracked_batch_still_ends_within_the_timeout() {
+        let timeout = Duration::from_millis(100);
+        let (m, store, _, _) = setup_with(MirrorConfig { max_batches: 1, delete_timeout: timeout, ..config() });
+        store.down.store(true, Ordering::SeqCst);
+        // The table's one slot is busy with another batch, and Firestore is down.
+        m.notify(&named("a", 10, 1));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let full = finalize(&m, &named("d", 12, 1), timeout * 10).await;
+        // A batch that cannot be mapped to a document (no integer resourceVersion) has nothing to
+        // write, yet its deletion is bounded too.
+        let mut odd = named("e", 0, 1);
+        odd.metadata.resource_version = Some("not-a-number".into());
+        let unmappable = finalize(&m, &odd, timeout * 10).await;
+        let bounded = |t: Option<Duration>| t.is_some_and(|t| t >= timeout && t < timeout * 3);
+        assert!(
+            bounded(full) && bounded(unmappable),
+            "deletions with a {timeout:?} timeout took {full:?} (full table) and {unmappable:?} (unmappable batch); \
+             None: still waiting after {:?}",
+            timeout * 10
+        );
     }
 
     #[test]

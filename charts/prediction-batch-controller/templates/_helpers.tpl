@@ -57,7 +57,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 The controller's rules on the namespace(s) it watches: exactly the API calls it makes (see
-src/reconcile/run.rs and src/controller.rs). Shared by the ClusterRole (all namespaces) and the
+src/reconcile/run.rs, src/controller.rs and, with firestore.enabled, src/mirror/finalizer.rs). Shared by the ClusterRole (all namespaces) and the
 Role (controller.watchNamespace). No Secrets, no Pods, no wildcards.
 */}}
 {{- define "pbc.controllerRules" -}}
@@ -86,6 +86,12 @@ Role (controller.watchNamespace). No Secrets, no Pods, no wildcards.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- if .Values.firestore.enabled }}
+# The Firestore mirror's finalizer, added to and removed from each batch with a JSON patch.
+- apiGroups: ["predictions.dev"]
+  resources: ["predictionbatches"]
+  verbs: ["patch"]
+{{- end }}
 {{- with .Values.rbac.extraRules }}
 {{ toYaml . }}
 {{- end }}
