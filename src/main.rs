@@ -63,6 +63,10 @@ struct RunArgs {
     /// Test only: fail this share (0..1) of API requests with 409/429/500/timeouts.
     #[arg(long, hide = true, default_value_t = 0.0)]
     inject_api_faults: f64,
+    /// Test only: while this file exists, cut this replica off from the apiserver (every request,
+    /// or only URL paths containing one of the file's lines).
+    #[arg(long, hide = true)]
+    inject_api_partition: Option<std::path::PathBuf>,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -112,7 +116,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     init_tracing(&args.log_format);
 
-    let client = build_client(args.inject_api_faults).await?;
+    let client = build_client(args.inject_api_faults, args.inject_api_partition.clone()).await?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         format!("{host}-{}", std::process::id())
@@ -179,14 +183,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn build_client(fault_rate: f64) -> anyhow::Result<kube::Client> {
+async fn build_client(fault_rate: f64, partition: Option<std::path::PathBuf>) -> anyhow::Result<kube::Client> {
     let config = kube::Config::infer().await?;
-    if fault_rate <= 0.0 {
+    if fault_rate <= 0.0 && partition.is_none() {
         return Ok(kube::Client::try_from(config)?);
     }
-    tracing::warn!(fault_rate, "injecting API faults (test only)");
+    tracing::warn!(fault_rate, partition = ?partition, "injecting API faults (test only)");
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-    let layer = prediction_batch_controller::faults::FaultLayer::new(fault_rate, seed);
+    let mut layer = prediction_batch_controller::faults::FaultLayer::new(fault_rate, seed);
+    if let Some(file) = partition {
+        layer = layer.with_partition(file);
+    }
     Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build())
 }
 
