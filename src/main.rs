@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use prediction_batch_controller::controller::{self, Settings, Shared};
@@ -51,9 +52,14 @@ struct RunArgs {
     /// Namespace of the leader-election Lease (default: the pod's namespace, else "default").
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
-    /// Seconds a leader's lease is valid without renewal.
+    /// Seconds a leader's lease is valid without renewal (at least 3).
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
+    /// Seconds after its last successful renewal that a leader stops acting (creating, suspending
+    /// or deleting Jobs) and reconciling; less than --lease-duration so it stops before a standby
+    /// can take over. Default: 2/3 of --lease-duration.
+    #[arg(long)]
+    lease_renew_deadline: Option<f64>,
     /// Identity in the lease and in events (default: the pod name, else hostname-pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -115,6 +121,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // kube and firestore must agree on one rustls crypto provider; install it before any TLS.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     init_tracing(&args.log_format);
+    let lease_renew_deadline = renew_deadline(&args)?;
 
     let client = build_client(args.inject_api_faults, args.inject_api_partition.clone()).await?;
     let identity = args.identity.clone().unwrap_or_else(|| {
@@ -128,6 +135,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         lease_namespace: args.lease_namespace.clone().unwrap_or_else(|| "default".into()),
         identity,
         lease_duration_secs: args.lease_duration,
+        lease_renew_deadline,
         concurrency: args.concurrency,
     };
     let metrics = Arc::new(Metrics::default());
@@ -181,6 +189,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// `--lease-renew-deadline`, checked against `--lease-duration`.
+fn renew_deadline(args: &RunArgs) -> anyhow::Result<Duration> {
+    let duration = args.lease_duration;
+    anyhow::ensure!(duration >= 3, "--lease-duration must be at least 3 seconds, not {duration}");
+    let deadline = match args.lease_renew_deadline {
+        Some(secs) => Duration::try_from_secs_f64(secs)
+            .map_err(|_| anyhow::anyhow!("--lease-renew-deadline must be a number of seconds, not {secs}"))?,
+        None => Duration::from_millis(duration * 2000 / 3),
+    };
+    anyhow::ensure!(
+        deadline >= Duration::from_secs(2) && deadline < Duration::from_secs(duration),
+        "--lease-renew-deadline ({deadline:?}) must be at least 2 s and less than --lease-duration ({duration} s)"
+    );
+    Ok(deadline)
 }
 
 async fn build_client(fault_rate: f64, partition: Option<std::path::PathBuf>) -> anyhow::Result<kube::Client> {
