@@ -124,7 +124,20 @@ pub async fn run(
     if !settings.leader_elect {
         metrics.is_leader.set(1);
         let leadership = Arc::new(Leadership::unelected());
-        run_controller(client, &settings, metrics, mirror, shared, leadership, wait_for(shutdown_rx)).await;
+        let controller = run_controller(
+            client,
+            &settings,
+            metrics,
+            mirror,
+            shared.clone(),
+            leadership,
+            wait_for(shutdown_rx.clone()),
+        );
+        tokio::pin!(controller);
+        tokio::select! {
+            _ = &mut controller => warn!("controller stopped by itself"),
+            _ = shutdown_rx.wait_for(|s| *s) => drain(controller, &shared, None).await,
+        }
         return Ok(());
     }
 
@@ -231,7 +244,7 @@ pub async fn run(
             Stop::Shutdown => {
                 // Let in-flight reconciles finish (bounded, and never past the renew deadline).
                 let _ = stop_tx.send(true);
-                drain(controller, Some(&mut deadline_rx)).await;
+                drain(controller, &shared, Some(&mut deadline_rx)).await;
             }
             Stop::Ended => warn!("controller stopped by itself"),
         }
@@ -257,11 +270,18 @@ pub fn renew_period(renew_deadline: Duration) -> Duration {
 }
 
 /// After a shutdown was requested: waits for the controller's in-flight reconciles, at most
-/// [`DRAIN_TIMEOUT`] and, when elected, no longer than the renew deadline.
+/// [`DRAIN_TIMEOUT`] and, when elected, no longer than the renew deadline. A controller whose
+/// batch cache never synced has nothing in flight (kube's runner starts no reconcile before it),
+/// and its graceful shutdown would wait for a sync that can no longer happen: it is dropped.
 async fn drain(
     controller: std::pin::Pin<&mut impl Future<Output = ()>>,
+    shared: &Shared,
     deadline_rx: Option<&mut watch::Receiver<Option<Instant>>>,
 ) {
+    if !shared.batches_synced.load(Ordering::SeqCst) {
+        info!("shutting down before the caches synced: nothing in flight");
+        return;
+    }
     let renew_deadline = async {
         match deadline_rx {
             None => std::future::pending().await,

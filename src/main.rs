@@ -10,7 +10,7 @@ use prediction_batch_controller::metrics::Metrics;
 use prediction_batch_controller::mirror::{self, MirrorHandle};
 use prediction_batch_controller::{api, http};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -116,14 +116,48 @@ fn init_tracing(format: &str) {
     }
 }
 
-#[tokio::main]
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// How long a shutdown may take from the first SIGTERM before the process exits anyway: the
+/// drain ([`controller::DRAIN_TIMEOUT`]) plus the Lease release, within the chart's 30 s grace.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(25);
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(run_async(args));
+    // Whatever is still running (the HTTP server, mirror writes, a lease release that timed out)
+    // is dropped; a blocking task may hold the exit this long at most.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     // kube and firestore must agree on one rustls crypto provider; install it before any TLS.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     init_tracing(&args.log_format);
     let lease_renew_deadline = renew_deadline(&args)?;
 
-    let client = build_client(args.inject_api_faults, args.inject_api_partition.clone()).await?;
+    // Signals first: a SIGTERM at any later moment of the start is a clean shutdown.
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let mut signals = Signals::install()?;
+    tokio::spawn(async move {
+        let first = signals.recv().await;
+        info!(signal = first, "shutdown signal received");
+        let _ = shutdown_tx.send(true);
+        tokio::select! {
+            again = signals.recv() => warn!(signal = again, "second shutdown signal: exiting at once"),
+            _ = tokio::time::sleep(SHUTDOWN_LIMIT) => {
+                error!("shutdown did not finish within {SHUTDOWN_LIMIT:?}; exiting anyway")
+            }
+        }
+        std::process::exit(1);
+    });
+
+    let client = tokio::select! {
+        client = build_client(args.inject_api_faults, args.inject_api_partition.clone()) => client?,
+        _ = shutdown_rx.wait_for(|s| *s) => {
+            info!("stopped before connecting");
+            return Ok(());
+        }
+    };
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         format!("{host}-{}", std::process::id())
@@ -140,19 +174,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared::default());
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut http_shutdown = shutdown_rx.clone();
     http::serve(args.http_addr, metrics.clone(), shared.clone(), async move {
         let _ = http_shutdown.wait_for(|s| *s).await;
     })
     .await?;
-
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutdown signal received");
-        let _ = shutdown_tx.send(true);
-    });
 
     info!(
         namespace = settings.namespace.as_deref().unwrap_or("<all>"),
@@ -221,17 +248,38 @@ async fn build_client(fault_rate: f64, partition: Option<std::path::PathBuf>) ->
     Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT (Ctrl-C), listened to from the moment they are installed.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
