@@ -156,7 +156,7 @@ pub async fn run(
     };
     // kube-lease-manager reports only changes of holder, and keeps reporting "leader" while its
     // renewals fail: a leader cut off from the apiserver would never hear that it lost. So the
-    // right to act comes from a watch of our own on the Lease: each renewal we see allows acting
+    // right to act comes from reading the Lease ourselves: each renewal we see allows acting
     // until its renewTime plus the renew deadline.
     let leadership = Arc::new(Leadership::elected());
     let (deadline_tx, mut deadline_rx) = watch::channel(None);
@@ -165,6 +165,7 @@ pub async fn run(
         settings.lease_name.clone(),
         settings.identity.clone(),
         settings.lease_renew_deadline,
+        lease_read_period(renew_every),
         leadership.clone(),
         deadline_tx,
     ));
@@ -227,8 +228,8 @@ pub async fn run(
         };
         match stop {
             Stop::NotLeading => {
-                // Stop writing at once: drop the controller without waiting for in-flight work.
-                drop(controller);
+                // Stop writing at once: the controller, pinned in this iteration, is dropped by the
+                // `continue` below, cancelling in-flight passes instead of waiting for them.
                 metrics.is_leader.set(0);
                 if *leader_rx.borrow() {
                     warn!(
@@ -267,6 +268,12 @@ pub async fn run(
 /// least one), so a couple of failed renewals still fit in the deadline.
 pub fn renew_period(renew_deadline: Duration) -> Duration {
     Duration::from_secs((renew_deadline.as_secs() / 3).max(1))
+}
+
+/// How often [`crate::leadership::follow_lease`] reads the Lease: twice per renewal, so a
+/// renewal is seen at most half a renewal period late (it then has that much less time to act).
+pub fn lease_read_period(renew_every: Duration) -> Duration {
+    renew_every / 2
 }
 
 /// After a shutdown was requested: waits for the controller's in-flight reconciles, at most

@@ -7,17 +7,15 @@
 //! the Lease is younger than the renew deadline, which is shorter than the lease duration. A
 //! leader cut off from the apiserver therefore stops acting before a standby can take the Lease.
 //!
-//! The renewals come from [`follow_lease`], a watch of the Lease itself: kube-lease-manager
+//! The renewals come from [`follow_lease`], which reads the Lease itself: kube-lease-manager
 //! reports only changes of holder, and a holder whose renewals fail keeps believing it leads.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -87,27 +85,30 @@ pub fn acting_deadline(
     Some(now.1 + allowed.saturating_sub(age))
 }
 
-/// Follows the Lease `name` with a watch of its own until aborted, and keeps `leadership` and
-/// `deadline` in step with it: every version naming `identity` as holder allows acting until
+/// Follows the Lease `name` until aborted, reading it every `every`, and keeps `leadership` and
+/// `deadline` in step with it: a Lease naming `identity` as holder allows acting until
 /// [`acting_deadline`]; any other holder, or none, revokes at once. A replica cut off from the
-/// apiserver sees no more renewals, so its deadline simply runs out.
+/// apiserver reads nothing more, so its deadline simply runs out.
+///
+/// Reads, not a watch: the chart's Role grants `get` on the one Lease and no `list`/`watch`, and
+/// how late a read sees a renewal only shortens the time left to act, never lengthens it.
 pub async fn follow_lease(
     api: Api<Lease>,
     name: String,
     identity: String,
     renew_deadline: Duration,
+    every: Duration,
     leadership: Arc<Leadership>,
     deadline: watch::Sender<Option<Instant>>,
 ) {
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api, config).default_backoff().boxed();
-    while let Some(event) = events.next().await {
-        let lease = match event {
-            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => Some(lease),
-            Ok(watcher::Event::Delete(_)) => None,
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let lease = match api.get_opt(&name).await {
+            Ok(lease) => lease,
             Err(e) => {
-                debug!(error = %e, "Lease watch failed; retrying");
+                debug!(error = %e, "could not read the Lease");
                 continue;
             }
         };
