@@ -194,7 +194,7 @@ pub async fn run(
                     break 'elections;
                 },
                 changed = deadline_rx.changed() => if changed.is_err() {
-                    warn!("the Lease watch stopped");
+                    warn!("the Lease reader stopped");
                     break 'elections;
                 },
                 _ = shutdown_rx.wait_for(|s| *s) => break 'elections,
