@@ -23,6 +23,10 @@ FROM ${RUST_IMAGE} AS builder
 WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml names bench/ as a workspace member, so cargo cannot load the manifest without it;
+# `cargo build` at the root still builds only the controller package.
+COPY bench/Cargo.toml ./bench/
+COPY bench/src ./bench/src
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
     cargo build --release --locked \

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -23,6 +23,7 @@ use crate::cache::{trim_batch, trim_job};
 use crate::context::Context;
 use crate::error::{Error, Retry, backoff};
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::mirror::MirrorHandle;
 use crate::reconcile::{reconcile, release_jobs_of};
@@ -37,6 +38,9 @@ pub struct Settings {
     pub lease_namespace: String,
     pub identity: String,
     pub lease_duration_secs: u64,
+    /// How long after its last successful Lease renewal a leader may still act; shorter than the
+    /// lease duration, so a leader cut off from the apiserver stops before a standby can take over.
+    pub lease_renew_deadline: Duration,
     pub concurrency: u16,
 }
 
@@ -47,6 +51,14 @@ pub struct Shared {
     pub batches: Mutex<Option<Store<PredictionBatch>>>,
     batches_synced: AtomicBool,
     jobs_synced: AtomicBool,
+}
+
+impl Shared {
+    /// A new controller (a new term of leadership) starts with empty caches.
+    fn reset_synced(&self) {
+        self.batches_synced.store(false, Ordering::SeqCst);
+        self.jobs_synced.store(false, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -82,7 +94,24 @@ fn synced<K>(
     }
 }
 
-/// Runs until `shutdown` resolves; with leader election, reconciles only while holding the lease.
+/// How long a shutdown lets in-flight reconciles finish before it drops them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a shutdown waits for the Lease to be released.
+pub const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a running controller was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The process is shutting down: drain, then exit.
+    Shutdown,
+    /// The Lease went to someone else, or was not renewed within the renew deadline: stop at once.
+    NotLeading,
+    /// The controller stream ended by itself (its watches closed).
+    Ended,
+}
+
+/// Runs until `shutdown` resolves; with leader election, reconciles only while holding the lease
+/// and renewing it within the renew deadline.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -91,36 +120,89 @@ pub async fn run(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let mut shutdown_rx = shutdown;
     if !settings.leader_elect {
         metrics.is_leader.set(1);
-        run_controller(client, &settings, metrics, mirror, shared, wait_for(shutdown)).await;
+        let leadership = Arc::new(Leadership::unelected());
+        let controller = run_controller(
+            client,
+            &settings,
+            metrics,
+            mirror,
+            shared.clone(),
+            leadership,
+            wait_for(shutdown_rx.clone()),
+        );
+        tokio::pin!(controller);
+        tokio::select! {
+            _ = &mut controller => warn!("controller stopped by itself"),
+            _ = shutdown_rx.wait_for(|s| *s) => drain(controller, &shared, None).await,
+        }
         return Ok(());
     }
 
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+    let lease_duration = Duration::from_secs(settings.lease_duration_secs);
+    let renew_every = renew_period(settings.lease_renew_deadline);
+    let builder = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
         .with_namespace(&settings.lease_namespace)
         .with_identity(&settings.identity)
         .with_duration(settings.lease_duration_secs)
-        .with_grace((settings.lease_duration_secs / 3).max(1))
-        .build()
-        .await?;
+        // The holder renews `grace` seconds before the lease would expire, i.e. every `renew_every`.
+        .with_grace(settings.lease_duration_secs - renew_every.as_secs())
+        .build();
+    let manager = tokio::select! {
+        manager = builder => manager?,
+        _ = shutdown_rx.wait_for(|s| *s) => return Ok(()),
+    };
+    // kube-lease-manager reports only changes of holder, and keeps reporting "leader" while its
+    // renewals fail: a leader cut off from the apiserver would never hear that it lost. So the
+    // right to act comes from reading the Lease ourselves: each renewal we see allows acting
+    // until its renewTime plus the renew deadline.
+    let leadership = Arc::new(Leadership::elected());
+    let (deadline_tx, mut deadline_rx) = watch::channel(None);
+    let follower = tokio::spawn(crate::leadership::follow_lease(
+        Api::namespaced(client.clone(), &settings.lease_namespace),
+        settings.lease_name.clone(),
+        settings.identity.clone(),
+        settings.lease_renew_deadline,
+        lease_read_period(renew_every),
+        leadership.clone(),
+        deadline_tx,
+    ));
     let (mut leader_rx, lease_task) = manager.watch().await;
+    info!(
+        identity = settings.identity,
+        lease = settings.lease_name,
+        lease_duration_s = lease_duration.as_secs(),
+        renew_deadline_ms = settings.lease_renew_deadline.as_millis() as u64,
+        renew_every_s = renew_every.as_secs(),
+        "leader election: standing by for the Lease"
+    );
     // Standbys are ready (they serve probes); they just don't reconcile.
     shared.ready.store(true, Ordering::SeqCst);
-    let mut shutdown_rx = shutdown.clone();
-    loop {
-        // Wait to become leader (or shut down).
-        while !*leader_rx.borrow_and_update() {
-            tokio::select! {
-                changed = leader_rx.changed() => if changed.is_err() { break },
-                _ = shutdown_rx.wait_for(|s| *s) => break,
+    'elections: loop {
+        // Wait until the lease manager holds the Lease and we have seen a renewal we may act on.
+        loop {
+            let holds = *leader_rx.borrow_and_update();
+            let until = *deadline_rx.borrow_and_update();
+            if holds && until.is_some_and(|u| u > Instant::now()) {
+                break;
             }
-        }
-        if *shutdown_rx.borrow() || !*leader_rx.borrow() {
-            break;
+            tokio::select! {
+                changed = leader_rx.changed() => if changed.is_err() {
+                    warn!("the lease manager stopped");
+                    break 'elections;
+                },
+                changed = deadline_rx.changed() => if changed.is_err() {
+                    warn!("the Lease reader stopped");
+                    break 'elections;
+                },
+                _ = shutdown_rx.wait_for(|s| *s) => break 'elections,
+            }
         }
         info!(identity = settings.identity, lease = settings.lease_name, "acquired leadership; starting to reconcile");
         metrics.is_leader.set(1);
+        shared.reset_synced();
         let (stop_tx, stop_rx) = watch::channel(false);
         let controller = run_controller(
             client.clone(),
@@ -128,35 +210,105 @@ pub async fn run(
             metrics.clone(),
             mirror.clone(),
             shared.clone(),
+            leadership.clone(),
             wait_for(stop_rx),
         );
         tokio::pin!(controller);
-        let lost = tokio::select! {
-            _ = &mut controller => false,
-            _ = leader_rx.wait_for(|l| !*l) => true,
-            _ = shutdown_rx.wait_for(|s| *s) => false,
+        let stop = loop {
+            let Some(until) = deadline_rx.borrow_and_update().filter(|u| *u > Instant::now()) else {
+                break Stop::NotLeading;
+            };
+            tokio::select! {
+                _ = &mut controller => break Stop::Ended,
+                _ = shutdown_rx.wait_for(|s| *s) => break Stop::Shutdown,
+                _ = leader_rx.wait_for(|l| !*l) => break Stop::NotLeading,
+                changed = deadline_rx.changed() => if changed.is_err() { break Stop::NotLeading },
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
         };
+        match stop {
+            Stop::NotLeading => {
+                // Stop writing at once: the controller, pinned in this iteration, is dropped by the
+                // `continue` below, cancelling in-flight passes instead of waiting for them.
+                metrics.is_leader.set(0);
+                if *leader_rx.borrow() {
+                    warn!(
+                        identity = settings.identity,
+                        renew_deadline_ms = settings.lease_renew_deadline.as_millis() as u64,
+                        "the Lease was not renewed within the renew deadline; stopped reconciling"
+                    );
+                } else {
+                    warn!(identity = settings.identity, "lost leadership; stopped reconciling");
+                }
+                continue 'elections;
+            }
+            Stop::Shutdown => {
+                // Let in-flight reconciles finish (bounded, and never past the renew deadline).
+                let _ = stop_tx.send(true);
+                drain(controller, &shared, Some(&mut deadline_rx)).await;
+            }
+            Stop::Ended => warn!("controller stopped by itself"),
+        }
         metrics.is_leader.set(0);
-        if lost {
-            // Stop writing at once: drop the controller without waiting for in-flight work.
-            warn!(identity = settings.identity, "lost leadership; stopped reconciling");
-            continue;
-        }
-        // Graceful shutdown: let in-flight reconciles finish (bounded), then release the lease.
-        let _ = stop_tx.send(true);
-        if tokio::time::timeout(Duration::from_secs(20), &mut controller).await.is_err() {
-            warn!("in-flight reconciles did not finish within 20s; stopping anyway");
-        }
         break;
     }
+    leadership.revoke();
+    follower.abort();
     drop(leader_rx);
-    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+    match tokio::time::timeout(LEASE_RELEASE_TIMEOUT, lease_task).await {
         Ok(Ok(Ok(_))) => info!("released the leader lease"),
         Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader lease"),
         Ok(Err(e)) => warn!(error = %e, "lease task failed"),
         Err(_) => warn!("timed out releasing the leader lease"),
     }
     Ok(())
+}
+
+/// How often the holder renews the Lease: a third of the renew deadline in whole seconds (at
+/// least one), so a couple of failed renewals still fit in the deadline.
+pub fn renew_period(renew_deadline: Duration) -> Duration {
+    Duration::from_secs((renew_deadline.as_secs() / 3).max(1))
+}
+
+/// How often [`crate::leadership::follow_lease`] reads the Lease: twice per renewal, so a
+/// renewal is seen at most half a renewal period late (it then has that much less time to act).
+pub fn lease_read_period(renew_every: Duration) -> Duration {
+    renew_every / 2
+}
+
+/// After a shutdown was requested: waits for the controller's in-flight reconciles, at most
+/// [`DRAIN_TIMEOUT`] and, when elected, no longer than the renew deadline. A controller whose
+/// batch cache never synced has nothing in flight (kube's runner starts no reconcile before it),
+/// and its graceful shutdown would wait for a sync that can no longer happen: it is dropped.
+async fn drain(
+    controller: std::pin::Pin<&mut impl Future<Output = ()>>,
+    shared: &Shared,
+    deadline_rx: Option<&mut watch::Receiver<Option<Instant>>>,
+) {
+    if !shared.batches_synced.load(Ordering::SeqCst) {
+        info!("shutting down before the caches synced: nothing in flight");
+        return;
+    }
+    let renew_deadline = async {
+        match deadline_rx {
+            None => std::future::pending().await,
+            Some(rx) => loop {
+                let until = *rx.borrow_and_update();
+                let Some(until) = until.filter(|u| *u > Instant::now()) else { return };
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                }
+            },
+        }
+    };
+    tokio::select! {
+        _ = controller => info!("in-flight reconciles finished"),
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            warn!("in-flight reconciles did not finish within {DRAIN_TIMEOUT:?}; stopping anyway")
+        }
+        _ = renew_deadline => warn!("the renew deadline passed while draining; stopping at once"),
+    }
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {
@@ -169,6 +321,7 @@ async fn run_controller(
     metrics: Arc<Metrics>,
     mirror: MirrorHandle,
     shared: Arc<Shared>,
+    leadership: Arc<Leadership>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (batches, jobs): (Api<PredictionBatch>, Api<Job>) = match &settings.namespace {
@@ -199,7 +352,7 @@ async fn run_controller(
         recorder: Recorder::new(client, reporter),
         metrics,
         mirror,
-        leadership: Arc::new(crate::leadership::Leadership::unelected()),
+        leadership,
         written: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
     });

@@ -1,26 +1,37 @@
 //! Test-only API fault injection: a tower layer under the kube client that fails a share of
-//! requests with 409, 429, 500 or a timeout. Enabled only by the hidden `--inject-api-faults`
-//! flag; it exists to prove that retries, backoff and idempotent writes hold up.
+//! requests with 409, 429, 500 or a timeout (hidden flag `--inject-api-faults`), and cuts the
+//! replica off from the apiserver while a file exists (hidden flag `--inject-api-partition`). It
+//! exists to prove that retries, backoff, idempotent writes and the leader's renew deadline hold up.
+//!
+//! With the layer installed, every write (any method but GET/HEAD/OPTIONS) is logged at debug
+//! level as `api write` (or `api write dropped`), so a test can tell from the log when a replica
+//! last tried to change anything.
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use futures::StreamExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use kube::client::{Body, DynBody};
 use tower::{BoxError, Layer, Service};
-use tracing::debug;
+use tracing::{debug, warn};
 
-/// Fails `rate` (0..1) of the requests passing through.
+/// How often a request held by a partition looks whether the partition has ended.
+const PARTITION_POLL: Duration = Duration::from_millis(100);
+
+/// Fails `rate` (0..1) of the requests passing through, and every request while partitioned.
 #[derive(Clone)]
 pub struct FaultLayer {
     rate: f64,
     state: Arc<AtomicU64>,
     pub injected: Arc<AtomicU64>,
+    partition: Option<Arc<Partition>>,
 }
 
 impl FaultLayer {
@@ -29,7 +40,14 @@ impl FaultLayer {
             rate: rate.clamp(0.0, 1.0),
             state: Arc::new(AtomicU64::new(seed | 1)),
             injected: Default::default(),
+            partition: None,
         }
+    }
+
+    /// Cut the replica off from the apiserver while `file` exists (see [`Partition`]).
+    pub fn with_partition(mut self, file: PathBuf) -> Self {
+        self.partition = Some(Arc::new(Partition { file, active: AtomicBool::new(false) }));
+        self
     }
 
     /// xorshift64*: deterministic per seed, good enough to pick faults.
@@ -40,6 +58,40 @@ impl FaultLayer {
         x ^= x >> 27;
         self.state.store(x, Ordering::Relaxed);
         (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A network partition between this replica and the apiserver, on while `file` exists.
+///
+/// An empty file cuts every request; otherwise each non-empty line is a substring of the URL paths
+/// that are cut (e.g. `/apis/predictions.dev/` keeps the Lease reachable but not the batches).
+/// A cut request never reaches the apiserver: it gets no answer while the partition lasts and
+/// then fails as a timeout. A response stream already open (a watch) fails at its next chunk
+/// instead of delivering it.
+pub struct Partition {
+    file: PathBuf,
+    active: AtomicBool,
+}
+
+impl Partition {
+    /// Whether a request to `path` is cut right now.
+    pub fn cuts(&self, path: &str) -> bool {
+        let cut = match std::fs::read_to_string(&self.file) {
+            Err(_) => None,
+            Ok(text) => {
+                let scopes: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                Some(scopes.is_empty() || scopes.iter().any(|s| path.contains(s)))
+            }
+        };
+        let on = cut.is_some();
+        if self.active.swap(on, Ordering::Relaxed) != on {
+            if on {
+                warn!(file = %self.file.display(), "injected API partition started (test only)");
+            } else {
+                warn!(file = %self.file.display(), "injected API partition ended (test only)");
+            }
+        }
+        cut.unwrap_or(false)
     }
 }
 
@@ -72,11 +124,42 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        if let Some(partition) = &self.faults.partition
+            && partition.cuts(&path)
+        {
+            if write {
+                debug!(method = %req.method(), path, "api write dropped: injected partition");
+            }
+            let partition = partition.clone();
+            return Box::pin(async move {
+                // Like a request into a network that drops packets: no answer while the partition
+                // lasts, then a failure (it never reached the apiserver).
+                while partition.cuts(&path) {
+                    tokio::time::sleep(PARTITION_POLL).await;
+                }
+                Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "injected partition: the request was lost",
+                )) as BoxError)
+            });
+        }
+        if write {
+            debug!(method = %req.method(), path, "api write");
+        }
         // Watches are long-lived streams whose failures only delay the caches; faults target
         // the calls a reconcile makes (reads, lists, creates, patches, deletes).
         let is_watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
         if is_watch || self.faults.next() >= self.faults.rate {
-            return Box::pin(self.inner.call(req));
+            let response = self.inner.call(req);
+            let Some(partition) = self.faults.partition.clone() else {
+                return Box::pin(response);
+            };
+            return Box::pin(async move {
+                let response = response.await?;
+                Ok(response.map(|body| cut_body(body, partition, path)))
+            });
         }
         self.faults.injected.fetch_add(1, Ordering::Relaxed);
         let pick = self.faults.next();
@@ -105,5 +188,41 @@ where
         *resp.status_mut() = code;
         resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         Box::pin(async move { Ok(resp) })
+    }
+}
+
+/// A response body that fails at its next chunk once `partition` cuts `path`: an open watch
+/// stream stops delivering events as a real partition would.
+fn cut_body(body: Box<DynBody>, partition: Arc<Partition>, path: String) -> Box<DynBody> {
+    let frames = BodyStream::new(body).map(move |frame| {
+        if partition.cuts(&path) {
+            return Err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "injected partition: connection lost",
+            )) as BoxError);
+        }
+        frame
+    });
+    Box::new(StreamBody::new(frames))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_is_on_while_its_file_exists_and_cuts_its_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("partition");
+        let p = Partition { file: file.clone(), active: AtomicBool::new(false) };
+        assert!(!p.cuts("/apis/batch/v1/namespaces/a/jobs"));
+        std::fs::write(&file, "").unwrap();
+        assert!(p.cuts("/apis/batch/v1/namespaces/a/jobs"));
+        assert!(p.cuts("/apis/coordination.k8s.io/v1/namespaces/a/leases/x"));
+        std::fs::write(&file, "/apis/predictions.dev/\n\n").unwrap();
+        assert!(p.cuts("/apis/predictions.dev/v1alpha1/namespaces/a/predictionbatches"));
+        assert!(!p.cuts("/apis/coordination.k8s.io/v1/namespaces/a/leases/x"));
+        std::fs::remove_file(&file).unwrap();
+        assert!(!p.cuts("/apis/predictions.dev/v1alpha1/namespaces/a/predictionbatches"));
     }
 }

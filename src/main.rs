@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use prediction_batch_controller::controller::{self, Settings, Shared};
@@ -9,7 +10,7 @@ use prediction_batch_controller::metrics::Metrics;
 use prediction_batch_controller::mirror::{self, MirrorHandle};
 use prediction_batch_controller::{api, http};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -51,9 +52,14 @@ struct RunArgs {
     /// Namespace of the leader-election Lease (default: the pod's namespace, else "default").
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
-    /// Seconds a leader's lease is valid without renewal.
+    /// Seconds a leader's lease is valid without renewal (at least 3).
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
+    /// Seconds after its last successful renewal that a leader stops acting (creating, suspending
+    /// or deleting Jobs) and reconciling; less than --lease-duration so it stops before a standby
+    /// can take over. Default: 2/3 of --lease-duration.
+    #[arg(long)]
+    lease_renew_deadline: Option<f64>,
     /// Identity in the lease and in events (default: the pod name, else hostname-pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -63,6 +69,10 @@ struct RunArgs {
     /// Test only: fail this share (0..1) of API requests with 409/429/500/timeouts.
     #[arg(long, hide = true, default_value_t = 0.0)]
     inject_api_faults: f64,
+    /// Test only: while this file exists, cut this replica off from the apiserver (every request,
+    /// or only URL paths containing one of the file's lines).
+    #[arg(long, hide = true)]
+    inject_api_partition: Option<std::path::PathBuf>,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -106,13 +116,48 @@ fn init_tracing(format: &str) {
     }
 }
 
-#[tokio::main]
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// How long a shutdown may take from the first SIGTERM before the process exits anyway: the
+/// drain ([`controller::DRAIN_TIMEOUT`]) plus the Lease release, within the chart's 30 s grace.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(25);
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(run_async(args));
+    // Whatever is still running (the HTTP server, mirror writes, a lease release that timed out)
+    // is dropped; a blocking task may hold the exit this long at most.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     // kube and firestore must agree on one rustls crypto provider; install it before any TLS.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     init_tracing(&args.log_format);
+    let lease_renew_deadline = renew_deadline(&args)?;
 
-    let client = build_client(args.inject_api_faults).await?;
+    // Signals first: a SIGTERM at any later moment of the start is a clean shutdown.
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let mut signals = Signals::install()?;
+    tokio::spawn(async move {
+        let first = signals.recv().await;
+        info!(signal = first, "shutdown signal received");
+        let _ = shutdown_tx.send(true);
+        tokio::select! {
+            again = signals.recv() => warn!(signal = again, "second shutdown signal: exiting at once"),
+            _ = tokio::time::sleep(SHUTDOWN_LIMIT) => {
+                error!("shutdown did not finish within {SHUTDOWN_LIMIT:?}; exiting anyway")
+            }
+        }
+        std::process::exit(1);
+    });
+
+    let client = tokio::select! {
+        client = build_client(args.inject_api_faults, args.inject_api_partition.clone()) => client?,
+        _ = shutdown_rx.wait_for(|s| *s) => {
+            info!("stopped before connecting");
+            return Ok(());
+        }
+    };
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         format!("{host}-{}", std::process::id())
@@ -124,23 +169,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         lease_namespace: args.lease_namespace.clone().unwrap_or_else(|| "default".into()),
         identity,
         lease_duration_secs: args.lease_duration,
+        lease_renew_deadline,
         concurrency: args.concurrency,
     };
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared::default());
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut http_shutdown = shutdown_rx.clone();
     http::serve(args.http_addr, metrics.clone(), shared.clone(), async move {
         let _ = http_shutdown.wait_for(|s| *s).await;
     })
     .await?;
-
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutdown signal received");
-        let _ = shutdown_tx.send(true);
-    });
 
     info!(
         namespace = settings.namespace.as_deref().unwrap_or("<all>"),
@@ -179,28 +218,68 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn build_client(fault_rate: f64) -> anyhow::Result<kube::Client> {
+/// `--lease-renew-deadline`, checked against `--lease-duration`.
+fn renew_deadline(args: &RunArgs) -> anyhow::Result<Duration> {
+    let duration = args.lease_duration;
+    anyhow::ensure!(duration >= 3, "--lease-duration must be at least 3 seconds, not {duration}");
+    let deadline = match args.lease_renew_deadline {
+        Some(secs) => Duration::try_from_secs_f64(secs)
+            .map_err(|_| anyhow::anyhow!("--lease-renew-deadline must be a number of seconds, not {secs}"))?,
+        None => Duration::from_millis(duration * 2000 / 3),
+    };
+    anyhow::ensure!(
+        deadline >= Duration::from_secs(2) && deadline < Duration::from_secs(duration),
+        "--lease-renew-deadline ({deadline:?}) must be at least 2 s and less than --lease-duration ({duration} s)"
+    );
+    Ok(deadline)
+}
+
+async fn build_client(fault_rate: f64, partition: Option<std::path::PathBuf>) -> anyhow::Result<kube::Client> {
     let config = kube::Config::infer().await?;
-    if fault_rate <= 0.0 {
+    if fault_rate <= 0.0 && partition.is_none() {
         return Ok(kube::Client::try_from(config)?);
     }
-    tracing::warn!(fault_rate, "injecting API faults (test only)");
+    tracing::warn!(fault_rate, partition = ?partition, "injecting API faults (test only)");
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-    let layer = prediction_batch_controller::faults::FaultLayer::new(fault_rate, seed);
+    let mut layer = prediction_batch_controller::faults::FaultLayer::new(fault_rate, seed);
+    if let Some(file) = partition {
+        layer = layer.with_partition(file);
+    }
     Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT (Ctrl-C), listened to from the moment they are installed.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

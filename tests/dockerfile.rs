@@ -1,16 +1,21 @@
 //! The Dockerfile, without a Docker engine: BuildKit's own checks (the ones behind
 //! `docker build --check`, from the github.com/moby/buildkit Go module, through
-//! tests/tools/dockerfile-lint) report nothing, and the image builds the binary with the same
-//! release flags as the local build and runs it as the non-root user the chart expects.
+//! tests/tools/dockerfile-lint) report nothing, the builder stage's cargo command builds the
+//! binary from exactly the build context `.dockerignore` lets through, with the same release flags
+//! as the local build, and the image runs it as the non-root user the chart expects.
 //! (That the binary runs as that UID with nothing writable is proven by tests/chart.rs.)
 //!
-//! Needs Go to build tests/tools/dockerfile-lint once; fails, never skips, without it.
+//! Needs Go to build tests/tools/dockerfile-lint once; fails, never skips, without it. The
+//! builder-stage build runs offline on the local registry cache (CARGO_HOME) into its own target
+//! directory, target/docker-builder/target, like the stage's cache mount: cold, it compiles every
+//! dependency once (minutes); afterwards it is incremental.
 
 mod install;
 mod support;
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use install::{repo, tool};
 
@@ -107,7 +112,7 @@ fn image_builds_with_the_local_release_flags() {
         );
     }
     // A Cargo config would change the local build's flags without reaching the image (the build
-    // context sends only Cargo.toml, Cargo.lock and src/).
+    // context sends only the workspace's manifests, Cargo.lock and sources).
     for config in [".cargo/config.toml", ".cargo/config"] {
         assert!(
             !repo().join(config).exists(),
@@ -167,6 +172,180 @@ fn final_image_is_pinned_distroless_and_runs_as_the_charts_non_root_user() {
     let rules: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     assert_eq!(rules.first(), Some(&"*"), "the .dockerignore excludes everything first: {rules:?}");
     for allowed in &rules[1..] {
-        assert!(["!Cargo.toml", "!Cargo.lock", "!src"].contains(allowed), "unexpected .dockerignore rule {allowed}");
+        assert!(
+            ["!Cargo.toml", "!Cargo.lock", "!src", "!bench/Cargo.toml", "!bench/src"].contains(allowed),
+            "unexpected .dockerignore rule {allowed}"
+        );
     }
+}
+
+/// The files `.dockerignore` lets into the build context of the repository, as BuildKit's
+/// pattern matcher decides (tests/tools/dockerfile-lint -list-context).
+fn context_files() -> Vec<String> {
+    let out =
+        Command::new(tool("dockerfile-lint")).arg("-list-context").arg(repo()).output().expect("run dockerfile-lint");
+    assert!(out.status.success(), "dockerfile-lint -list-context failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+/// The builder stage as this test replays it.
+#[derive(Debug, Default)]
+struct BuilderStage {
+    workdir: String,
+    /// (sources in the build context, destination)
+    copies: Vec<(Vec<String>, String)>,
+    /// Targets of the RUN's cache mounts.
+    cache_mounts: Vec<String>,
+    /// The RUN's shell command.
+    command: String,
+}
+
+fn builder_stage() -> BuilderStage {
+    let all = instructions();
+    let start =
+        all.iter().position(|i| i.starts_with("FROM ") && i.ends_with(" AS builder")).expect("a stage named builder");
+    let end = all[start + 1..].iter().position(|i| i.starts_with("FROM ")).map_or(all.len(), |e| start + 1 + e);
+    let mut stage = BuilderStage::default();
+    for i in &all[start + 1..end] {
+        let (word, rest) = i.split_once(' ').unwrap_or((i, ""));
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        match word {
+            "WORKDIR" => stage.workdir = rest.trim().to_string(),
+            "COPY" => {
+                assert!(!words.iter().any(|w| w.starts_with("--")), "COPY flags are not replayed by this test: {i}");
+                let (dest, srcs) = words.split_last().expect("COPY <src>... <dest>");
+                stage.copies.push((srcs.iter().map(|s| s.to_string()).collect(), dest.to_string()));
+            }
+            "RUN" => {
+                assert!(stage.command.is_empty(), "one RUN in the builder stage: {i}");
+                let (mounts, command): (Vec<&str>, Vec<&str>) = words.iter().partition(|w| w.starts_with("--mount="));
+                for m in mounts {
+                    let opts: Vec<&str> = m.trim_start_matches("--mount=").split(',').collect();
+                    assert!(opts.contains(&"type=cache"), "only cache mounts are replayed: {m}");
+                    let target = opts.iter().find_map(|o| o.strip_prefix("target=")).expect("mount target");
+                    stage.cache_mounts.push(target.to_string());
+                }
+                stage.command = command.join(" ");
+            }
+            _ => panic!("the builder stage has an instruction this test does not replay: {i}"),
+        }
+    }
+    assert!(stage.workdir.starts_with('/'), "WORKDIR is absolute: {stage:?}");
+    assert!(stage.command.contains("cargo build"), "{stage:?}");
+    stage
+}
+
+/// Copies `from` to `to` keeping its modification time, so cargo's fingerprints see unchanged
+/// sources as unchanged and a rerun is incremental.
+fn copy_file(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    let modified = std::fs::metadata(from).unwrap().modified().unwrap();
+    std::fs::File::options().write(true).open(to).unwrap().set_modified(modified).unwrap();
+}
+
+/// Docker's COPY of `src` (a file or a directory of the context) to `dest` inside `root`.
+fn docker_copy(context: &Path, files: &[String], src: &str, dest: &Path, dest_is_dir: bool) {
+    let src = src.trim_start_matches("./").trim_end_matches('/');
+    let mut found = false;
+    for f in files {
+        if f == src {
+            let to = if dest_is_dir { dest.join(Path::new(f).file_name().unwrap()) } else { dest.to_path_buf() };
+            copy_file(&context.join(f), &to);
+            found = true;
+        } else if let Some(inner) = f.strip_prefix(&format!("{src}/")) {
+            // A directory: its contents go into dest.
+            copy_file(&context.join(f), &dest.join(inner));
+            found = true;
+        }
+    }
+    assert!(found, "COPY source {src:?} is not in the build context (.dockerignore lets through {files:?})");
+}
+
+/// Assembles the build context exactly as `.dockerignore` selects it, replays the builder stage
+/// (WORKDIR, COPY) in target/docker-builder/root, and runs its RUN command there with `sh`: the
+/// stage's cache mounts become the shared registry cache (CARGO_HOME) and a target directory kept
+/// between runs; `/out` becomes root/out. Offline, so it proves the context alone is enough.
+#[test]
+fn the_builder_stage_builds_the_binary_from_the_dockerignore_context() {
+    let files = context_files();
+    let stage = builder_stage();
+    let base = repo().join("target/docker-builder");
+    let (context, root, cache) = (base.join("context"), base.join("root"), base.join("target"));
+    for dir in [&context, &root] {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::create_dir_all(&cache).unwrap();
+    for f in &files {
+        copy_file(&repo().join(f), &context.join(f));
+    }
+    let in_root = |path: &str| root.join(path.trim_start_matches('/'));
+    let workdir = in_root(&stage.workdir);
+    std::fs::create_dir_all(&workdir).unwrap();
+    for (srcs, dest) in &stage.copies {
+        let dest_is_dir = dest.ends_with('/') || srcs.len() > 1 || dest == "." || dest == "./";
+        let dest_path = if dest.starts_with('/') { in_root(dest) } else { workdir.join(dest) };
+        for src in srcs {
+            docker_copy(&context, &files, src, &dest_path, dest_is_dir);
+        }
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cargo"));
+    for target in &stage.cache_mounts {
+        if target.ends_with("/cargo/registry") {
+            continue; // CARGO_HOME/registry of this machine, shared like the cache mount.
+        }
+        assert_eq!(target, &format!("{}/target", stage.workdir), "unknown cache mount {target}");
+        std::os::unix::fs::symlink(&cache, in_root(target)).unwrap();
+    }
+    // Absolute paths of the command live under root (the image's filesystem).
+    let command: Vec<String> = stage
+        .command
+        .split_whitespace()
+        .map(|w| if w.starts_with('/') { in_root(w).display().to_string() } else { w.to_string() })
+        .collect();
+    let command = command.join(" ");
+
+    let log_path = base.join("build.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(&command).current_dir(&workdir).env_clear();
+    for var in ["PATH", "HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    let started = Instant::now();
+    let status = cmd
+        .env("CARGO_HOME", &cargo_home)
+        .env("CARGO_NET_OFFLINE", "true")
+        .env("CARGO_TERM_COLOR", "never")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .expect("run sh");
+    let took = started.elapsed();
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let tail: Vec<&str> = output.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+    assert!(
+        status.success(),
+        "the builder stage's `{}` failed ({status}) in the build context .dockerignore selects ({} files: {files:?}):\n{}",
+        stage.command,
+        files.len(),
+        tail.join("\n")
+    );
+    println!(
+        "builder stage: {} context files, `{}` took {took:?} (target dir {})",
+        files.len(),
+        stage.command,
+        cache.display()
+    );
+
+    let binary = in_root("/out/prediction-batch-controller");
+    let out =
+        Command::new(&binary).arg("--version").output().unwrap_or_else(|e| panic!("run {}: {e}", binary.display()));
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("prediction-batch-controller "));
 }

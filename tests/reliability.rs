@@ -1,23 +1,19 @@
-//! Restart safety beyond a single crash (issue 6): leader election and failover, graceful
-//! shutdown, two replicas without election, and injected API faults.
+//! Restart safety beyond a single crash (issue 6): leader election and failover, a leader cut
+//! off from the apiserver, graceful shutdown, two replicas without election, and injected API
+//! faults.
 
 #[path = "support/controller.rs"]
 mod controller;
+mod install;
 mod support;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use controller::{Controller, MultiJobWatch, StatusWatch, apply, batch, phase, wait_batch};
+use controller::{Controller, MultiJobWatch, StatusWatch, apply, batch, lease_holder, log_time, phase, wait_batch};
+use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
-use support::{TestNamespace, ensure_crd, kubectl_json, kubectl_output, stages, wait_until};
-
-const LEASE: &str = "prediction-batch-controller";
-
-fn lease_holder(ns: &str) -> Option<String> {
-    let out = kubectl_output(&["get", "lease", LEASE, "-n", ns, "-o", "jsonpath={.spec.holderIdentity}"]);
-    let holder = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !holder.is_empty()).then_some(holder)
-}
+use support::{TestNamespace, ensure_crd, kubectl_json, stages, wait_until};
 
 /// The default identity is `<hostname>-<pid>`: find which replica holds the lease.
 fn leader_index(ns: &str, replicas: &[Controller]) -> Option<usize> {
@@ -75,6 +71,114 @@ async fn standby_takes_over_when_the_leader_is_killed() {
     assert_eq!(jobs.max_per_stage(), 1, "a stage ran twice: {:?}", jobs.uids.lock().unwrap());
     let rec = statuses.snapshot();
     assert!(rec.regressions.is_empty(), "status moved backwards: {:?}", rec.regressions);
+}
+
+/// Writes (creates, patches, deletes) of batches and Jobs that a replica attempted, from the
+/// fault layer's `api write` debug lines (dropped ones included): (time, line).
+fn batch_and_job_writes(log: &str) -> Vec<(Timestamp, String)> {
+    log.lines()
+        .filter(|l| l.contains("api write") && (l.contains("/jobs") || l.contains("/predictionbatches")))
+        .filter_map(|l| Some((log_time(l)?, l.to_string())))
+        .collect()
+}
+
+/// The time of the first log line containing `what`.
+fn first_logged(log: &str, what: &str) -> Option<Timestamp> {
+    log.lines().find(|l| l.contains(what)).and_then(log_time)
+}
+
+/// `prediction_batch_leader` of a running replica, from its /metrics.
+fn leader_gauge(replica: &Controller) -> Option<u64> {
+    let addr = install::http_addr(&replica.log_text())?;
+    let (code, body) = install::http_get(&addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines().find_map(|l| l.strip_prefix("prediction_batch_leader ")?.trim().parse().ok())
+}
+
+/// Two elected replicas (lease 5 s, so a renew deadline of 3.33 s), each with a partition file of
+/// its own; mid-batch the leader is cut off (`scope`: the partition file's content, empty for
+/// everything). Returns once the batch has Succeeded under the standby and the partition has
+/// been healed for a while, having checked that the cut-off leader's last attempt to write a
+/// batch or a Job came before the standby acquired the Lease, and that every stage ran once.
+async fn partitioned_leader(prefix: &str, scope: &str) {
+    ensure_crd();
+    let ns = TestNamespace::new(prefix);
+    let jobs = MultiJobWatch::start(ns.name()).await;
+    let statuses = StatusWatch::start(ns.name()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = [dir.path().join("a"), dir.path().join("b")];
+    let start = |name: &str, file: &Path| {
+        let file = file.to_str().unwrap();
+        let args = ["--leader-elect", "--lease-namespace", ns.name(), "--lease-duration", "5"];
+        Controller::start(name, ns.name(), &[&args[..], &["--inject-api-partition", file]].concat())
+    };
+    let replicas = vec![start(&format!("{prefix}-a"), &files[0]), start(&format!("{prefix}-b"), &files[1])];
+    // 30 shards, 10 at a time, 3 s each: about 9 s of workers, then consolidation and export.
+    apply(ns.name(), &batch("cut", json!({}), json!({ "annotations": { stages::RUN_FOR: "3s" } })));
+    let leader = wait_until("a leader", Duration::from_secs(30), || leader_index(ns.name(), &replicas), String::new);
+    let standby = 1 - leader;
+    wait_batch(ns.name(), "cut", &replicas[leader], Duration::from_secs(60), "workers running", |b| {
+        b["status"]["shards"]["succeeded"].as_u64().unwrap_or(0) > 0
+    });
+    std::fs::write(&files[leader], scope).unwrap();
+    let cut_at = Instant::now();
+    wait_until(
+        "the standby to acquire the lease",
+        Duration::from_secs(30),
+        || (leader_index(ns.name(), &replicas) == Some(standby)).then_some(()),
+        || format!("{}\n{}", replicas[leader].log_tail(), replicas[standby].log_tail()),
+    );
+    let acquired_after = cut_at.elapsed();
+    // Still cut off, the old leader should know it may not lead (checked below).
+    let gauge_while_cut = leader_gauge(&replicas[leader]);
+    let done = wait_batch(ns.name(), "cut", &replicas[standby], Duration::from_secs(90), "Succeeded", |b| {
+        phase(b) == "Succeeded"
+    });
+    assert_eq!(done["status"]["progress"], "120/120");
+    // Heal: the old leader's held requests fail, its watches resume; it must still not act.
+    std::fs::remove_file(&files[leader]).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+
+    let (old, new) = (replicas[leader].log_text(), replicas[standby].log_text());
+    let acquired = first_logged(&new, "acquired leadership").expect("the standby logged its acquisition");
+    let stopped = first_logged(&old, "not renewed within the renew deadline; stopped reconciling");
+    let writes = batch_and_job_writes(&old);
+    let last = writes.last().expect("the leader wrote before it was cut off");
+    println!(
+        "partition ({}): standby acquired {acquired_after:?} after the cut; old leader stopped at {stopped:?}, \
+         last write attempt at {}, standby acquired at {acquired}",
+        if scope.is_empty() { "everything" } else { scope.trim() },
+        last.0
+    );
+    let late: Vec<&String> = writes.iter().filter(|(t, _)| *t >= acquired).map(|(_, l)| l).collect();
+    assert!(
+        late.is_empty(),
+        "the cut-off leader still tried to write after the standby acquired the Lease at {acquired}:\n{}",
+        late.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(gauge_while_cut, Some(0), "prediction_batch_leader of the cut-off replica after the takeover");
+    let stopped =
+        stopped.unwrap_or_else(|| panic!("the cut-off leader never stopped:\n{}", replicas[leader].log_tail()));
+    assert!(stopped < acquired, "the old leader stopped at {stopped}, after the standby acquired at {acquired}");
+    for stage in ["workers", "consolidation", "export"] {
+        assert_eq!(jobs.count("cut", stage), 1, "{stage}: {:?}", jobs.uids.lock().unwrap());
+    }
+    let rec = statuses.snapshot();
+    assert!(rec.regressions.is_empty(), "status moved backwards: {:?}", rec.regressions);
+}
+
+/// The leader loses the apiserver entirely: it can neither renew nor act, and must give up the
+/// right to act (its renew deadline) before the Lease can expire for the standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_apiserver_stops_before_the_standby_takes_over() {
+    partitioned_leader("cutoff", "").await;
+}
+
+/// The leader can still read and write batches and Jobs but no longer reach its Lease (it cannot
+/// renew): without a renew deadline it would go on acting next to the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_its_lease_stops_acting_before_the_standby_takes_over() {
+    partitioned_leader("leasecut", "/apis/coordination.k8s.io/\n").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,34 @@ impl Controller {
         )
     }
 
+    /// Sends `signal` ("TERM", "INT", ...) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("controller is running");
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status, or None if still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The whole log of the current start.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -92,6 +120,19 @@ impl Drop for Controller {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Holder of the controller's default leader-election Lease in `ns`, if it has one.
+pub fn lease_holder(ns: &str) -> Option<String> {
+    let args = ["get", "lease", "prediction-batch-controller", "-n", ns, "-o", "jsonpath={.spec.holderIdentity}"];
+    let out = kubectl_output(&args);
+    let holder = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !holder.is_empty()).then_some(holder)
+}
+
+/// The time of a controller log line (text format: it starts with an RFC 3339 UTC timestamp).
+pub fn log_time(line: &str) -> Option<k8s_openapi::jiff::Timestamp> {
+    line.split_whitespace().next()?.parse().ok()
 }
 
 /// `kubectl get pb <name> -o json` in `ns`, if it exists.

@@ -14,6 +14,10 @@
 //
 // Usage: dockerfile-lint [-context DIR] [-platform linux/amd64] DOCKERFILE
 // Prints one line per finding ("Dockerfile:LINE RuleName: detail (url)"); exit 1 on any finding.
+//
+// Usage: dockerfile-lint -list-context DIR
+// Prints the files of the build context DIR that its .dockerignore lets through, one relative
+// path a line, sorted: what a build would send, matched with BuildKit's own pattern matcher.
 package main
 
 import (
@@ -65,7 +69,19 @@ type finding struct {
 func main() {
 	contextDir := flag.String("context", "", "build context (default: the Dockerfile's directory)")
 	platform := flag.String("platform", "linux/amd64", "target platform")
+	listContext := flag.String("list-context", "", "print the files of this build context that .dockerignore lets through, and exit")
 	flag.Parse()
+	if *listContext != "" {
+		files, err := contextFiles(*listContext)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", *listContext, err)
+			os.Exit(1)
+		}
+		for _, f := range files {
+			fmt.Println(f)
+		}
+		return
+	}
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: dockerfile-lint [-context DIR] [-platform os/arch] DOCKERFILE")
 		os.Exit(2)
@@ -147,9 +163,8 @@ func lint(path, contextDir, platform string) ([]finding, error) {
 	return append(findings, ctxFindings...), nil
 }
 
-// checkContext: every COPY/ADD source taken from the build context exists there and is not
-// excluded by .dockerignore (BuildKit's CopyIgnoredFile, plus "file not found").
-func checkContext(dt []byte, contextDir string) ([]finding, error) {
+// dockerignore reads the patterns of contextDir/.dockerignore (none when it has none).
+func dockerignore(contextDir string) (*patternmatcher.PatternMatcher, error) {
 	var patterns []string
 	if f, err := os.Open(filepath.Join(contextDir, ".dockerignore")); err == nil {
 		patterns, err = ignorefile.ReadAll(f)
@@ -163,6 +178,72 @@ func checkContext(dt []byte, contextDir string) ([]finding, error) {
 	pm, err := patternmatcher.New(patterns)
 	if err != nil {
 		return nil, fmt.Errorf(".dockerignore: %w", err)
+	}
+	return pm, nil
+}
+
+// contextFiles lists the regular files (and symlinks) under contextDir that .dockerignore does
+// not exclude, as BuildKit decides it (a path is excluded when it or a parent matches, the last
+// matching pattern winning). An excluded directory is not descended into unless an exception
+// ("!pattern") could select something inside it; exceptions with a wildcard in a directory part
+// are always assumed to, so the listing is exact, only slower.
+func contextFiles(contextDir string) ([]string, error) {
+	pm, err := dockerignore(contextDir)
+	if err != nil {
+		return nil, err
+	}
+	var exceptions []string
+	for _, p := range pm.Patterns() {
+		if p.Exclusion() {
+			exceptions = append(exceptions, p.String())
+		}
+	}
+	mayReinclude := func(dir string) bool {
+		for _, e := range exceptions {
+			if strings.HasPrefix(e, dir+"/") {
+				return true
+			}
+			if i := strings.LastIndex(e, "/"); i >= 0 && strings.ContainsAny(e[:i], "*?[\\") {
+				return true
+			}
+		}
+		return false
+	}
+	var files []string
+	err = filepath.WalkDir(contextDir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(contextDir, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		excluded, err := pm.MatchesOrParentMatches(rel)
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if excluded && !mayReinclude(rel) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !excluded {
+			files = append(files, rel)
+		}
+		return nil
+	})
+	sort.Strings(files)
+	return files, err
+}
+
+// checkContext: every COPY/ADD source taken from the build context exists there and is not
+// excluded by .dockerignore (BuildKit's CopyIgnoredFile, plus "file not found").
+func checkContext(dt []byte, contextDir string) ([]finding, error) {
+	pm, err := dockerignore(contextDir)
+	if err != nil {
+		return nil, err
 	}
 	ast, err := parser.Parse(bytes.NewReader(dt))
 	if err != nil {
