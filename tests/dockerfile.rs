@@ -262,6 +262,30 @@ fn docker_copy(context: &Path, files: &[String], src: &str, dest: &Path, dest_is
     assert!(found, "COPY source {src:?} is not in the build context (.dockerignore lets through {files:?})");
 }
 
+/// A cold builder cache compiles every dependency again (over half an hour on a busy 2-core
+/// machine). The suite's own release build has compiled them already, from the same registry
+/// sources with the same profile, so a cold cache starts as a copy of it (a real copy: hard links
+/// would let the builder overwrite the suite's files); cargo rebuilds whatever differs (the crate
+/// itself, dependencies whose features differ without dev-dependencies).
+fn seed_builder_cache(cache: &Path) {
+    let ours = repo().join("target/release");
+    if cache.join("release").exists() || !ours.join("deps").exists() {
+        return;
+    }
+    let started = Instant::now();
+    std::fs::create_dir_all(cache.join("release")).unwrap();
+    for dir in [".fingerprint", "build", "deps"] {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(ours.join(dir))
+            .arg(cache.join("release"))
+            .status()
+            .expect("run cp");
+        assert!(status.success(), "seeding the builder cache from {} failed: {status}", ours.display());
+    }
+    println!("seeded the builder cache from {} in {:?}", ours.display(), started.elapsed());
+}
+
 /// Assembles the build context exactly as `.dockerignore` selects it, replays the builder stage
 /// (WORKDIR, COPY) in target/docker-builder/root, and runs its RUN command there with `sh`: the
 /// stage's cache mounts become the shared registry cache (CARGO_HOME) and a target directory kept
@@ -277,6 +301,7 @@ fn the_builder_stage_builds_the_binary_from_the_dockerignore_context() {
         std::fs::create_dir_all(dir).unwrap();
     }
     std::fs::create_dir_all(&cache).unwrap();
+    seed_builder_cache(&cache);
     for f in &files {
         copy_file(&repo().join(f), &context.join(f));
     }

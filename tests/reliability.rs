@@ -60,9 +60,11 @@ async fn standby_takes_over_when_the_leader_is_killed() {
     println!(
         "leader failover: lease acquired {acquired:?} after SIGKILL, first status write {first_write:?} (lease {lease_secs}s)"
     );
+    // The lease must expire; kube-lease-manager's standby then takes a few seconds to acquire it
+    // (force release, a random sleep, retries), and the new leader syncs its caches and reconciles.
     assert!(
-        first_write <= Duration::from_secs(lease_secs + 5),
-        "takeover took {first_write:?}, more than the lease ({lease_secs}s) plus one reconcile"
+        first_write <= Duration::from_secs(lease_secs + 10),
+        "takeover took {first_write:?}, more than the lease ({lease_secs}s) plus acquisition and one reconcile"
     );
     let done = wait_batch(ns.name(), "failover", &replicas[standby], Duration::from_secs(90), "Succeeded", |b| {
         phase(b) == "Succeeded"
