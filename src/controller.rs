@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -15,12 +15,13 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::PredictionBatch;
 use crate::cache::{trim_batch, trim_job};
 use crate::context::Context;
+use crate::decode::{Decoder, Listed, Marker};
 use crate::error::{Error, Retry, backoff};
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::metrics::Metrics;
@@ -171,7 +172,7 @@ async fn run_controller(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (batches, jobs): (Api<PredictionBatch>, Api<Job>) = match &settings.namespace {
+    let (listed, jobs): (Api<Listed>, Api<Job>) = match &settings.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
@@ -183,9 +184,14 @@ async fn run_controller(
             .reflect(job_writer)
             .inspect(synced(shared.clone(), Cache::Jobs, settings.leader_elect))
             .touched_objects();
+    // Batches are listed and watched as `Listed` and decoded one by one: one that does not decode
+    // is left out of the cache, counted and marked (see `decode`), and never fails the list.
     let (batch_store, batch_writer) = reflector::store();
-    let batch_stream = watcher(batches, watcher::Config::default())
+    let (marks, marks_rx) = mpsc::unbounded_channel();
+    let mut decoder = Decoder::new(metrics.clone(), marks);
+    let batch_stream = watcher(listed, watcher::Config::default())
         .default_backoff()
+        .filter_map(move |item| future::ready(item.map(|event| decoder.on_event(event)).transpose()))
         .modify(trim_batch)
         .reflect(batch_writer)
         .inspect(synced(shared.clone(), Cache::Batches, settings.leader_elect))
@@ -204,8 +210,9 @@ async fn run_controller(
         failures: Mutex::new(HashMap::new()),
     });
     *shared.batches.lock().expect("poisoned") = Some(batch_store.clone());
+    let marker = Marker { client: ctx.client.clone(), recorder: ctx.recorder.clone() };
 
-    Controller::for_stream(batch_stream, batch_store)
+    let controller = Controller::for_stream(batch_stream, batch_store)
         .owns_stream(job_stream)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
@@ -217,8 +224,12 @@ async fn run_controller(
             error_policy,
             ctx,
         )
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    // The marker ends with the controller (it owns the decoder that sends the marks).
+    tokio::select! {
+        _ = controller => {},
+        _ = marker.run(marks_rx) => {},
+    }
     info!("controller stopped");
 }
 

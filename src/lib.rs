@@ -5,6 +5,7 @@ pub mod api;
 pub mod cache;
 pub mod context;
 pub mod controller;
+pub mod decode;
 pub mod error;
 pub mod faults;
 pub mod http;

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub status_conflicts: Counter,
     pub mirror_failures: Counter,
     pub is_leader: Gauge,
+    pub invalid_objects: Gauge,
 }
 
 impl Default for Metrics {
@@ -76,6 +77,12 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease (or runs without election)",
             is_leader.clone(),
         );
+        let invalid_objects = Gauge::default();
+        registry.register(
+            "invalid_objects",
+            "PredictionBatches whose stored object cannot be read (not reconciled; marked Stalled, reason InvalidObject)",
+            invalid_objects.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -87,6 +94,7 @@ impl Default for Metrics {
             status_conflicts,
             mirror_failures,
             is_leader,
+            invalid_objects,
         }
     }
 }
