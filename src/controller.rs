@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
@@ -24,9 +24,10 @@ use crate::context::Context;
 use crate::decode::{Decoder, Listed, Marker};
 use crate::error::{Error, Retry, backoff};
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WatchLabel};
 use crate::mirror::MirrorHandle;
 use crate::reconcile::reconcile;
+use crate::watch_health::{Watch, WatchHealth};
 
 /// Settings of the `run` command that shape the controller.
 #[derive(Clone, Debug)]
@@ -41,11 +42,13 @@ pub struct Settings {
     pub concurrency: u16,
 }
 
-/// What the HTTP server reads: readiness and the batch cache (for per-phase gauges).
+/// What the HTTP server reads: readiness, the health of the watches, and the batch cache (for
+/// per-phase gauges).
 #[derive(Default)]
 pub struct Shared {
     pub ready: AtomicBool,
     pub batches: Mutex<Option<Store<PredictionBatch>>>,
+    pub watches: WatchHealth,
     batches_synced: AtomicBool,
     jobs_synced: AtomicBool,
 }
@@ -80,6 +83,21 @@ fn synced<K>(
                 }
             }
         }
+    }
+}
+
+/// Records each item of a watch's stream: errors are counted, and a run of them that does not end
+/// shows on `/readyz` and in `prediction_batch_watch_failing_seconds`.
+fn watch_health<K>(
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    watch: Watch,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    move |item| {
+        if item.is_err() {
+            metrics.watch_errors.get_or_create(&WatchLabel { watch: watch.label() }).inc();
+        }
+        shared.watches.record(watch, item.as_ref().map(|_| ()), Instant::now());
     }
 }
 
@@ -176,10 +194,12 @@ async fn run_controller(
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    shared.watches.reset();
     let (job_store, job_writer) = reflector::store();
     let job_stream =
         watcher(jobs, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
             .default_backoff()
+            .inspect(watch_health(shared.clone(), metrics.clone(), Watch::Jobs))
             .modify(trim_job)
             .reflect(job_writer)
             .inspect(synced(shared.clone(), Cache::Jobs, settings.leader_elect))
@@ -191,6 +211,7 @@ async fn run_controller(
     let mut decoder = Decoder::new(metrics.clone(), marks);
     let batch_stream = watcher(listed, watcher::Config::default())
         .default_backoff()
+        .inspect(watch_health(shared.clone(), metrics.clone(), Watch::Batches))
         .filter_map(move |item| future::ready(item.map(|event| decoder.on_event(event)).transpose()))
         .modify(trim_batch)
         .reflect(batch_writer)

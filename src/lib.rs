@@ -14,3 +14,4 @@ pub mod leadership;
 pub mod metrics;
 pub mod mirror;
 pub mod reconcile;
+pub mod watch_health;
