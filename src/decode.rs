@@ -7,7 +7,9 @@
 //! them and has each one marked `Stalled` with reason [`REASON_INVALID_OBJECT`] by [`Marker`]
 //! through a JSON merge patch of the status conditions, which needs no typed object. The mark is
 //! deterministic and fenced by the `resourceVersion` it was computed from, so it is written once,
-//! not again on a relist. Nothing undecoded is kept: the raw object lives only while it is looked
+//! not again on a relist. An undecodable batch being deleted is not marked but released from the
+//! Firestore mirror's finalizer (its document cannot be written without the batch), so that its
+//! deletion never hangs. Nothing undecoded is kept: the raw object lives only while it is looked
 //! at.
 
 use std::borrow::Cow;
@@ -30,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{PredictionBatch, REASON_INVALID_OBJECT};
 use crate::metrics::Metrics;
+use crate::mirror::{MIRROR_FIELD_MANAGER, MIRROR_FINALIZER};
 use crate::reconcile::plan::{CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED};
 
 /// Longest condition message we write (an Event note holds 1 kB).
@@ -48,8 +51,10 @@ pub enum Listed {
 /// status conditions as stored (raw: they may be what does not decode).
 #[derive(Clone, Debug, PartialEq)]
 pub struct InvalidBatch {
-    /// Only name, namespace, uid, resourceVersion and generation.
+    /// Only name, namespace, uid, resourceVersion, generation and finalizers.
     pub metadata: ObjectMeta,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
     /// The first error, with the path of the field, e.g.
     /// ``spec.worker.template.spec.containers[0].ports[0].containerPort: invalid value: integer `99999999999`, expected i32``.
     pub error: String,
@@ -115,10 +120,14 @@ impl InvalidBatch {
             uid: text("uid"),
             resource_version: text("resourceVersion"),
             generation: meta["generation"].as_i64(),
+            finalizers: meta["finalizers"]
+                .as_array()
+                .map(|f| f.iter().filter_map(|f| f.as_str().map(str::to_string)).collect()),
             ..ObjectMeta::default()
         };
+        let deleting = meta["deletionTimestamp"].is_string();
         let conditions = value["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        InvalidBatch { metadata, error, conditions }
+        InvalidBatch { metadata, deleting, error, conditions }
     }
 
     /// The message of the three conditions (deterministic: the same object gives the same text).
@@ -176,16 +185,49 @@ impl InvalidBatch {
             "status": { "conditions": conditions },
         }))
     }
+
+    /// The JSON patch that takes the Firestore mirror's finalizer off this batch, if it is being
+    /// deleted and carries it; guarded by `test` operations (same object, finalizer still there).
+    pub fn release_patch(&self) -> Option<Value> {
+        if !self.deleting {
+            return None;
+        }
+        let finalizers = self.metadata.finalizers.as_deref().unwrap_or_default();
+        let i = finalizers.iter().position(|f| f == MIRROR_FINALIZER)?;
+        Some(json!([
+            { "op": "test", "path": "/metadata/uid", "value": self.metadata.uid },
+            { "op": "test", "path": format!("/metadata/finalizers/{i}"), "value": MIRROR_FINALIZER },
+            { "op": "remove", "path": format!("/metadata/finalizers/{i}") },
+        ]))
+    }
 }
 
-/// A batch to mark, with the patch computed when it was seen.
+/// A write for an undecodable batch, computed when it was seen.
 #[derive(Debug)]
 pub struct Mark {
     pub namespace: String,
     pub name: String,
     pub uid: Option<String>,
+    /// The note of the Warning event recorded once the write is done.
     pub message: String,
-    pub patch: Value,
+    pub what: What,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum What {
+    /// Merge patch of the status conditions ([`InvalidBatch::mark_patch`]).
+    Stalled(Value),
+    /// JSON patch removing the mirror's finalizer ([`InvalidBatch::release_patch`]).
+    ReleaseFinalizer(Value),
+}
+
+impl What {
+    fn action(&self) -> &'static str {
+        match self {
+            What::Stalled(_) => "MarkStalled",
+            What::ReleaseFinalizer(_) => "ReleaseFinalizer",
+        }
+    }
 }
 
 type Key = (String, String);
@@ -253,19 +295,28 @@ impl Decoder {
 
     fn report(&self, invalid: &InvalidBatch) {
         let (namespace, name) = key(&invalid.metadata);
-        match invalid.mark_patch(Timestamp::now()) {
-            Some(patch) => {
-                warn!(
-                    batch = format!("{namespace}/{name}"),
-                    error = invalid.error,
-                    "batch cannot be read; marking it Stalled"
+        let batch = format!("{namespace}/{name}");
+        let uid = invalid.metadata.uid.clone();
+        let mark = if invalid.deleting {
+            // On its way out: no mark, but nothing of ours may hold it.
+            invalid.release_patch().map(|patch| {
+                warn!(batch, error = invalid.error, "deleted batch cannot be read; removing the mirror's finalizer");
+                let message = format!(
+                    "{}; its Firestore document was not marked deleted, and finalizer {MIRROR_FINALIZER} was removed so the deletion goes through",
+                    invalid.message()
                 );
-                let mark =
-                    Mark { namespace, name, uid: invalid.metadata.uid.clone(), message: invalid.message(), patch };
-                // The receiver lives as long as the controller that owns this decoder.
-                let _ = self.marks.send(mark);
-            }
-            None => debug!(batch = format!("{namespace}/{name}"), "batch cannot be read; already marked"),
+                Mark { namespace, name, uid, message, what: What::ReleaseFinalizer(patch) }
+            })
+        } else {
+            invalid.mark_patch(Timestamp::now()).map(|patch| {
+                warn!(batch, error = invalid.error, "batch cannot be read; marking it Stalled");
+                Mark { namespace, name, uid, message: invalid.message(), what: What::Stalled(patch) }
+            })
+        };
+        match mark {
+            // The receiver lives as long as the controller that owns this decoder.
+            Some(mark) => drop(self.marks.send(mark)),
+            None => debug!(batch, "batch cannot be read; nothing to write"),
         }
     }
 }
@@ -293,21 +344,33 @@ impl Marker {
     async fn mark(&self, mark: Mark) {
         let api: Api<Listed> = Api::namespaced(self.client.clone(), &mark.namespace);
         let batch = format!("{}/{}", mark.namespace, mark.name);
+        let action = mark.what.action();
         let mut wait = Duration::from_millis(500);
         for attempt in 1..=5 {
-            match api.patch_status(&mark.name, &PatchParams::default(), &Patch::Merge(&mark.patch)).await {
+            let written = match &mark.what {
+                What::Stalled(patch) => {
+                    api.patch_status(&mark.name, &PatchParams::default(), &Patch::Merge(patch)).await
+                }
+                What::ReleaseFinalizer(ops) => {
+                    let ops = serde_json::from_value(ops.clone()).expect("a valid JSON patch");
+                    let params = PatchParams { field_manager: Some(MIRROR_FIELD_MANAGER.into()), ..Default::default() };
+                    api.patch(&mark.name, &params, &Patch::<()>::Json(ops)).await
+                }
+            };
+            match written {
                 Ok(_) => {
-                    info!(batch, "marked Stalled ({REASON_INVALID_OBJECT})");
+                    info!(batch, action, "written ({REASON_INVALID_OBJECT})");
                     self.event(&mark).await;
                     return;
                 }
-                // Changed or gone since: the watch brings the new version, which is looked at anew.
-                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-                    debug!(batch, code = s.code, "batch changed before it was marked");
+                // Changed or gone since (a failed `test` is 422): the watch brings the new version,
+                // which is looked at anew.
+                Err(kube::Error::Api(s)) if [404, 409, 422].contains(&s.code) => {
+                    debug!(batch, action, code = s.code, "batch changed before it was written");
                     return;
                 }
                 Err(error) => {
-                    warn!(batch, %error, attempt, "could not mark the batch Stalled");
+                    warn!(batch, action, %error, attempt, "could not write");
                     tokio::time::sleep(wait).await;
                     wait *= 2;
                 }
@@ -327,8 +390,8 @@ impl Marker {
         let event = KubeEvent {
             type_: EventType::Warning,
             reason: REASON_INVALID_OBJECT.into(),
-            note: Some(mark.message.clone()),
-            action: "Decode".into(),
+            note: Some(mark.message.chars().take(1000).collect()),
+            action: mark.what.action().into(),
             secondary: None,
         };
         if let Err(error) = self.recorder.publish(&event, &reference).await {
@@ -419,6 +482,34 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_batch_is_not_marked_but_let_go_by_the_mirror() {
+        let mut v = stored(99_999_999_999, json!([]));
+        v["metadata"]["deletionTimestamp"] = json!("2026-01-02T10:00:00Z");
+        v["metadata"]["finalizers"] = json!(["example.com/other", MIRROR_FINALIZER]);
+        let i = invalid(v.clone());
+        let ops = i.release_patch().expect("the mirror's finalizer is there");
+        assert_eq!(
+            ops,
+            json!([
+                { "op": "test", "path": "/metadata/uid", "value": "u" },
+                { "op": "test", "path": "/metadata/finalizers/1", "value": MIRROR_FINALIZER },
+                { "op": "remove", "path": "/metadata/finalizers/1" },
+            ])
+        );
+        let (d, mut marks, _) = decoder();
+        d.report(&i);
+        assert_eq!(marks.try_recv().unwrap().what, What::ReleaseFinalizer(ops));
+
+        // Without our finalizer there is nothing to let go, and a deleted batch is not marked.
+        v["metadata"]["finalizers"] = json!(["example.com/other"]);
+        assert_eq!(invalid(v.clone()).release_patch(), None);
+        d.report(&invalid(v));
+        assert!(marks.try_recv().is_err());
+        // Not being deleted: nothing to let go.
+        assert_eq!(invalid(stored(99_999_999_999, json!([]))).release_patch(), None);
+    }
+
+    #[test]
     fn long_errors_are_cut() {
         let mut i = invalid(stored(99_999_999_999, json!([])));
         i.error = "é".repeat(2000);
@@ -446,7 +537,9 @@ mod tests {
         assert!(d.on_event(Event::InitApply(listed(99_999_999_999, "bad"))).is_none());
         assert!(matches!(d.on_event(Event::InitDone), Some(Event::InitDone)));
         assert_eq!(metrics.invalid_objects.get(), 1);
-        assert_eq!(marks.try_recv().unwrap().name, "bad");
+        let mark = marks.try_recv().unwrap();
+        assert_eq!(mark.name, "bad");
+        assert!(matches!(mark.what, What::Stalled(_)));
 
         // A good batch turning bad leaves the cache; turning good again comes back.
         match d.on_event(Event::Apply(listed(99_999_999_999, "good"))) {

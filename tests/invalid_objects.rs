@@ -206,7 +206,7 @@ async fn undecodable_batches_are_marked_and_counted_and_the_others_run_across_a_
     wait_batch(ns, "good-1", &ctl, Duration::from_secs(120), "Succeeded", |b| phase(b) == "Succeeded");
     ctl.kill();
 
-    // While it is down, three batches the Rust types cannot hold are stored under a CRD without
+    // While it is down, four batches the Rust types cannot hold are stored under a CRD without
     // the integer bounds, which is then put back (the marks below are written under the bounded
     // CRD, which ratchets: unchanged out-of-bounds values may stay).
     let bad_port = beyond_int32("bad-port");
@@ -214,9 +214,12 @@ async fn undecodable_batches_are_marked_and_counted_and_the_others_run_across_a_
     bad_probe["spec"]["consolidation"]["template"]["spec"]["containers"][0]["livenessProbe"] =
         json!({ "httpGet": { "path": "/healthz", "port": BEYOND_INT32 } });
     let bad_status = batch("bad-status", json!({ "targetCount": 8, "suspend": true }), json!({}));
+    // One that carries the Firestore mirror's finalizer (as with `--firestore-project`).
+    let mut bad_finalizer = beyond_int32("bad-finalizer");
+    bad_finalizer["metadata"]["finalizers"] = json!(["predictions.dev/firestore-mirror"]);
     {
         let _crd = UnboundedCrd::install(ns, beyond_int32("probe"));
-        for bad in [&bad_port, &bad_probe, &bad_status] {
+        for bad in [&bad_port, &bad_probe, &bad_status, &bad_finalizer] {
             kubectl_stdin(&["create", "-n", ns, "-f", "-"], &bad.to_string());
         }
         kubectl(&[
@@ -276,6 +279,7 @@ async fn undecodable_batches_are_marked_and_counted_and_the_others_run_across_a_
             "spec.consolidation.template.spec.containers[0].livenessProbe.httpGet.port: invalid value: integer `99999999999`",
         ),
         ("bad-status", "status.shards.total: invalid value: integer `5000000000`"),
+        ("bad-finalizer", "spec.worker.template.spec.containers[0].ports[0].containerPort"),
     ];
     for (name, field) in fields {
         marked(name, field, &ctl);
@@ -285,7 +289,7 @@ async fn undecodable_batches_are_marked_and_counted_and_the_others_run_across_a_
 
     // Counted, and no failing watch.
     let (addr, metrics) = metrics_of(&ctl);
-    assert_eq!(metric(&metrics, "prediction_batch_invalid_objects"), Some(3.0), "{metrics}");
+    assert_eq!(metric(&metrics, "prediction_batch_invalid_objects"), Some(4.0), "{metrics}");
     assert_eq!(metric(&metrics, "prediction_batch_watch_errors_total{watch=\"batches\"}"), Some(0.0), "{metrics}");
     assert_eq!(http_get(&addr, "/readyz"), (200, "ready".to_string()));
 
@@ -295,12 +299,12 @@ async fn undecodable_batches_are_marked_and_counted_and_the_others_run_across_a_
     ctl.restart();
     let addr = http_addr(&ctl.log);
     wait_until(
-        "the restarted controller to be ready and count the 3 undecodable batches",
+        "the restarted controller to be ready and count the 4 undecodable batches",
         Duration::from_secs(60),
         || {
             let ready = http_get(&addr, "/readyz").0 == 200;
             let metrics = http_get(&addr, "/metrics").1;
-            (ready && metric(&metrics, "prediction_batch_invalid_objects") == Some(3.0)).then_some(())
+            (ready && metric(&metrics, "prediction_batch_invalid_objects") == Some(4.0)).then_some(())
         },
         || ctl.log_tail(),
     );
@@ -332,10 +336,20 @@ async fn undecodable_batches_are_marked_and_counted_and_the_others_run_across_a_
             || http_get(&addr, "/metrics").1,
         )
     };
-    count(4.0);
+    count(5.0);
 
     // Deleting one takes it out of the count.
     kubectl(&["delete", "pb", "bad-port", "-n", ns]);
+    count(4.0);
+
+    // A deleted one is not held by the mirror's finalizer, which cannot write its document.
+    kubectl(&["delete", "pb", "bad-finalizer", "-n", ns, "--wait=false"]);
+    wait_until(
+        "bad-finalizer to be gone (the mirror's finalizer removed)",
+        Duration::from_secs(30),
+        || batch_json(ns, "bad-finalizer").is_none().then_some(()),
+        || format!("{:?}\n{}", batch_json(ns, "bad-finalizer").map(|b| b["metadata"].clone()), ctl.log_tail()),
+    );
     count(3.0);
 }
 
