@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -15,18 +15,20 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::PredictionBatch;
 use crate::cache::{trim_batch, trim_job};
 use crate::context::Context;
+use crate::decode::{Decoder, Listed, Marker};
 use crate::error::{Error, Retry, backoff};
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::leadership::Leadership;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WatchLabel};
 use crate::mirror::MirrorHandle;
 use crate::reconcile::{reconcile, release_jobs_of};
+use crate::watch_health::{Watch, WatchHealth};
 
 /// Settings of the `run` command that shape the controller.
 #[derive(Clone, Debug)]
@@ -44,11 +46,13 @@ pub struct Settings {
     pub concurrency: u16,
 }
 
-/// What the HTTP server reads: readiness and the batch cache (for per-phase gauges).
+/// What the HTTP server reads: readiness, the health of the watches, and the batch cache (for
+/// per-phase gauges).
 #[derive(Default)]
 pub struct Shared {
     pub ready: AtomicBool,
     pub batches: Mutex<Option<Store<PredictionBatch>>>,
+    pub watches: WatchHealth,
     batches_synced: AtomicBool,
     jobs_synced: AtomicBool,
 }
@@ -91,6 +95,21 @@ fn synced<K>(
                 }
             }
         }
+    }
+}
+
+/// Records each item of a watch's stream: errors are counted, and a run of them that does not end
+/// shows on `/readyz` and in `prediction_batch_watch_failing_seconds`.
+fn watch_health<K>(
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    watch: Watch,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    move |item| {
+        if item.is_err() {
+            metrics.watch_errors.get_or_create(&WatchLabel { watch: watch.label() }).inc();
+        }
+        shared.watches.record(watch, item.as_ref().map(|_| ()), Instant::now());
     }
 }
 
@@ -324,21 +343,29 @@ async fn run_controller(
     leadership: Arc<Leadership>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (batches, jobs): (Api<PredictionBatch>, Api<Job>) = match &settings.namespace {
+    let (listed, jobs): (Api<Listed>, Api<Job>) = match &settings.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    shared.watches.reset();
     let (job_store, job_writer) = reflector::store();
     let job_stream =
         watcher(jobs, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
             .default_backoff()
+            .inspect(watch_health(shared.clone(), metrics.clone(), Watch::Jobs))
             .modify(trim_job)
             .reflect(job_writer)
             .inspect(synced(shared.clone(), Cache::Jobs, settings.leader_elect))
             .touched_objects();
+    // Batches are listed and watched as `Listed` and decoded one by one: one that does not decode
+    // is left out of the cache, counted and marked (see `decode`), and never fails the list.
     let (batch_store, batch_writer) = reflector::store();
-    let batch_stream = watcher(batches, watcher::Config::default())
+    let (marks, marks_rx) = mpsc::unbounded_channel();
+    let mut decoder = Decoder::new(metrics.clone(), marks);
+    let batch_stream = watcher(listed, watcher::Config::default())
         .default_backoff()
+        .inspect(watch_health(shared.clone(), metrics.clone(), Watch::Batches))
+        .filter_map(move |item| future::ready(item.map(|event| decoder.on_event(event)).transpose()))
         .modify(trim_batch)
         .reflect(batch_writer)
         .inspect(synced(shared.clone(), Cache::Batches, settings.leader_elect))
@@ -357,9 +384,10 @@ async fn run_controller(
         failures: Mutex::new(HashMap::new()),
     });
     *shared.batches.lock().expect("poisoned") = Some(batch_store.clone());
+    let marker = Marker { client: ctx.client.clone(), recorder: ctx.recorder.clone() };
 
     let ctx_for_orphans = ctx.clone();
-    Controller::for_stream(batch_stream, batch_store)
+    let controller = Controller::for_stream(batch_stream, batch_store)
         .owns_stream(job_stream)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
@@ -383,8 +411,12 @@ async fn run_controller(
                     }
                 }
             }
-        })
-        .await;
+        });
+    // The marker ends with the controller (it owns the decoder that sends the marks).
+    tokio::select! {
+        _ = controller => {},
+        _ = marker.run(marks_rx) => {},
+    }
     info!("controller stopped");
 }
 

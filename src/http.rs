@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -14,6 +15,7 @@ use tracing::info;
 
 use crate::controller::Shared;
 use crate::metrics::Metrics;
+use crate::watch_health::NOT_READY_AFTER;
 
 #[derive(Clone)]
 struct AppState {
@@ -53,13 +55,64 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
         }
         state.metrics.set_phases(&counts.into_iter().collect::<Vec<_>>());
     }
+    state.metrics.set_watch_failing(&state.shared.watches.failing(Instant::now()));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
 }
 
+/// Ready once the caches have synced, and as long as no watch has kept failing for
+/// [`NOT_READY_AFTER`]; a failing watch is named in the body either way.
 async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
-    if state.shared.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready")
+    let failing = state.shared.watches.failing(Instant::now());
+    let detail: Vec<String> = failing.iter().map(ToString::to_string).collect();
+    if !state.shared.ready.load(Ordering::SeqCst) {
+        let body = std::iter::once("caches not synced".to_string()).chain(detail).collect::<Vec<_>>().join("; ");
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    } else if failing.iter().any(|f| f.for_ >= NOT_READY_AFTER) {
+        (StatusCode::SERVICE_UNAVAILABLE, detail.join("; "))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+        (StatusCode::OK, "ready".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::to_bytes;
+
+    use super::*;
+    use crate::watch_health::Watch;
+
+    async fn readyz(shared: &Arc<Shared>) -> (StatusCode, String) {
+        let state = AppState { metrics: Arc::new(Metrics::default()), shared: shared.clone() };
+        let response = ready_handler(State(state)).await.into_response();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_names_a_failing_watch_and_fails_once_it_keeps_failing() {
+        let shared = Arc::new(Shared::default());
+        let now = Instant::now();
+        shared.watches.record(Watch::Batches, Err(&"forbidden"), now);
+        let (status, body) = readyz(&shared).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("caches not synced; watch of PredictionBatches failing for "), "{body}");
+
+        // Synced, and a watch failed a moment ago: still ready.
+        shared.ready.store(true, Ordering::SeqCst);
+        assert_eq!(readyz(&shared).await, (StatusCode::OK, "ready".to_string()));
+
+        // Synced, but a watch has been failing for longer than NOT_READY_AFTER: not ready.
+        let health = Shared::default();
+        health.ready.store(true, Ordering::SeqCst);
+        let shared = Arc::new(health);
+        let long_ago = now.checked_sub(NOT_READY_AFTER + Duration::from_secs(1)).unwrap();
+        shared.watches.record(Watch::Jobs, Err(&"forbidden"), long_ago);
+        shared.watches.record(Watch::Jobs, Err(&"forbidden"), now);
+        let (status, body) = readyz(&shared).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("watch of Jobs failing for 6"), "{body}");
     }
 }

@@ -8,6 +8,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::api::Phase;
+use crate::watch_health::{Failing, Watch};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -22,6 +23,11 @@ pub struct KindLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
     pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabel {
+    pub watch: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +46,9 @@ pub struct Metrics {
     pub status_conflicts: Counter,
     pub mirror_failures: Counter,
     pub is_leader: Gauge,
+    pub invalid_objects: Gauge,
+    pub watch_errors: Family<WatchLabel, Counter>,
+    pub watch_failing: Family<WatchLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -76,6 +85,25 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease (or runs without election)",
             is_leader.clone(),
         );
+        let invalid_objects = Gauge::default();
+        registry.register(
+            "invalid_objects",
+            "PredictionBatches whose stored object cannot be read (not reconciled; marked Stalled, reason InvalidObject)",
+            invalid_objects.clone(),
+        );
+        let watch_errors = Family::<WatchLabel, Counter>::default();
+        registry.register("watch_errors", "Failed list or watch calls by watch (batches, jobs)", watch_errors.clone());
+        let watch_failing = Family::<WatchLabel, Gauge>::default();
+        registry.register(
+            "watch_failing_seconds",
+            "How long a watch has been failing without a success in between (0 while it works)",
+            watch_failing.clone(),
+        );
+        for watch in Watch::ALL {
+            // Exported from the start, at 0.
+            let _ = watch_errors.get_or_create(&WatchLabel { watch: watch.label() });
+            let _ = watch_failing.get_or_create(&WatchLabel { watch: watch.label() });
+        }
         Metrics {
             registry,
             reconciles,
@@ -87,6 +115,9 @@ impl Default for Metrics {
             status_conflicts,
             mirror_failures,
             is_leader,
+            invalid_objects,
+            watch_errors,
+            watch_failing,
         }
     }
 }
@@ -105,6 +136,14 @@ impl Metrics {
         ] {
             let n = counts.iter().filter(|(p, _)| *p == phase).map(|(_, n)| n).sum();
             self.batches.get_or_create(&PhaseLabel { phase: phase.as_str() }).set(n);
+        }
+    }
+
+    /// Sets the per-watch failure gauges (called at scrape time).
+    pub fn set_watch_failing(&self, failing: &[Failing]) {
+        for watch in Watch::ALL {
+            let secs = failing.iter().find(|f| f.watch == watch).map_or(0, |f| f.for_.as_secs());
+            self.watch_failing.get_or_create(&WatchLabel { watch: watch.label() }).set(secs as i64);
         }
     }
 

@@ -56,11 +56,15 @@ fn crd_installed() {
 
         // The apiserver swaps a changed CRD's handler asynchronously after Established: wait until
         // the newest rules in crds/ are the ones enforced.
-        let probes: Vec<Invalid> =
-            ["complete-by-ten-fraction-digits", "max-failed-shards-over-shard-count", "name-with-dots"]
-                .iter()
-                .map(|n| read_invalid(&repo().join(format!("tests/admission/invalid/{n}.yaml"))))
-                .collect();
+        let probes: Vec<Invalid> = [
+            "complete-by-ten-fraction-digits",
+            "max-failed-shards-over-shard-count",
+            "name-with-dots",
+            "probe-port-beyond-int32",
+        ]
+        .iter()
+        .map(|n| read_invalid(&repo().join(format!("tests/admission/invalid/{n}.yaml"))))
+        .collect();
         support::wait_until(
             "the apiserver to serve the schema of crds/",
             Duration::from_secs(30),
@@ -209,6 +213,76 @@ fn invalid_manifests_are_refused_naming_the_field_and_not_stored() {
         problems.join("\n\n")
     );
     eprintln!("{} invalid manifests refused (client- and server-side), none stored", cases.len());
+}
+
+/// The status counts are `u32` to the controller, so the schema bounds them: a status write beyond
+/// them is refused (stored, it would leave the batch unreadable to the controller).
+#[test]
+fn status_counts_beyond_their_type_are_refused() {
+    crd_installed();
+    let ns = TestNamespace::new("adm-status-bounds");
+    kubectl(&["apply", "-n", ns.name(), "-f", path_str(&repo().join("tests/admission/valid/minimal.yaml"))]);
+    let patch = |total: u64| {
+        let counts = json!({ "status": { "shards": { "total": total, "succeeded": 0, "failed": 0, "active": 0 } } });
+        kubectl_output(&[
+            "patch",
+            "pb",
+            "minimal",
+            "-n",
+            ns.name(),
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &counts.to_string(),
+        ])
+    };
+    let out = patch(u64::from(u32::MAX) + 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("status.shards.total: Invalid value: 4294967296")
+            && stderr.contains("should be less than or equal to 4294967295"),
+        "a shard count beyond u32 was not refused as expected: {}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(kubectl_json(&["get", "pb", "minimal", "-n", ns.name()])["status"]["shards"].is_null());
+    // The largest u32 is fine.
+    let out = patch(u64::from(u32::MAX));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Why the CRD bounds only int32 (and u32) integers: the apiserver refuses an integer beyond int64
+/// by itself, whatever the schema says.
+#[test]
+fn integers_beyond_int64_are_refused_by_the_apiserver_itself() {
+    crd_installed();
+    let ns = TestNamespace::new("adm-int64");
+    let text = std::fs::read_to_string(repo().join("tests/admission/valid/minimal.yaml")).unwrap().replace(
+        "    template:\n      spec:\n",
+        "    template:\n      spec:\n        terminationGracePeriodSeconds: 99999999999999999999\n",
+    );
+    assert!(text.contains("99999999999999999999"), "{text}");
+    let out = kubectl_output_stdin(&["create", "--dry-run=server", "-n", ns.name(), "-f", "-"], &text);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr
+                .contains("spec.worker.template.spec.terminationGracePeriodSeconds in body must be of type integer"),
+        "{}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn kubectl_output_stdin(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = support::kubectl_command(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -275,12 +275,8 @@ fn seed_builder_cache(cache: &Path) {
     let started = Instant::now();
     std::fs::create_dir_all(cache.join("release")).unwrap();
     for dir in [".fingerprint", "build", "deps"] {
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(ours.join(dir))
-            .arg(cache.join("release"))
-            .status()
-            .expect("run cp");
+        let status =
+            Command::new("cp").arg("-a").arg(ours.join(dir)).arg(cache.join("release")).status().expect("run cp");
         assert!(status.success(), "seeding the builder cache from {} failed: {status}", ours.display());
     }
     println!("seeded the builder cache from {} in {:?}", ours.display(), started.elapsed());

@@ -246,12 +246,12 @@ async fn every_complete_by_the_crd_admits_is_understood_up_to_the_end_of_year_99
             batch(&name, json!({ "targetCount": 2, "itemsPerShard": 1, "completion": { "completeBy": t } }), json!({}));
         apply(ns.name(), &b);
     }
-    for i in 0..far.len() {
+    for (i, t) in far.iter().enumerate() {
         let name = format!("far-{i}");
         let done = wait_batch(ns.name(), &name, &ctl, Duration::from_secs(90), "finished", |b| {
             matches!(phase(b), "Succeeded" | "Failed") || stalled_reason(b) == "InvalidSpec"
         });
-        assert_eq!(phase(&done), "Succeeded", "{}: {}", far[i], done["status"]);
+        assert_eq!(phase(&done), "Succeeded", "{t}: {}", done["status"]);
     }
     assert!(batch_json(ns.name(), "far-0").is_some());
 }

@@ -31,6 +31,7 @@ pub fn definition() -> CustomResourceDefinition {
     let root = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
     apply_root_rules(root);
     apply_spec_rules(&mut root["properties"]["spec"]);
+    bound_integers(root);
     serde_json::from_value(crd).expect("CRD deserializes")
 }
 
@@ -163,6 +164,37 @@ fn apply_spec_rules(spec: &mut Value) {
     ]);
 }
 
+/// Bounds every integer below `schema` to what its type holds, read from its `format` (bounds
+/// already there and tighter stay). The apiserver ignores `format` in a CRD but enforces `minimum`
+/// and `maximum`; without them it stores, say, a `containerPort` of 99999999999 or a status count
+/// above `u32::MAX`, and then no typed client, this controller included, can read the object.
+/// `int64` needs no bounds: the apiserver itself refuses integers that are not int64 (and an
+/// `i64::MAX` bound would be read back as the float 2^63).
+fn bound_integers(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.get("type").and_then(Value::as_str) == Some("integer") {
+                let range = match map.get("format").and_then(Value::as_str) {
+                    Some("int32") => Some((i64::from(i32::MIN), i64::from(i32::MAX), "int32")),
+                    // schemars' format for u32 (status counts); not a format Kubernetes knows.
+                    Some("uint32") => Some((0, i64::from(u32::MAX), "int64")),
+                    _ => None,
+                };
+                if let Some((min, max, format)) = range {
+                    let min = map.get("minimum").and_then(Value::as_i64).map_or(min, |m| m.max(min));
+                    let max = map.get("maximum").and_then(Value::as_i64).map_or(max, |m| m.min(max));
+                    map.insert("minimum".into(), json!(min));
+                    map.insert("maximum".into(), json!(max));
+                    map.insert("format".into(), json!(format));
+                }
+            }
+            map.values_mut().for_each(bound_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +214,63 @@ mod tests {
     fn fits_in_the_client_side_apply_annotation() {
         let json = serde_json::to_string(&definition()).unwrap();
         assert!(json.len() < 200 * 1024, "CRD is {} bytes of JSON", json.len());
+    }
+
+    /// Every integer holds in its Rust and Kubernetes type: `int32` ones (and `u32` ones, written
+    /// as `int64`) are bounded here, `int64` ones by the apiserver itself. Every `IntOrString` (the
+    /// `port` of probes and lifecycle handlers, an `i32`) is bounded; quantities (also
+    /// int-or-string, but any number) are not.
+    #[test]
+    fn every_integer_is_bounded_to_its_type() {
+        fn walk(path: String, v: &Value, ports: &mut usize, problems: &mut Vec<String>) {
+            match v {
+                Value::Object(map) => {
+                    // The typed CRD keeps bounds as floats.
+                    let bounds =
+                        (map.get("minimum").and_then(Value::as_f64), map.get("maximum").and_then(Value::as_f64));
+                    if map.get("type").and_then(Value::as_str) == Some("integer") {
+                        match (map.get("format").and_then(Value::as_str), bounds) {
+                            (Some("int32"), (Some(min), Some(max)))
+                                if min >= f64::from(i32::MIN) && max <= f64::from(i32::MAX) => {}
+                            (Some("int64"), _) => {}
+                            (format, bounds) => problems.push(format!("{path}: {format:?} {bounds:?}")),
+                        }
+                    }
+                    if map.get("x-kubernetes-int-or-string") == Some(&json!(true)) {
+                        if path.ends_with(".port") {
+                            *ports += 1;
+                            if bounds != (Some(f64::from(i32::MIN)), Some(f64::from(i32::MAX))) {
+                                problems.push(format!("{path} (IntOrString) is not bounded to i32: {bounds:?}"));
+                            }
+                        } else if bounds != (None, None) {
+                            problems.push(format!("{path} (a quantity) must not be bounded: {bounds:?}"));
+                        }
+                    }
+                    for (key, child) in map {
+                        if key == "properties"
+                            && let Value::Object(props) = child
+                        {
+                            for (name, prop) in props {
+                                walk(format!("{path}.{name}"), prop, ports, problems);
+                            }
+                        } else {
+                            walk(format!("{path}/{key}"), child, ports, problems);
+                        }
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|i| walk(format!("{path}[]"), i, ports, problems)),
+                _ => {}
+            }
+        }
+        let crd = serde_json::to_value(definition()).unwrap();
+        let (mut ports, mut problems) = (0, Vec::new());
+        walk(String::new(), &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], &mut ports, &mut problems);
+        assert!(problems.is_empty(), "integers not bounded to their types:\n{}", problems.join("\n"));
+        // httpGet and tcpSocket of 3 probes and 2 lifecycle handlers, in containers, init containers
+        // and ephemeral containers, in 3 templates.
+        assert_eq!(ports, 3 * 3 * 5 * 2, "IntOrString ports found");
+        let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+        assert_eq!(status["properties"]["shards"]["properties"]["total"]["maximum"], json!(f64::from(u32::MAX)));
     }
 
     #[test]

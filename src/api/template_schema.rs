@@ -10,14 +10,21 @@
 //! refused at admission. Semantic validation of the rest (e.g. resource quantities, volume
 //! references) is left to the apiserver when the controller creates the Job; a rejected template
 //! ends the batch Stalled with the apiserver's message.
+//!
+//! Numbers are the exception to "structure only": every integer is bounded to what its Kubernetes
+//! type holds (see [`bound_int_or_string`] and `crd::bound_integers`). The apiserver ignores
+//! `format: int32` in a CRD, so without bounds it stores a `containerPort` of 99999999999, which
+//! no client of the Kubernetes types (this controller included) can read back.
 
 use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// Schema of a pod template field (`worker.template`, `consolidation.template`, `export.template`).
-pub fn pod_template(generator: &mut SchemaGenerator) -> Schema {
-    let mut spec = PodSpec::json_schema(generator).to_value();
+pub fn pod_template(_generator: &mut SchemaGenerator) -> Schema {
+    let mut spec = pod_spec_schema();
     strip_descriptions(&mut spec);
     let obj = spec.as_object_mut().expect("PodSpec schema is an object");
     obj.insert(
@@ -61,6 +68,55 @@ pub fn pod_template(generator: &mut SchemaGenerator) -> Schema {
     .expect("a JSON object is a schema")
 }
 
+/// k8s-openapi's `PodSpec` schema with every subschema inlined (as kube's own generator does), and
+/// every `IntOrString` bounded. The schemas of `IntOrString` (an `i32` or a string) and `Quantity`
+/// (any number or a string) look alike once inlined, so the PodSpec schema is generated with
+/// references first and `IntOrString` is told apart by its reference.
+fn pod_spec_schema() -> Value {
+    let mut generator = SchemaSettings::draft2020_12().with(|s| s.inline_subschemas = false).into_generator();
+    let spec = PodSpec::json_schema(&mut generator).to_value();
+    let int_or_string = generator.subschema_for::<IntOrString>().to_value();
+    let int_or_string = int_or_string["$ref"].as_str().expect("IntOrString is referenced, not inlined").to_string();
+    let definitions = generator.take_definitions(false);
+    inline(spec, &definitions, &int_or_string)
+}
+
+/// Replaces every `$ref` below `schema` by the definition it names (keywords next to the `$ref`, the
+/// field's description, win), bounding the `IntOrString` one.
+fn inline(schema: Value, definitions: &Map<String, Value>, int_or_string: &str) -> Value {
+    match schema {
+        Value::Object(mut map) => {
+            if let Some(Value::String(reference)) = map.remove("$ref") {
+                let name = reference.rsplit('/').next().unwrap_or_default();
+                let mut target = definitions
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{reference} is not among the generated definitions"));
+                if reference == int_or_string {
+                    bound_int_or_string(&mut target);
+                }
+                let Value::Object(mut merged) = inline(target, definitions, int_or_string) else {
+                    panic!("{reference} is not an object schema");
+                };
+                for (key, value) in map {
+                    merged.insert(key, inline(value, definitions, int_or_string));
+                }
+                return Value::Object(merged);
+            }
+            Value::Object(map.into_iter().map(|(k, v)| (k, inline(v, definitions, int_or_string))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| inline(v, definitions, int_or_string)).collect()),
+        other => other,
+    }
+}
+
+/// An `IntOrString` holds an `i32`: `minimum` and `maximum` apply to numbers only, so strings are
+/// unaffected.
+pub fn bound_int_or_string(schema: &mut Value) {
+    schema["minimum"] = json!(i32::MIN);
+    schema["maximum"] = json!(i32::MAX);
+}
+
 /// Removes `description` keywords (not properties named "description") everywhere below `v`.
 fn strip_descriptions(v: &mut Value) {
     match v {
@@ -80,5 +136,40 @@ fn strip_descriptions(v: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inlining by reference gives exactly what an inlining generator gives (as kube's does), plus
+    /// the bounds of `IntOrString`.
+    #[test]
+    fn inlined_schema_is_the_pod_spec_schema_with_bounded_int_or_string() {
+        fn unbound(v: &mut Value, bounded: &mut usize) {
+            match v {
+                Value::Object(map) => {
+                    if map.get("x-kubernetes-int-or-string") == Some(&json!(true)) && map.remove("maximum").is_some() {
+                        map.remove("minimum");
+                        *bounded += 1;
+                    }
+                    map.values_mut().for_each(|c| unbound(c, bounded));
+                }
+                Value::Array(items) => items.iter_mut().for_each(|c| unbound(c, bounded)),
+                _ => {}
+            }
+        }
+        let mut generator = SchemaSettings::draft2020_12().with(|s| s.inline_subschemas = true).into_generator();
+        let expected = PodSpec::json_schema(&mut generator).to_value();
+        let mut ours = pod_spec_schema();
+        let mut bounded = 0;
+        unbound(&mut ours, &mut bounded);
+        assert_eq!(ours, expected);
+        assert_eq!(
+            bounded,
+            3 * 5 * 2,
+            "httpGet/tcpSocket ports of 3 probes and 2 handlers, (init/ephemeral) containers"
+        );
     }
 }
