@@ -115,14 +115,7 @@ fn helm_lint_is_clean() {
         (vec!["--set", "unknownKey=1"], "unknownKey"),
         (vec!["--set", "controller.leaderElection.enabled=false"], "leaderElection"),
     ] {
-        let mut cmd = tool_command("helm");
-        cmd.args(["template", "bad", CHART_DIR]).args(&bad);
-        let out = install::output(cmd);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(expect),
-            "helm template {bad:?} should fail naming {expect}: {err}"
-        );
+        assert_template_fails(&bad, expect);
     }
 }
 
@@ -480,14 +473,7 @@ fn the_firestore_block_turns_on_the_mirror_with_everything_it_needs() {
             "gcpServiceAccount",
         ),
     ] {
-        let mut cmd = tool_command("helm");
-        cmd.args(["template", "bad", CHART_DIR]).args(&bad);
-        let out = install::output(cmd);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(expect),
-            "helm template {bad:?} should fail naming {expect}: {err}"
-        );
+        assert_template_fails(&bad, expect);
     }
 }
 
@@ -1052,4 +1038,13 @@ exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all --boundi
     assert_eq!(batch["status"]["progress"], "120/120");
     let exit = controller.terminate(Duration::from_secs(30));
     assert!(exit.is_some_and(|s| s.success()), "no clean exit on SIGTERM: {exit:?}\n{}", controller.log_tail());
+}
+
+/// `helm template` with `bad` values must fail with a message naming `expect`.
+fn assert_template_fails(bad: &[&str], expect: &str) {
+    let mut cmd = tool_command("helm");
+    cmd.args(["template", "bad", CHART_DIR]).args(bad);
+    let out = install::output(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(expect), "helm template {bad:?} should fail naming {expect}: {err}");
 }

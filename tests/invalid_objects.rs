@@ -183,9 +183,11 @@ fn beyond_int32(name: &str) -> Value {
 }
 
 /// A status patch with a shard count beyond u32.
-fn shards_beyond_u32() -> String {
-    json!({ "status": { "shards": { "total": 5_000_000_000u64, "succeeded": 0, "failed": 0, "active": 0 } } })
-        .to_string()
+/// Writes a shard count beyond u32 into the status of batch `name` (needs the unbounded CRD).
+fn patch_shards_beyond_u32(ns: &str, name: &str) {
+    let patch =
+        json!({ "status": { "shards": { "total": 5_000_000_000u64, "succeeded": 0, "failed": 0, "active": 0 } } });
+    kubectl(&["patch", "pb", name, "-n", ns, "--subresource=status", "--type=merge", "-p", &patch.to_string()]);
 }
 
 fn metrics_of(ctl: &Controller) -> (String, String) {
@@ -222,17 +224,7 @@ async fn undecodable_batches_are_marked_and_counted_and_the_others_run_across_a_
         for bad in [&bad_port, &bad_probe, &bad_status, &bad_finalizer] {
             kubectl_stdin(&["create", "-n", ns, "-f", "-"], &bad.to_string());
         }
-        kubectl(&[
-            "patch",
-            "pb",
-            "bad-status",
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &shards_beyond_u32(),
-        ]);
+        patch_shards_beyond_u32(ns, "bad-status");
     }
 
     // The restarted controller lists them along with new good batches, which run to the end.
@@ -315,17 +307,7 @@ async fn undecodable_batches_are_marked_and_counted_and_the_others_run_across_a_
     // A watched batch that turns unreadable is marked too (and leaves the controller's cache).
     {
         let _crd = UnboundedCrd::install(ns, beyond_int32("probe"));
-        kubectl(&[
-            "patch",
-            "pb",
-            "good-1",
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &shards_beyond_u32(),
-        ]);
+        patch_shards_beyond_u32(ns, "good-1");
     }
     marked("good-1", "status.shards.total", &ctl);
     let count = |n: f64| {
