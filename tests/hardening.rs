@@ -125,10 +125,7 @@ async fn a_stage_job_deleted_by_a_zero_ttl_before_its_outcome_was_recorded_still
     });
     assert_eq!(phase(&done), "Succeeded", "reason {}: {}", stalled_reason(&done), done["status"]);
     assert_eq!(done["status"]["progress"], "8/8");
-    let rec = watch.snapshot();
-    for stage in ["workers", "consolidation", "export"] {
-        assert_eq!(rec.uids(stage), 1, "{stage} Jobs seen: {:?}", rec.uids_by_stage);
-    }
+    watch.snapshot().assert_each_stage_once();
     // Once recorded, the finalizer goes and the TTL deletions complete.
     wait_until(
         "the TTL-deleted Jobs to be gone",
@@ -194,10 +191,7 @@ async fn suspending_during_consolidation_holds_the_export_and_consolidation_runs
     assert_ne!(cons["spec"]["suspend"], true, "the one-shot stage was suspended");
     kubectl(&["patch", "pb", "suspend-cons", "-n", ns.name(), "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
     wait_batch(ns.name(), "suspend-cons", &ctl, Duration::from_secs(60), "Succeeded", |b| phase(b) == "Succeeded");
-    let rec = watch.snapshot();
-    for stage in ["workers", "consolidation", "export"] {
-        assert_eq!(rec.uids(stage), 1, "{stage} Jobs seen: {:?}", rec.uids_by_stage);
-    }
+    watch.snapshot().assert_each_stage_once();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,6 +197,13 @@ impl JobRecord {
     pub fn uids(&self, stage: &str) -> usize {
         self.uids_by_stage.get(stage).map_or(0, |s| s.len())
     }
+    /// Exactly one Job (by UID) of each of the three stages was ever seen.
+    pub fn assert_each_stage_once(&self) {
+        for stage in ["workers", "consolidation", "export"] {
+            assert_eq!(self.uids(stage), 1, "{stage} Jobs seen: {:?}", self.uids_by_stage);
+        }
+    }
+
     pub fn created_at(&self, stage: &str) -> Option<std::time::Instant> {
         self.created.iter().find(|(s, _)| s == stage).map(|(_, t)| *t)
     }
