@@ -41,6 +41,19 @@ impl Error {
         }
     }
 
+    /// Worth trying again at once: throttling, server errors and failed transport (the request
+    /// may not have reached the apiserver). Every write of a pass is idempotent, so repeating one
+    /// that did land is harmless.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Kube { source, .. } => match status_code(source) {
+                Some(code) => code == 429 || code >= 500,
+                None => true,
+            },
+            Error::MissingObjectKey(_) | Error::NotLeading => false,
+        }
+    }
+
     /// A short label for metrics (bounded cardinality).
     pub fn kind(&self) -> &'static str {
         match self {
@@ -74,6 +87,23 @@ pub fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api(code: u16) -> Error {
+        let status = kube::core::Status::failure("x", "y").with_code(code);
+        Error::kube("call", kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn throttling_server_errors_and_transport_are_transient_not_conflicts_or_refusals() {
+        assert!(api(429).is_transient());
+        assert!(api(500).is_transient());
+        assert!(api(503).is_transient());
+        assert!(!api(409).is_transient());
+        assert!(!api(422).is_transient());
+        assert!(!api(404).is_transient());
+        assert!(!Error::NotLeading.is_transient());
+        assert!(!Error::MissingObjectKey("metadata.uid").is_transient());
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

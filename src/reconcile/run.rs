@@ -33,6 +33,11 @@ const MAX_ROUNDS: usize = 12;
 /// A status write that meets a 409 re-reads the batch and plans again, this often per pass,
 /// before the pass fails and backs off.
 const MAX_CONFLICT_REREADS: u32 = 2;
+/// A pass that meets a transient API error (throttling, a server error, a lost request) tries
+/// again this often, after these pauses, before the batch goes to the controller's growing
+/// backoff: one flaky call should not cost a whole pass and a wait that doubles.
+const TRANSIENT_RETRY_PAUSES: [Duration; 3] =
+    [Duration::from_millis(100), Duration::from_millis(300), Duration::from_millis(900)];
 /// How long a written object stands in for a cache that has not caught up with it.
 const WRITTEN_OBJECT_TTL: Duration = Duration::from_secs(60);
 
@@ -40,7 +45,19 @@ pub async fn reconcile(batch: Arc<PredictionBatch>, ctx: Arc<Context>) -> Result
     let started = Instant::now();
     // Boxed: the runner holds one future per batch it has started, thousands at a controller's
     // start, and the pass's own state (~12 KB) should only exist while the pass runs.
-    let result = Box::pin(reconcile_inner(&batch, &ctx)).await;
+    let mut learned = Learned::default();
+    let mut result = Box::pin(reconcile_inner(&batch, &ctx, &mut learned)).await;
+    for pause in TRANSIENT_RETRY_PAUSES {
+        match &result {
+            Err(e) if e.is_transient() && ctx.leadership.may_act() => {
+                debug!(error = %e, ?pause, "transient API error; trying the pass again");
+                ctx.metrics.errors.get_or_create(&crate::metrics::KindLabel { kind: e.kind() }).inc();
+                tokio::time::sleep(pause).await;
+                result = Box::pin(reconcile_inner(&batch, &ctx, &mut learned)).await;
+            }
+            _ => break,
+        }
+    }
     ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
     let key = ObjectRef::from_obj(batch.as_ref());
     match &result {
@@ -56,7 +73,22 @@ pub async fn reconcile(batch: Arc<PredictionBatch>, ctx: Arc<Context>) -> Result
     result
 }
 
-async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<ControllerAction, Error> {
+/// What a pass learned from its own calls, kept when it tries again after a transient error.
+#[derive(Default)]
+struct Learned {
+    /// Jobs as our own writes returned them, newer than the cache.
+    overlay: HashMap<Stage, Option<JobView>>,
+    /// Templates the apiserver refused, with its message.
+    rejected: Vec<(Stage, String)>,
+    /// The batch generation whose templates passed the dry run.
+    validated: Option<i64>,
+}
+
+async fn reconcile_inner(
+    batch: &PredictionBatch,
+    ctx: &Context,
+    learned: &mut Learned,
+) -> Result<ControllerAction, Error> {
     if batch.metadata.deletion_timestamp.is_some() {
         // Our outcome finalizers must not hold up the Jobs' deletion (foreground deletion of the
         // batch waits for them), whatever else still runs for the batch.
@@ -79,13 +111,11 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
 
     let batches: Api<PredictionBatch> = Api::namespaced(ctx.client.clone(), &ns);
     let mut current = latest(ctx, batch, &key);
-    // What this pass learned from its own writes, newer than the cache.
-    let mut overlay: HashMap<Stage, Option<JobView>> = HashMap::new();
-    let mut rejected: Vec<(Stage, String)> = Vec::new();
+    let Learned { overlay, rejected, validated } = learned;
     let mut conflicts = 0;
 
     'rounds: for _round in 0..MAX_ROUNDS {
-        let observed = observe(ctx, &jobs_api, &current, &uid, &overlay, &rejected).await?;
+        let observed = observe(ctx, &jobs_api, &current, &uid, overlay, rejected).await?;
         let plan = plan(&current, &observed);
 
         let changed = current.status.as_ref() != Some(&plan.status);
@@ -157,13 +187,19 @@ async fn reconcile_inner(batch: &PredictionBatch, ctx: &Context) -> Result<Contr
                     _ => return Ok(ControllerAction::await_change()),
                 }
             }
+            if *action == Action::Validate && *validated == current.metadata.generation {
+                continue;
+            }
             if !ctx.leadership.may_act() {
                 return Err(Error::NotLeading);
             }
-            act(&jobs_api, &current, &uid, action, &mut overlay, &mut rejected).await?;
-            if *action == Action::Validate && !rejected.is_empty() {
-                // A refused template fails the batch: plan again before creating anything.
-                continue 'rounds;
+            act(&jobs_api, &current, &uid, action, overlay, rejected).await?;
+            if *action == Action::Validate {
+                if !rejected.is_empty() {
+                    // A refused template fails the batch: plan again before creating anything.
+                    continue 'rounds;
+                }
+                *validated = current.metadata.generation;
             }
         }
     }
