@@ -14,4 +14,5 @@ pub mod leadership;
 pub mod metrics;
 pub mod mirror;
 pub mod reconcile;
+pub mod release;
 pub mod watch_health;

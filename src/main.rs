@@ -1,4 +1,5 @@
-//! `prediction-batch-controller`: `run` (default) reconciles PredictionBatches; `crd` prints the CRD.
+//! `prediction-batch-controller`: `run` (default) reconciles PredictionBatches; `crd` prints the CRD;
+//! `release-finalizers` lets batches and Jobs go once the controller is uninstalled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,34 @@ enum Command {
     Run(RunArgs),
     /// Print the PredictionBatch CustomResourceDefinition as YAML.
     Crd,
+    /// Remove the controller's finalizers (the Firestore mirror's on PredictionBatches, the
+    /// outcome finalizer on stage Jobs) so that, with the controller uninstalled, deleting batches,
+    /// Jobs or their namespace does not hang. Idempotent; batches and Jobs are left in place.
+    ReleaseFinalizers(ReleaseArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(group = clap::ArgGroup::new("scope").required(true).args(["namespace", "all_namespaces"]))]
+struct ReleaseArgs {
+    /// Release the batches and Jobs of this namespace.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Release the batches and Jobs of every namespace.
+    #[arg(long, short = 'A')]
+    all_namespaces: bool,
+    /// First wait until no pod matches this label selector in --pods-namespace (the controller
+    /// has stopped, so it cannot put a finalizer back). The chart's uninstall hook sets it.
+    #[arg(long, requires = "pods_namespace")]
+    wait_for_pods: Option<String>,
+    /// Namespace of the pods of --wait-for-pods.
+    #[arg(long)]
+    pods_namespace: Option<String>,
+    /// Seconds to wait for those pods; after that the finalizers are released anyway.
+    #[arg(long, default_value_t = 120)]
+    wait_timeout: u64,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -102,8 +131,32 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Run(args)) => run(args),
+        Some(Command::ReleaseFinalizers(args)) => release_finalizers(args),
         None => run(cli.run),
     }
+}
+
+fn release_finalizers(args: ReleaseArgs) -> anyhow::Result<()> {
+    use prediction_batch_controller::release::{self, Scope};
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        init_tracing(&args.log_format);
+        let client = kube::Client::try_default().await?;
+        if let (Some(selector), Some(ns)) = (&args.wait_for_pods, &args.pods_namespace) {
+            let timeout = Duration::from_secs(args.wait_timeout);
+            if !release::wait_for_pods_gone(&client, ns, selector, timeout).await {
+                warn!(namespace = ns, selector, "pods still there after {timeout:?}; releasing anyway");
+            }
+        }
+        let scope = match args.namespace {
+            Some(ns) => Scope::Namespace(ns),
+            None => Scope::All,
+        };
+        let released = release::release_finalizers(&client, &scope).await?;
+        info!(batches = released.batches, jobs = released.jobs, ?scope, "released the controller's finalizers");
+        Ok(())
+    })
 }
 
 fn init_tracing(format: &str) {

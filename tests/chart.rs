@@ -71,28 +71,7 @@ fn chart_crds_are_byte_identical_to_the_top_level_crds() {
 }
 
 fn assert_chart_crds_match() {
-    let names = |dir: &Path| -> BTreeSet<String> {
-        std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
-    };
-    let top = repo().join("crds");
-    let chart = Path::new(CHART_DIR).join("crds");
-    assert_eq!(
-        names(&top),
-        names(&chart),
-        "charts/prediction-batch-controller/crds/ must hold exactly the files of crds/"
-    );
-    for name in names(&top) {
-        let a = std::fs::read(top.join(&name)).unwrap();
-        let b = std::fs::read(chart.join(&name)).unwrap();
-        assert!(
-            a == b,
-            "charts/prediction-batch-controller/crds/{name} differs from crds/{name}: \
-             run `cp crds/*.yaml charts/prediction-batch-controller/crds/`"
-        );
-    }
+    install::assert_chart_crds_match();
 }
 
 #[test]
@@ -252,6 +231,12 @@ fn rendered_rbac_is_least_privilege() {
     for (what, extra) in variants() {
         let docs = render("r", "pbc-system", &extra);
         for d in docs.iter().filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role") {
+            if d["metadata"]["name"] == "r-prediction-batch-controller-release-finalizers-pods" {
+                // The uninstall hook waits for the controller's pods to go: list, nothing else.
+                assert_eq!(d["rules"], json!([rule(&[""], &["pods"], &["list"])]), "({what})");
+                assert_eq!(d["metadata"]["namespace"], "pbc-system", "({what})");
+                continue;
+            }
             for r in d["rules"].as_array().unwrap() {
                 let text = r.to_string();
                 assert!(!text.contains('*'), "wildcard in {} ({what}): {text}", d["metadata"]["name"]);
@@ -336,6 +321,8 @@ fn optional_objects_render_only_when_enabled() {
     let defaults = render("r", "pbc-system", &[]);
     let kinds: BTreeSet<&str> = defaults.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     let expected: BTreeSet<&str> = [
+        "CustomResourceDefinition",
+        "Job", // the uninstall hook (uninstall.releaseFinalizers)
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
@@ -523,10 +510,11 @@ fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
         "pod-security.kubernetes.io/warn=restricted",
     ]);
     let started = Instant::now();
-    // With its crds/: the CRD is already there (applied by other tests with the same bytes), which
-    // Helm 3 skips and Helm 4 server-side applies without a conflict.
+    // With its CRD (crds.install, the default): the CRD is already there, applied by other tests
+    // with the same content but no Helm ownership, so the release takes it over as a platform
+    // team upgrading from a hand-applied CRD would (README: Upgrading and uninstalling).
     let name = unique("pbc");
-    let mut release = Release::install(&name, &namespace, &[]);
+    let mut release = Release::install(&name, &namespace, &["--take-ownership"]);
     eprintln!("helm install took {:?}", started.elapsed());
     let full = release.fullname();
 
@@ -599,8 +587,8 @@ fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
     assert_eq!(status["version"], 2, "{status}");
     assert_eq!(status["info"]["status"], "deployed");
 
-    // Uninstall removes everything it created, cluster-scoped roles included; the CRD stays (Helm
-    // never deletes crds/), so batches survive a reinstall.
+    // Uninstall removes everything it created, cluster-scoped roles included; the CRD stays
+    // (helm.sh/resource-policy: keep), so batches survive a reinstall.
     release.uninstall();
     wait_until(
         "the release's objects to be gone",
@@ -635,7 +623,8 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     ensure_crd();
     let _one_controller = controller_lock();
     let namespace = unique("chart-rbac");
-    let release = Release::install(&unique("pbc"), &namespace, &["--skip-crds", "--set", "replicaCount=0"]);
+    let release =
+        Release::install(&unique("pbc"), &namespace, &["--set", "crds.install=false", "--set", "replicaCount=0"]);
     let full = release.fullname();
     let sa = release.service_account();
 
@@ -792,7 +781,8 @@ fn the_chart_service_account_runs_a_mirrored_batch_with_firestore_enabled() {
         &unique("pbc"),
         &namespace,
         &[
-            "--skip-crds",
+            "--set",
+            "crds.install=false",
             "--set",
             "replicaCount=0",
             "--set",
@@ -898,7 +888,14 @@ fn namespace_scoped_install_grants_rights_in_the_watched_namespace_only() {
     let release = Release::install(
         &unique("pbc"),
         &namespace,
-        &["--skip-crds", "--set", &format!("controller.watchNamespace={}", watched.name()), "--set", "replicaCount=1"],
+        &[
+            "--set",
+            "crds.install=false",
+            "--set",
+            &format!("controller.watchNamespace={}", watched.name()),
+            "--set",
+            "replicaCount=1",
+        ],
     );
     let sa = release.service_account();
     let deploy = kubectl_json(&["get", "deployment", &release.fullname(), "-n", &namespace]);
@@ -951,7 +948,14 @@ fn release_binary_runs_the_batch_as_an_unprivileged_uid_with_nothing_writable() 
     let release = Release::install(
         &unique("pbc"),
         &namespace,
-        &["--skip-crds", "--set", &format!("controller.watchNamespace={}", watched.name()), "--set", "replicaCount=0"],
+        &[
+            "--set",
+            "crds.install=false",
+            "--set",
+            &format!("controller.watchNamespace={}", watched.name()),
+            "--set",
+            "replicaCount=0",
+        ],
     );
     let full = release.fullname();
 

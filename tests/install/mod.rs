@@ -166,6 +166,12 @@ impl Release {
         Release { name: name.into(), namespace: namespace.into(), uninstalled: false }
     }
 
+    /// A release installed some other way (e.g. from another chart directory), handled like one
+    /// of [`Release::install`] from here on.
+    pub fn adopt(name: &str, namespace: &str) -> Self {
+        Release { name: name.into(), namespace: namespace.into(), uninstalled: false }
+    }
+
     pub fn uninstall(&mut self) -> String {
         self.uninstalled = true;
         helm(&["uninstall", &self.name, "--namespace", &self.namespace, "--wait", "--timeout", "60s"])
@@ -396,4 +402,59 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let code = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
+}
+
+/// The chart's copy of the CRD (files/crds/, rendered by templates/crds.yaml) cannot drift from
+/// the repository's crds/: the same files, byte for byte, and the rendered CRD is the file's
+/// content plus only the chart's labels and annotations (helm.sh/resource-policy: keep by
+/// default; none with crds.install=false).
+pub fn assert_chart_crds_match() {
+    use std::collections::BTreeSet;
+    let names = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let top = repo().join("crds");
+    let chart = Path::new(CHART_DIR).join("files/crds");
+    assert_eq!(
+        names(&top),
+        names(&chart),
+        "charts/prediction-batch-controller/files/crds/ must hold exactly the files of crds/"
+    );
+    let mut files = Vec::new();
+    for name in names(&top) {
+        let a = std::fs::read(top.join(&name)).unwrap();
+        let b = std::fs::read(chart.join(&name)).unwrap();
+        assert!(
+            a == b,
+            "charts/prediction-batch-controller/files/crds/{name} differs from crds/{name}: \
+             run `cp crds/*.yaml charts/prediction-batch-controller/files/crds/`"
+        );
+        files.push(parse_documents(&String::from_utf8(a).expect("UTF-8 CRD")).remove(0));
+    }
+    let docs = render("r", "pbc-system", &[]);
+    let mut rendered: Vec<Value> = of_kind(&docs, "CustomResourceDefinition").into_iter().cloned().collect();
+    assert_eq!(rendered.len(), files.len(), "templates/crds.yaml renders one CRD per file of files/crds/");
+    for crd in &mut rendered {
+        let meta = crd["metadata"].as_object_mut().unwrap();
+        let annotations = meta.remove("annotations").unwrap_or_default();
+        assert_eq!(annotations["helm.sh/resource-policy"], "keep", "the CRD must outlive `helm uninstall`");
+        let labels = meta.remove("labels").unwrap_or_default();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm");
+        let file = files.iter().find(|f| f["metadata"]["name"] == crd["metadata"]["name"]).expect("a file per CRD");
+        assert!(
+            *crd == *file,
+            "the rendered CRD {} differs from its file beyond labels and annotations",
+            crd["metadata"]["name"]
+        );
+    }
+    let off = render("r", "pbc-system", &["--set", "crds.install=false"]);
+    assert!(of_kind(&off, "CustomResourceDefinition").is_empty(), "crds.install=false renders no CRD");
+    let unkept = render("r", "pbc-system", &["--set", "crds.keep=false"]);
+    assert!(
+        one_of_kind(&unkept, "CustomResourceDefinition")["metadata"]["annotations"].is_null(),
+        "crds.keep=false: no resource-policy annotation"
+    );
 }
