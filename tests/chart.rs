@@ -385,7 +385,7 @@ fn the_firestore_block_turns_on_the_mirror_with_everything_it_needs() {
     let off = render("r", "pbc-system", &["--set", "networkPolicy.enabled=true"]);
     assert!(!args_of(&off).iter().any(|a| a.starts_with("--firestore")), "{:?}", args_of(&off));
     assert!(!controller_rules(&off).contains(&finalizer_rule));
-    assert!(one_of_kind(&off, "ServiceAccount")["metadata"]["annotations"][wi].is_null());
+    assert!(controller_service_account(&off)["metadata"]["annotations"][wi].is_null());
     let egress = one_of_kind(&off, "NetworkPolicy")["spec"]["egress"].to_string();
     assert!(!egress.contains("169.254.169.254"), "{egress}");
 
@@ -419,7 +419,7 @@ fn the_firestore_block_turns_on_the_mirror_with_everything_it_needs() {
     }
     let rules = controller_rules(&on);
     assert!(rules.contains(&finalizer_rule), "no finalizer rule: {rules:#?}");
-    let sa = one_of_kind(&on, "ServiceAccount");
+    let sa = controller_service_account(&on);
     assert_eq!(sa["metadata"]["annotations"][wi], "pbc-mirror@my-project.iam.gserviceaccount.com", "{sa:#}");
     // Egress: Google APIs on 443 although the API server rule is pinned to one address, and the
     // metadata server that hands out Workload Identity tokens.
@@ -450,7 +450,7 @@ fn the_firestore_block_turns_on_the_mirror_with_everything_it_needs() {
     assert!(args.contains(&"--firestore-collection=prediction_batches".to_string()), "{args:?}");
     assert!(args.contains(&"--firestore-delete-timeout=30".to_string()), "{args:?}");
     assert!(!args.iter().any(|a| a.starts_with("--firestore-database")), "{args:?}");
-    assert!(one_of_kind(&plain, "ServiceAccount")["metadata"]["annotations"][wi].is_null());
+    assert!(controller_service_account(&plain)["metadata"]["annotations"][wi].is_null());
 
     // Refused: no project; an annotation the chart cannot place (it creates no ServiceAccount).
     for (bad, expect) in [
@@ -1051,4 +1051,14 @@ fn assert_template_fails(bad: &[&str], expect: &str) {
     let out = install::output(cmd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains(expect), "helm template {bad:?} should fail naming {expect}: {err}");
+}
+
+/// The controller's ServiceAccount (not the uninstall hook's).
+fn controller_service_account(docs: &[Value]) -> &Value {
+    let found: Vec<&Value> = of_kind(docs, "ServiceAccount")
+        .into_iter()
+        .filter(|d| d["metadata"]["annotations"]["helm.sh/hook"].is_null())
+        .collect();
+    assert_eq!(found.len(), 1, "expected one ServiceAccount besides the hook's");
+    found[0]
 }
