@@ -130,15 +130,7 @@ fn create_batch_with_new_field(ns: &str, name: &str, dry_run: bool) -> std::proc
     if dry_run {
         args.push("--dry-run=server");
     }
-    let mut child = support::kubectl_command(&args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(batch.to_string().as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    support::kubectl_stdin_output(&args, &batch.to_string())
 }
 
 fn text(out: &std::process::Output) -> String {
@@ -300,6 +292,23 @@ fn the_uninstall_hook_renders_with_its_arguments_and_rights() {
         );
         assert_eq!(rules["metadata"]["namespace"], if scoped { json!("team-a") } else { Value::Null });
     }
+    // The subcommand it runs exists, and insists on a scope.
+    let help = run_ok({
+        let mut c = Command::new(BINARY);
+        c.args(["release-finalizers", "--help"]);
+        c
+    });
+    for flag in
+        ["--namespace", "--all-namespaces", "--wait-for-pods", "--pods-namespace", "--wait-timeout", "--log-format"]
+    {
+        assert!(help.contains(flag), "release-finalizers --help lacks {flag}:\n{help}");
+    }
+    let unscoped = output({
+        let mut c = Command::new(BINARY);
+        c.arg("release-finalizers");
+        c
+    });
+    assert!(!unscoped.status.success() && text(&unscoped).contains("--all-namespaces"), "{}", text(&unscoped));
     let off = render("r", "pbc-system", &["--set", "uninstall.releaseFinalizers=false"]);
     assert!(of_kind(&off, "Job").is_empty(), "uninstall.releaseFinalizers=false renders no hook");
 }
@@ -360,7 +369,14 @@ fn after_uninstall_the_release_path_lets_a_namespace_with_mirrored_batches_go() 
             .iter()
             .filter(|o| !o["metadata"]["deletionTimestamp"].is_null())
             .filter(|o| finalizers(o).iter().any(|f| f == MIRROR_FINALIZER || f == OUTCOME_FINALIZER))
-            .map(|o| format!("{}/{} {:?}", o["kind"], o["metadata"]["name"], finalizers(o)))
+            .map(|o| {
+                format!(
+                    "{}/{} {:?}",
+                    o["kind"].as_str().unwrap_or(""),
+                    o["metadata"]["name"].as_str().unwrap_or(""),
+                    finalizers(o)
+                )
+            })
             .collect()
     };
     wait_until(
