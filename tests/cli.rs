@@ -29,10 +29,10 @@ fn flags_and_envs() -> Vec<(String, Option<String>)> {
     let mut found: Vec<(String, Option<String>)> = Vec::new();
     for line in help.lines() {
         let trimmed = line.trim_start();
-        if let Some(flag) = trimmed.split_whitespace().find(|w| w.starts_with("--")) {
-            if trimmed.starts_with('-') {
-                found.push((flag.trim_end_matches(',').to_string(), None));
-            }
+        if trimmed.starts_with('-')
+            && let Some(flag) = trimmed.split_whitespace().find(|w| w.starts_with("--"))
+        {
+            found.push((flag.trim_end_matches(',').to_string(), None));
         }
         if let (Some(last), Some(env)) = (found.last_mut(), line.split("[env: ").nth(1)) {
             last.1 = env.split(['=', ']']).next().map(str::to_string);
