@@ -26,7 +26,7 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Path of a tool of tests/tools/build (`helm`, `kstatus`, `dockerfile-lint`), building it into
+/// Path of a tool of tests/tools/build (`helm`, `kstatus`, `dockerfile-lint`, `argocd-lua`), building it into
 /// the cache when missing (Helm: about 2.5 minutes, once per machine). Panics with the build log
 /// when it cannot be built (e.g. no Go toolchain).
 pub fn tool(name: &str) -> PathBuf {
