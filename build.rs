@@ -11,6 +11,14 @@ fn git(args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Watch `path` for changes, if it exists (cargo would rerun the script on every build for a
+/// missing one, and so recompile the crate every time).
+fn watch(path: &Path) {
+    if path.exists() {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+}
+
 fn main() {
     println!("cargo:rerun-if-env-changed=PBC_GIT_REVISION");
     let revision = match std::env::var("PBC_GIT_REVISION") {
@@ -20,14 +28,14 @@ fn main() {
                 // Watch what moves HEAD (commits, checkouts) and what makes the tree dirty.
                 if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
                     let dir = Path::new(&dir);
-                    println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
-                    println!("cargo:rerun-if-changed={}", dir.join("index").display());
+                    watch(&dir.join("HEAD"));
+                    watch(&dir.join("index"));
                     if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
                         let common = git(&["rev-parse", "--git-common-dir"])
                             .map(|c| Path::new(env!("CARGO_MANIFEST_DIR")).join(c));
                         let root = common.unwrap_or_else(|| dir.to_path_buf());
-                        println!("cargo:rerun-if-changed={}", root.join(head_ref).display());
-                        println!("cargo:rerun-if-changed={}", root.join("packed-refs").display());
+                        watch(&root.join(head_ref));
+                        watch(&root.join("packed-refs"));
                     }
                 }
                 println!("cargo:rerun-if-changed=src");
