@@ -25,7 +25,8 @@ fn main() {
         Ok(r) if !r.trim().is_empty() => r.trim().to_string(),
         _ => match git(&["rev-parse", "--short=12", "HEAD"]) {
             Some(rev) => {
-                // Watch what moves HEAD (commits, checkouts) and what makes the tree dirty.
+                // Watch what moves HEAD (commits, checkouts) and what makes the tree dirty;
+                // `--no-optional-locks` below keeps `git status` from rewriting the index it watches.
                 if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
                     let dir = Path::new(&dir);
                     watch(&dir.join("HEAD"));
@@ -39,7 +40,8 @@ fn main() {
                     }
                 }
                 println!("cargo:rerun-if-changed=src");
-                let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+                let dirty = git(&["--no-optional-locks", "status", "--porcelain", "--untracked-files=no"])
+                    .is_some_and(|s| !s.is_empty());
                 if dirty { format!("{rev}-dirty") } else { rev }
             }
             None => "unknown".to_string(),
