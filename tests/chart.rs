@@ -95,6 +95,26 @@ fn assert_chart_crds_match() {
     }
 }
 
+/// The chart is versioned with the controller: Chart.yaml's `version` and `appVersion` are
+/// Cargo.toml's package version, so a chart in a registry names the controller it deploys (the
+/// rule and how to bump: charts/prediction-batch-controller/README.md, "Versions").
+#[test]
+fn chart_version_and_app_version_are_the_cargo_package_version() {
+    let path = Path::new(CHART_DIR).join("Chart.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let chart: serde_yaml::Value = serde_yaml::from_str(&text).expect("Chart.yaml parses");
+    let cargo = env!("CARGO_PKG_VERSION");
+    for key in ["version", "appVersion"] {
+        assert_eq!(
+            chart[key].as_str(),
+            Some(cargo),
+            "charts/prediction-batch-controller/Chart.yaml `{key}` is {:?}, Cargo.toml's version is {cargo}: \
+             they must be equal (set both `version` and `appVersion: \"{cargo}\"`)",
+            chart[key]
+        );
+    }
+}
+
 #[test]
 fn helm_lint_is_clean() {
     for (what, extra) in variants() {
