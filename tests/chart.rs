@@ -18,8 +18,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use install::{
-    BINARY, CHART_DIR, ControllerProcess, Release, can_i, controller_lock, helm, of_kind, one_of_kind, render, repo,
-    run_ok, service_account_kubeconfig, set_mode, tool_command, unique, wait_for_phase,
+    BINARY, CHART_DIR, ControllerProcess, Release, assert_nothing_refused, can_i, controller_lock, helm, of_kind,
+    one_of_kind, render, repo, run_ok, service_account_kubeconfig, set_mode, tool_command, unique, wait_for_phase,
 };
 use serde_json::{Value, json};
 use support::{TestNamespace, cluster, ensure_crd, kubectl, kubectl_json, kubectl_output, kubectl_stdin, wait_until};
@@ -72,6 +72,26 @@ fn chart_crds_are_byte_identical_to_the_top_level_crds() {
 
 fn assert_chart_crds_match() {
     install::assert_chart_crds_match();
+}
+
+/// The chart is versioned with the controller: Chart.yaml's `version` and `appVersion` are
+/// Cargo.toml's package version, so a chart in a registry names the controller it deploys (the
+/// rule and how to bump: charts/prediction-batch-controller/README.md, "Versions").
+#[test]
+fn chart_version_and_app_version_are_the_cargo_package_version() {
+    let path = Path::new(CHART_DIR).join("Chart.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let chart: serde_yaml::Value = serde_yaml::from_str(&text).expect("Chart.yaml parses");
+    let cargo = env!("CARGO_PKG_VERSION");
+    for key in ["version", "appVersion"] {
+        assert_eq!(
+            chart[key].as_str(),
+            Some(cargo),
+            "charts/prediction-batch-controller/Chart.yaml `{key}` is {:?}, Cargo.toml's version is {cargo}: \
+             they must be equal (set both `version` and `appVersion: \"{cargo}\"`)",
+            chart[key]
+        );
+    }
 }
 
 #[test]
@@ -629,30 +649,16 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     let sa = release.service_account();
 
     let dir = tempfile::Builder::new().prefix("chart-sa-").tempdir_in(repo().join("target")).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    service_account_kubeconfig(&namespace, &full, &kubeconfig);
+    let cmd = release.controller_command(dir.path(), "chart-rbac-test");
 
     // Who the token is.
     let mut whoami = Command::new(&cluster().kubectl);
-    whoami.args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]).env("KUBECONFIG", &kubeconfig);
+    whoami
+        .args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])
+        .env("KUBECONFIG", dir.path().join("kubeconfig"));
     assert_eq!(run_ok(whoami), sa);
 
     let ns = TestNamespace::new("chart-rbac-batch");
-    let mut cmd = Command::new(BINARY);
-    cmd.args([
-        "run",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--leader-elect",
-        "--lease-namespace",
-        &namespace,
-        "--lease-name",
-        &full,
-    ])
-    .args(["--identity", "chart-rbac-test"])
-    .env("KUBECONFIG", &kubeconfig)
-    .env("RUST_LOG", "info,kube=warn")
-    .env("NO_COLOR", "1");
     let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
     controller.wait_for_log("acquired leadership", Duration::from_secs(30));
     // The probe and scrape endpoints the chart points at answer.
@@ -693,26 +699,8 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     );
 
     // Not one request of the account was refused (the audit log records every one of them).
-    let audit = std::fs::read_to_string(&cluster().audit_log).expect("audit log");
-    let mut requests = 0;
-    for e in audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["user"]["username"] == sa.as_str())
-    {
-        requests += 1;
-        let code = e["responseStatus"]["code"].as_i64().unwrap_or(0);
-        assert!(
-            code != 403,
-            "request refused by RBAC: {} {} -> 403: {}",
-            e["verb"],
-            e["requestURI"],
-            e["responseStatus"]["message"]
-        );
-    }
+    let requests = assert_nothing_refused(&sa, &controller);
     assert!(requests > 10, "expected the controller's requests in the audit log, found {requests}");
-    let log = controller.log_text();
-    assert!(!log.contains("forbidden") && !log.contains("Forbidden"), "{}", controller.log_tail());
 
     // And the account can do nothing else.
     let other = ns.name();
@@ -813,18 +801,9 @@ fn the_chart_service_account_runs_a_mirrored_batch_with_firestore_enabled() {
     assert!(mirror_args.contains(&format!("--firestore-project={project}")), "{mirror_args:?}");
 
     let dir = tempfile::Builder::new().prefix("chart-fs-").tempdir_in(repo().join("target")).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    service_account_kubeconfig(&namespace, &full, &kubeconfig);
     let ns = TestNamespace::new("chart-fs-batch");
-    let mut cmd = Command::new(BINARY);
-    cmd.args(["run", "--http-addr", "127.0.0.1:0", "--leader-elect", "--lease-namespace", &namespace])
-        .args(["--lease-name", &full, "--identity", "chart-fs-test"])
-        .args(&mirror_args)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("FIRESTORE_EMULATOR_HOST", emulator.host())
-        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
-        .env("RUST_LOG", "info,kube=warn")
-        .env("NO_COLOR", "1");
+    let mut cmd = release.controller_command(dir.path(), "chart-fs-test");
+    cmd.args(&mirror_args).env("FIRESTORE_EMULATOR_HOST", emulator.host()).env_remove("GOOGLE_APPLICATION_CREDENTIALS");
     let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
     controller.wait_for_log("acquired leadership", Duration::from_secs(30));
 
@@ -866,16 +845,7 @@ fn the_chart_service_account_runs_a_mirrored_batch_with_firestore_enabled() {
     assert!(status.is_some_and(|s| s.success()), "no clean exit on SIGTERM: {status:?}\n{}", controller.log_tail());
 
     // Not one request of the account was refused.
-    let audit = std::fs::read_to_string(&cluster().audit_log).expect("audit log");
-    let refused: Vec<String> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["user"]["username"] == sa.as_str() && e["responseStatus"]["code"] == 403)
-        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
-        .collect();
-    assert!(refused.is_empty(), "requests refused by RBAC: {refused:#?}");
-    let log = controller.log_text();
-    assert!(!log.contains("forbidden") && !log.contains("Forbidden"), "{}", controller.log_tail());
+    assert_nothing_refused(&sa, &controller);
 }
 
 /// A namespace-scoped install: the ServiceAccount may act in the watched namespace only.
