@@ -44,23 +44,23 @@ enum Command {
 #[command(group = clap::ArgGroup::new("scope").required(true).args(["namespace", "all_namespaces"]))]
 struct ReleaseArgs {
     /// Release the batches and Jobs of this namespace.
-    #[arg(long, short = 'n')]
+    #[arg(long, short = 'n', env = "PBC_NAMESPACE")]
     namespace: Option<String>,
     /// Release the batches and Jobs of every namespace.
-    #[arg(long, short = 'A')]
+    #[arg(long, short = 'A', env = "PBC_ALL_NAMESPACES")]
     all_namespaces: bool,
     /// First wait until no pod matches this label selector in --pods-namespace (the controller
     /// has stopped, so it cannot put a finalizer back). The chart's uninstall hook sets it.
-    #[arg(long, requires = "pods_namespace")]
+    #[arg(long, env = "PBC_WAIT_FOR_PODS", requires = "pods_namespace")]
     wait_for_pods: Option<String>,
     /// Namespace of the pods of --wait-for-pods.
-    #[arg(long)]
+    #[arg(long, env = "PBC_PODS_NAMESPACE")]
     pods_namespace: Option<String>,
     /// Seconds to wait for those pods; after that the finalizers are released anyway.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, env = "PBC_WAIT_TIMEOUT", default_value_t = 120)]
     wait_timeout: u64,
-    /// Log format: text or json.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format.
+    #[arg(long, env = "PBC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
 

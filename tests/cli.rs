@@ -21,10 +21,24 @@ fn output(c: &mut Command) -> (Output, String) {
     (out, text)
 }
 
-/// (flag, env) of every visible option of `run --help`, as printed there.
-fn flags_and_envs() -> Vec<(String, Option<String>)> {
-    let (out, help) = output(binary().args(["run", "--help"]));
-    assert!(out.status.success(), "run --help failed:\n{help}");
+/// The subcommands `--help` lists (but `help`).
+fn subcommands() -> Vec<String> {
+    let (out, help) = output(binary().arg("--help"));
+    assert!(out.status.success(), "--help failed:\n{help}");
+    let commands = help.split("Commands:").nth(1).expect("--help lists commands").split("Options:").next().unwrap();
+    commands
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// (flag, env) of every visible option of `<command> --help`, as printed there.
+fn flags_and_envs(command: &str) -> Vec<(String, Option<String>)> {
+    let (out, help) = output(binary().args([command, "--help"]));
+    assert!(out.status.success(), "{command} --help failed:\n{help}");
     // Each option starts a line with its flag; its description (and [env: …]) may wrap below.
     let mut found: Vec<(String, Option<String>)> = Vec::new();
     for line in help.lines() {
@@ -44,11 +58,16 @@ fn flags_and_envs() -> Vec<(String, Option<String>)> {
 
 #[test]
 fn every_flag_in_help_has_its_pbc_environment_variable() {
-    let flags = flags_and_envs();
-    assert!(flags.len() >= 10, "too few flags parsed from `run --help`: {flags:?}");
-    for (flag, env) in &flags {
-        let expected = format!("PBC_{}", flag.trim_start_matches("--").replace('-', "_").to_uppercase());
-        assert_eq!(env.as_deref(), Some(expected.as_str()), "{flag} should be settable by {expected}");
+    let commands = subcommands();
+    for expected in ["run", "crd", "release-finalizers"] {
+        assert!(commands.iter().any(|c| c == expected), "--help lists {expected}: {commands:?}");
+    }
+    assert!(flags_and_envs("run").len() >= 10, "too few flags parsed from `run --help`");
+    for command in &commands {
+        for (flag, env) in flags_and_envs(command) {
+            let expected = format!("PBC_{}", flag.trim_start_matches("--").replace('-', "_").to_uppercase());
+            assert_eq!(env.as_deref(), Some(expected.as_str()), "{command} {flag} should be settable by {expected}");
+        }
     }
 }
 
