@@ -215,7 +215,22 @@ fn the_chart_pushed_to_an_oci_registry_installs_from_it_and_runs_a_batch() {
     controller.wait_for_log("acquired leadership", Duration::from_secs(30));
     let ns = TestNamespace::new("chart-oci-batch");
     let batch_started = Instant::now();
-    kubectl(&["apply", "-n", ns.name(), "-f", EXAMPLE]);
+    // The batch the release's notes offer, pasted as they print it (with <namespace> filled in).
+    let notes = install::helm(&["get", "notes", &release.name, "--namespace", &namespace]);
+    let command = notes_example_command(&notes).replace("<namespace>", ns.name());
+    let cluster = support::cluster();
+    let path = format!("{}:{}", cluster.kubectl.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let applied = std::process::Command::new("bash")
+        .args(["-euc", &command])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("PATH", path)
+        .output()
+        .expect("run bash");
+    assert!(
+        applied.status.success(),
+        "the notes' command failed:\n{command}\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     let batch = wait_for_phase(ns.name(), EXAMPLE_NAME, "Succeeded", Duration::from_secs(180), &controller);
     eprintln!("batch Succeeded under the release installed from the registry in {:?}", batch_started.elapsed());
     assert_eq!(batch["status"]["progress"], "120/120", "{batch:#}");
@@ -225,6 +240,17 @@ fn the_chart_pushed_to_an_oci_registry_installs_from_it_and_runs_a_batch() {
     assert!(requests > 10, "expected the controller's requests in the audit log, found {requests}");
     release.uninstall();
     eprintln!("whole OCI flow took {:?}", started.elapsed());
+}
+
+/// The `kubectl apply ... <<'EOF' ... EOF` command of the chart's notes, which ship the example.
+fn notes_example_command(notes: &str) -> String {
+    let start = notes.find("kubectl apply -n <namespace> -f - <<'EOF'").expect("the notes offer a batch to apply");
+    let rest = &notes[start..];
+    let end = rest.find("\nEOF\n").expect("the heredoc ends with EOF") + "\nEOF\n".len();
+    let command = &rest[..end];
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    assert!(command.contains(example.trim()), "the notes ship examples/batch.yaml as it is:\n{command}");
+    command.to_string()
 }
 
 /// Helm 3 reads what Helm 4 pushed and Helm 4 reads what Helm 3 pushed, byte for byte (the chart
