@@ -1,4 +1,5 @@
-//! `prediction-batch-controller`: `run` (default) reconciles PredictionBatches; `crd` prints the CRD.
+//! `prediction-batch-controller`: `run` (default) reconciles PredictionBatches; `crd` prints the CRD;
+//! `api-reference` prints docs/api-reference.md.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ enum Command {
     Run(RunArgs),
     /// Print the PredictionBatch CustomResourceDefinition as YAML.
     Crd,
+    /// Print the API reference (docs/api-reference.md) generated from the CRD as Markdown.
+    ApiReference,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -99,6 +102,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Crd) => {
             print!("{}", api::crd::yaml());
+            Ok(())
+        }
+        Some(Command::ApiReference) => {
+            print!("{}", api::reference::markdown());
             Ok(())
         }
         Some(Command::Run(args)) => run(args),
