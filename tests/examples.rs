@@ -80,6 +80,42 @@ fn assert_promise(file: &str, ok: bool, what: &str) {
     assert!(ok, "examples/{file}: {what}\nits comment:\n{}", promise(file));
 }
 
+/// One example applied into a namespace of its own, with a controller watching it.
+struct Example {
+    // Field order is drop order: stop the controller, then drop the namespace and the Stage.
+    ctl: Controller,
+    name: String,
+    ns: TestNamespace,
+    _stage: Option<TestStage>,
+}
+
+impl Example {
+    /// Creates the namespace, `stage(namespace)` (kwok Stages for its pods), the controller, and
+    /// applies `examples/<file>`.
+    fn start(prefix: &str, file: &str, stage: impl FnOnce(&str) -> Option<TestStage>) -> Example {
+        ensure_crd();
+        let ns = TestNamespace::new(prefix);
+        let _stage = stage(ns.name());
+        let ctl = Controller::start(prefix, ns.name(), &[]);
+        let name = apply_example(ns.name(), file);
+        Example { ctl, name, ns, _stage }
+    }
+
+    fn ns(&self) -> &str {
+        self.ns.name()
+    }
+
+    fn wait(&self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_batch(self.ns(), &self.name, &self.ctl, timeout, what, pred)
+    }
+
+    /// No Job exists, a few seconds after the batch settled (time for a wrong controller to act).
+    fn assert_no_job(&self, file: &str) {
+        std::thread::sleep(Duration::from_secs(3));
+        assert_promise(file, jobs_in(self.ns()).is_empty(), "a Job was created");
+    }
+}
+
 fn jobs_in(ns: &str) -> Vec<String> {
     let out = kubectl(&["get", "jobs", "-n", ns, "-o", "jsonpath={.items[*].metadata.name}"]);
     out.split_whitespace().map(String::from).collect()
@@ -94,54 +130,43 @@ fn reason(b: &Value, type_: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_yaml_succeeds_with_every_item() {
     const FILE: &str = "batch.yaml";
-    ensure_crd();
-    let ns = TestNamespace::new("ex-batch");
-    let ctl = Controller::start("ex-batch", ns.name(), &[]);
-    let name = apply_example(ns.name(), FILE);
-    let out =
-        kubectl_output(&["wait", "--for=condition=Ready", &format!("pb/{name}"), "-n", ns.name(), "--timeout=120s"]);
-    assert_promise(FILE, out.status.success(), &format!("kubectl wait Ready failed\n{}", ctl.log_tail()));
-    let b = batch_json(ns.name(), &name).unwrap();
+    let ex = Example::start("ex-batch", FILE, |_| None);
+    let pb = format!("pb/{}", ex.name);
+    let out = kubectl_output(&["wait", "--for=condition=Ready", &pb, "-n", ex.ns(), "--timeout=120s"]);
+    assert_promise(FILE, out.status.success(), &format!("kubectl wait Ready failed\n{}", ex.ctl.log_tail()));
+    let b = batch_json(ex.ns(), &ex.name).unwrap();
     assert_promise(FILE, phase(&b) == "Succeeded" && b["status"]["progress"] == "120/120", &format!("{}", b["status"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_full_yaml_fails_at_once_on_its_past_deadline() {
     const FILE: &str = "batch-full.yaml";
-    ensure_crd();
-    let ns = TestNamespace::new("ex-full");
-    let ctl = Controller::start("ex-full", ns.name(), &[]);
-    let name = apply_example(ns.name(), FILE);
-    let b = wait_batch(ns.name(), &name, &ctl, Duration::from_secs(30), "Failed", |b| phase(b) == "Failed");
+    let ex = Example::start("ex-full", FILE, |_| None);
+    let b = ex.wait(Duration::from_secs(30), "Failed", |b| phase(b) == "Failed");
     assert_promise(FILE, reason(&b, "Stalled") == "True/DeadlineExceeded", &format!("{}", b["status"]));
-    std::thread::sleep(Duration::from_secs(2));
-    assert_promise(FILE, jobs_in(ns.name()).is_empty(), "a Job was created");
+    ex.assert_no_job(FILE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_quorum_yaml_succeeds_degraded_with_failed_shards() {
     const FILE: &str = "batch-quorum.yaml";
-    ensure_crd();
-    let ns = TestNamespace::new("ex-quorum");
-    let _fail = TestStage::fail(ns.name(), &["3", "7"]);
-    let watch = JobWatch::start(ns.name()).await;
-    let ctl = Controller::start("ex-quorum", ns.name(), &[]);
-    let name = apply_example(ns.name(), FILE);
-    let b = wait_batch(ns.name(), &name, &ctl, Duration::from_secs(150), "Succeeded", |b| {
-        phase(b) == "Succeeded" || phase(b) == "Failed"
-    });
+    let ex = Example::start("ex-quorum", FILE, |ns| Some(TestStage::fail(ns, &["3", "7"])));
+    // A watch lists what exists first, so it sees every Job even when started after the apply.
+    let watch = JobWatch::start(ex.ns()).await;
+    let (ns, name) = (ex.ns(), &ex.name);
+    let b = ex.wait(Duration::from_secs(150), "Succeeded", |b| phase(b) == "Succeeded" || phase(b) == "Failed");
     assert_promise(FILE, phase(&b) == "Succeeded", &format!("ended {}", b["status"]));
     assert_eq!(reason(&b, "Ready"), "True/Succeeded");
     assert_eq!(reason(&b, "Degraded"), "True/ShardsFailed");
     assert_eq!(b["status"]["failedShards"], "3,7");
     assert_eq!(b["status"]["progress"], "112/120");
-    let job = kubectl_json(&["get", "job", &format!("{name}-workers"), "-n", ns.name()]);
+    let job = kubectl_json(&["get", "job", &format!("{name}-workers"), "-n", ns]);
     assert!(
         job["status"]["failed"].as_i64().unwrap_or(0) >= 4,
         "each failing shard was retried once: {}",
         job["status"]
     );
-    let c = kubectl_json(&["get", "job", &format!("{name}-consolidate"), "-n", ns.name()]);
+    let c = kubectl_json(&["get", "job", &format!("{name}-consolidate"), "-n", ns]);
     let env = c["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
     let get = |n: &str| env.iter().find(|e| e["name"] == n).map(|e| e["value"].clone()).unwrap_or_default();
     assert_eq!((get("FAILED_SHARDS"), get("SUCCEEDED_ITEMS")), (json!("3,7"), json!("112")));
@@ -154,23 +179,16 @@ async fn batch_quorum_yaml_succeeds_degraded_with_failed_shards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_deadline_yaml_stops_stragglers_at_tip_off_and_consolidates() {
     const FILE: &str = "batch-deadline.yaml";
-    ensure_crd();
-    let ns = TestNamespace::new("ex-deadline");
-    let _straggler = TestStage::straggle(ns.name(), &["5"]);
-    let ctl = Controller::start("ex-deadline", ns.name(), &[]);
-    let name = apply_example(ns.name(), FILE);
+    let ex = Example::start("ex-deadline", FILE, |ns| Some(TestStage::straggle(ns, &["5"])));
     // Every shard but 5 done: the batch waits for shard 5 until completeBy.
-    let b = wait_batch(ns.name(), &name, &ctl, Duration::from_secs(90), "29 shards done", |b| {
-        b["status"]["shards"]["succeeded"] == 29
-    });
+    let b = ex.wait(Duration::from_secs(90), "29 shards done", |b| b["status"]["shards"]["succeeded"] == 29);
     assert_eq!(phase(&b), "Running", "{}", b["status"]);
     // Tip-off moves to 10 s from now, as the example's comment shows.
     let tip_off = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(10);
     let patch = json!({ "spec": { "completion": { "completeBy": tip_off.to_string() } } }).to_string();
-    kubectl(&["patch", "pb", &name, "-n", ns.name(), "--type=merge", "-p", &patch]);
-    let b = wait_batch(ns.name(), &name, &ctl, Duration::from_secs(120), "Succeeded or Failed", |b| {
-        phase(b) == "Succeeded" || phase(b) == "Failed"
-    });
+    kubectl(&["patch", "pb", &ex.name, "-n", ex.ns(), "--type=merge", "-p", &patch]);
+    let b =
+        ex.wait(Duration::from_secs(120), "Succeeded or Failed", |b| phase(b) == "Succeeded" || phase(b) == "Failed");
     assert_promise(FILE, phase(&b) == "Succeeded", &format!("ended {}", b["status"]));
     assert_eq!(reason(&b, "Degraded"), "True/ShardsFailed");
     assert_eq!(b["status"]["failedShards"], "5");
@@ -178,27 +196,23 @@ async fn batch_deadline_yaml_stops_stragglers_at_tip_off_and_consolidates() {
     let consolidated = b["status"]["consolidation"]["startTime"].as_str().unwrap_or_default();
     let consolidated: k8s_openapi::jiff::Timestamp = consolidated.parse().expect("consolidation startTime");
     assert!(consolidated >= tip_off - k8s_openapi::jiff::SignedDuration::from_secs(1), "consolidated before tip-off");
-    let events = kubectl(&["get", "events", "-n", ns.name(), "-o", "jsonpath={.items[*].reason}"]);
+    let events = kubectl(&["get", "events", "-n", ex.ns(), "-o", "jsonpath={.items[*].reason}"]);
     assert!(events.contains("StoppingStragglers"), "events: {events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_suspended_yaml_waits_without_jobs_then_runs_when_resumed() {
     const FILE: &str = "batch-suspended.yaml";
-    ensure_crd();
-    let ns = TestNamespace::new("ex-suspended");
-    let ctl = Controller::start("ex-suspended", ns.name(), &[]);
-    let name = apply_example(ns.name(), FILE);
-    let b = wait_batch(ns.name(), &name, &ctl, Duration::from_secs(30), "Suspended", |b| phase(b) == "Suspended");
+    let ex = Example::start("ex-suspended", FILE, |_| None);
+    let b = ex.wait(Duration::from_secs(30), "Suspended", |b| phase(b) == "Suspended");
     assert_eq!(
         (reason(&b, "Ready"), reason(&b, "Reconciling")),
         ("Unknown/Suspended".into(), "False/Suspended".into())
     );
-    std::thread::sleep(Duration::from_secs(3));
-    assert_promise(FILE, jobs_in(ns.name()).is_empty(), "a suspended batch created a Job");
+    ex.assert_no_job(FILE);
     // The command of the example's comment.
-    kubectl(&["patch", "pb", &name, "-n", ns.name(), "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
-    let b = wait_batch(ns.name(), &name, &ctl, Duration::from_secs(120), "Succeeded", |b| phase(b) == "Succeeded");
+    kubectl(&["patch", "pb", &ex.name, "-n", ex.ns(), "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
+    let b = ex.wait(Duration::from_secs(120), "Succeeded", |b| phase(b) == "Succeeded");
     assert_eq!((b["status"]["progress"].clone(), reason(&b, "Ready")), (json!("120/120"), "True/Succeeded".into()));
 }
 

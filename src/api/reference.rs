@@ -30,8 +30,7 @@ pub fn render(crd: &Value) -> String {
     let _ = writeln!(w, "# {kind} API reference\n");
     let _ = writeln!(
         w,
-        "<!-- Generated from the CRD ({}) by `{REGENERATE}`. Do not edit by hand: a test fails when this file is out of date. -->\n",
-        "crds/predictions.dev_predictionbatches.yaml"
+        "<!-- Generated from the CRD (crds/predictions.dev_predictionbatches.yaml) by `{REGENERATE}`. Do not edit by hand: a test fails when this file is out of date. -->\n"
     );
     let _ = writeln!(w, "{}\n", one_line(root["description"].as_str().unwrap_or_default()));
     let _ = writeln!(w, "| | |\n|---|---|");
