@@ -1,10 +1,16 @@
 # Container image of prediction-batch-controller: a release build in the official Rust image, then
-# only the binary on a distroless, non-root base. Build: `docker build -t prediction-batch-controller .`
+# only the binary on a distroless, non-root base.
+#   docker build --build-arg GIT_REVISION=$(git rev-parse --short=12 HEAD) -t prediction-batch-controller .
+#   docker buildx build --platform linux/amd64,linux/arm64 --build-arg GIT_REVISION=... -t REPO:TAG --push .
+# Both platforms build on the build machine's own (FROM --platform=$BUILDPLATFORM): the other one is
+# cross-compiled by hack/build-image-binary, never emulated. GIT_REVISION is what `--version`
+# reports (the build context has no .git).
 #
-# Release flags: the binary is built with `cargo build --release --locked` and nothing else: no
-# RUSTFLAGS, no CARGO_PROFILE_* overrides, no --target. So it is compiled with exactly the
-# [profile.release] of Cargo.toml, the same flags as a local `cargo build --release` and as the
-# binary the test suite runs (`cargo test --release`); tests/dockerfile.rs checks this.
+# Release flags: the binary is built with `cargo build --release --locked` and nothing else (plus
+# `--target <triple>` when cross-compiling): no RUSTFLAGS, no CARGO_PROFILE_* overrides. So it is
+# compiled with exactly the [profile.release] of Cargo.toml, the same flags as a local
+# `cargo build --release` and as the binary the test suite runs (`cargo test --release`);
+# tests/dockerfile.rs checks this.
 #
 # Runtime contract (proven by tests/chart.rs without an image: the release binary runs a batch as
 # UID 65532 with no HOME, cwd / and nothing writable): the process needs no writable path, no
@@ -19,9 +25,13 @@ ARG RUST_IMAGE=rust:1.95.0-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 
 # builder compiles the release binary; registry and target caches survive between builds.
-FROM ${RUST_IMAGE} AS builder
+FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS builder
+ARG TARGETARCH
+ARG BUILDARCH
+ARG GIT_REVISION=unknown
 WORKDIR /build
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY hack/build-image-binary ./hack/
 COPY src ./src
 # Cargo.toml names bench/ as a workspace member, so cargo cannot load the manifest without it;
 # `cargo build` at the root still builds only the controller package.
@@ -29,8 +39,7 @@ COPY bench/Cargo.toml ./bench/
 COPY bench/src ./bench/src
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
-    cargo build --release --locked \
-    && install -D -m 0755 target/release/prediction-batch-controller /out/prediction-batch-controller
+    PBC_GIT_REVISION=$GIT_REVISION sh hack/build-image-binary /out/prediction-batch-controller
 
 # runtime is the shipped image: glibc and CA certificates (distroless "cc"), no shell, UID 65532.
 FROM ${RUNTIME_IMAGE} AS runtime

@@ -1,5 +1,6 @@
 //! `prediction-batch-controller`: `run` (default) reconciles PredictionBatches; `crd` prints the CRD;
-//! `api-reference` prints docs/api-reference.md.
+//! `api-reference` prints docs/api-reference.md; `release-finalizers` lets batches and Jobs go once the
+//! controller is uninstalled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(
     name = "prediction-batch-controller",
-    version,
+    version = env!("PBC_LONG_VERSION"),
     about = "Runs PredictionBatch pipelines: worker shards → consolidation → export"
 )]
 struct Cli {
@@ -36,38 +37,67 @@ enum Command {
     Crd,
     /// Print the API reference (docs/api-reference.md) generated from the CRD as Markdown.
     ApiReference,
+    /// Remove the controller's finalizers (the Firestore mirror's on PredictionBatches, the
+    /// outcome finalizer on stage Jobs) so that, with the controller uninstalled, deleting batches,
+    /// Jobs or their namespace does not hang. Idempotent; batches and Jobs are left in place.
+    ReleaseFinalizers(ReleaseArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(group = clap::ArgGroup::new("scope").required(true).args(["namespace", "all_namespaces"]))]
+struct ReleaseArgs {
+    /// Release the batches and Jobs of this namespace.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Release the batches and Jobs of every namespace.
+    #[arg(long, short = 'A')]
+    all_namespaces: bool,
+    /// First wait until no pod matches this label selector in --pods-namespace (the controller
+    /// has stopped, so it cannot put a finalizer back). The chart's uninstall hook sets it.
+    #[arg(long, requires = "pods_namespace")]
+    wait_for_pods: Option<String>,
+    /// Namespace of the pods of --wait-for-pods.
+    #[arg(long)]
+    pods_namespace: Option<String>,
+    /// Seconds to wait for those pods; after that the finalizers are released anyway.
+    #[arg(long, default_value_t = 120)]
+    wait_timeout: u64,
+    /// Log format: text or json.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(clap::Args, Debug, Clone)]
 struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
+    /// Watch only this namespace (default: all namespaces). Also read from WATCH_NAMESPACE.
+    #[arg(long, env = "PBC_NAMESPACE")]
     namespace: Option<String>,
     /// Address of /metrics, /healthz and /readyz (port 0 picks a free port and logs it).
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "PBC_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
     /// Reconcile only while holding a coordination.k8s.io Lease (for several replicas).
-    #[arg(long, default_value_t = false)]
+    #[arg(long, env = "PBC_LEADER_ELECT", default_value_t = false)]
     leader_elect: bool,
     /// Name of the leader-election Lease.
-    #[arg(long, default_value = "prediction-batch-controller")]
+    #[arg(long, env = "PBC_LEASE_NAME", default_value = "prediction-batch-controller")]
     lease_name: String,
-    /// Namespace of the leader-election Lease (default: the pod's namespace, else "default").
-    #[arg(long, env = "POD_NAMESPACE")]
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, the pod's namespace, else
+    /// "default").
+    #[arg(long, env = "PBC_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
     /// Seconds a leader's lease is valid without renewal (at least 3).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, env = "PBC_LEASE_DURATION", default_value_t = 15)]
     lease_duration: u64,
     /// Seconds after its last successful renewal that a leader stops acting (creating, suspending
     /// or deleting Jobs) and reconciling; less than --lease-duration so it stops before a standby
     /// can take over. Default: 2/3 of --lease-duration.
-    #[arg(long)]
+    #[arg(long, env = "PBC_LEASE_RENEW_DEADLINE")]
     lease_renew_deadline: Option<f64>,
-    /// Identity in the lease and in events (default: the pod name, else hostname-pid).
-    #[arg(long, env = "POD_NAME")]
+    /// Identity in the lease and in events (default: POD_NAME, the pod name, else hostname-pid).
+    #[arg(long, env = "PBC_IDENTITY")]
     identity: Option<String>,
     /// Batches reconciled at once (0 = unbounded).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "PBC_CONCURRENCY", default_value_t = 0)]
     concurrency: u16,
     /// Test only: fail this share (0..1) of API requests with 409/429/500/timeouts.
     #[arg(long, hide = true, default_value_t = 0.0)]
@@ -76,25 +106,43 @@ struct RunArgs {
     /// or only URL paths containing one of the file's lines).
     #[arg(long, hide = true)]
     inject_api_partition: Option<std::path::PathBuf>,
-    /// Log format: text or json.
-    #[arg(long, default_value = "text")]
-    log_format: String,
+    /// Log format.
+    #[arg(long, env = "PBC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     // --- Firestore mirror (issue 8) ---
     /// Mirror batch state to Firestore in this Google Cloud project (off when unset: nothing
     /// contacts Firestore). Auth: Application Default Credentials; FIRESTORE_EMULATOR_HOST selects
     /// an emulator.
-    #[arg(long)]
+    #[arg(long, env = "PBC_FIRESTORE_PROJECT")]
     firestore_project: Option<String>,
     /// Collection of the mirrored documents (`<collection>/<namespace>.<name>`).
-    #[arg(long, default_value = "prediction_batches")]
+    #[arg(long, env = "PBC_FIRESTORE_COLLECTION", default_value = "prediction_batches")]
     firestore_collection: String,
     /// Firestore database (default: the `(default)` database).
-    #[arg(long)]
+    #[arg(long, env = "PBC_FIRESTORE_DATABASE")]
     firestore_database: Option<String>,
     /// Seconds a deleted batch waits for its document to be marked deleted before it goes anyway.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "PBC_FIRESTORE_DELETE_TIMEOUT", default_value_t = 30)]
     firestore_delete_timeout: u64,
     // --- end Firestore mirror ---
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+impl RunArgs {
+    /// The names the chart has set since its first release, from the downward API, for the
+    /// settings that now have a `PBC_` variable of their own (which wins).
+    fn with_legacy_env(mut self) -> Self {
+        let legacy = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        self.namespace = self.namespace.or_else(|| legacy("WATCH_NAMESPACE"));
+        self.lease_namespace = self.lease_namespace.or_else(|| legacy("POD_NAMESPACE"));
+        self.identity = self.identity.or_else(|| legacy("POD_NAME"));
+        self
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,15 +156,39 @@ fn main() -> anyhow::Result<()> {
             print!("{}", api::reference::markdown());
             Ok(())
         }
-        Some(Command::Run(args)) => run(args),
-        None => run(cli.run),
+        Some(Command::Run(args)) => run(args.with_legacy_env()),
+        Some(Command::ReleaseFinalizers(args)) => release_finalizers(args),
+        None => run(cli.run.with_legacy_env()),
     }
 }
 
-fn init_tracing(format: &str) {
+fn release_finalizers(args: ReleaseArgs) -> anyhow::Result<()> {
+    use prediction_batch_controller::release::{self, Scope};
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        init_tracing(args.log_format);
+        let client = kube::Client::try_default().await?;
+        if let (Some(selector), Some(ns)) = (&args.wait_for_pods, &args.pods_namespace) {
+            let timeout = Duration::from_secs(args.wait_timeout);
+            if !release::wait_for_pods_gone(&client, ns, selector, timeout).await {
+                warn!(namespace = ns, selector, "pods still there after {timeout:?}; releasing anyway");
+            }
+        }
+        let scope = match args.namespace {
+            Some(ns) => Scope::Namespace(ns),
+            None => Scope::All,
+        };
+        let released = release::release_finalizers(&client, &scope).await?;
+        info!(batches = released.batches, jobs = released.jobs, ?scope, "released the controller's finalizers");
+        Ok(())
+    })
+}
+
+fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -139,7 +211,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     // kube and firestore must agree on one rustls crypto provider; install it before any TLS.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    init_tracing(&args.log_format);
+    init_tracing(args.log_format);
     let lease_renew_deadline = renew_deadline(&args)?;
 
     // Signals first: a SIGTERM at any later moment of the start is a clean shutdown.
@@ -189,6 +261,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     .await?;
 
     info!(
+        version = env!("CARGO_PKG_VERSION"),
+        revision = prediction_batch_controller::REVISION,
         namespace = settings.namespace.as_deref().unwrap_or("<all>"),
         leader_elect = settings.leader_elect,
         "starting"

@@ -54,6 +54,12 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("prediction_batch");
+        // The usual `_build_info` gauge: always 1, the version and revision in its labels.
+        let build_info = prometheus_client::metrics::info::Info::new(vec![
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("revision", crate::REVISION),
+        ]);
+        registry.register("build", "Version and git revision of the running binary", build_info);
         let reconciles = Family::<ResultLabel, Counter>::default();
         registry.register("reconciles", "Reconcile passes by result (ok, error)", reconciles.clone());
         let errors = Family::<KindLabel, Counter>::default();

@@ -18,8 +18,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use install::{
-    BINARY, CHART_DIR, ControllerProcess, Release, can_i, controller_lock, helm, of_kind, one_of_kind, render, repo,
-    run_ok, service_account_kubeconfig, set_mode, tool_command, unique, wait_for_phase,
+    BINARY, CHART_DIR, ControllerProcess, Release, assert_nothing_refused, can_i, controller_lock, helm, of_kind,
+    one_of_kind, render, repo, run_ok, service_account_kubeconfig, set_mode, tool_command, unique, wait_for_phase,
 };
 use serde_json::{Value, json};
 use support::{TestNamespace, cluster, ensure_crd, kubectl, kubectl_json, kubectl_output, kubectl_stdin, wait_until};
@@ -71,26 +71,25 @@ fn chart_crds_are_byte_identical_to_the_top_level_crds() {
 }
 
 fn assert_chart_crds_match() {
-    let names = |dir: &Path| -> BTreeSet<String> {
-        std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
-    };
-    let top = repo().join("crds");
-    let chart = Path::new(CHART_DIR).join("crds");
-    assert_eq!(
-        names(&top),
-        names(&chart),
-        "charts/prediction-batch-controller/crds/ must hold exactly the files of crds/"
-    );
-    for name in names(&top) {
-        let a = std::fs::read(top.join(&name)).unwrap();
-        let b = std::fs::read(chart.join(&name)).unwrap();
-        assert!(
-            a == b,
-            "charts/prediction-batch-controller/crds/{name} differs from crds/{name}: \
-             run `cp crds/*.yaml charts/prediction-batch-controller/crds/`"
+    install::assert_chart_crds_match();
+}
+
+/// The chart is versioned with the controller: Chart.yaml's `version` and `appVersion` are
+/// Cargo.toml's package version, so a chart in a registry names the controller it deploys (the
+/// rule and how to bump: charts/prediction-batch-controller/README.md, "Versions").
+#[test]
+fn chart_version_and_app_version_are_the_cargo_package_version() {
+    let path = Path::new(CHART_DIR).join("Chart.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let chart: serde_yaml::Value = serde_yaml::from_str(&text).expect("Chart.yaml parses");
+    let cargo = env!("CARGO_PKG_VERSION");
+    for key in ["version", "appVersion"] {
+        assert_eq!(
+            chart[key].as_str(),
+            Some(cargo),
+            "charts/prediction-batch-controller/Chart.yaml `{key}` is {:?}, Cargo.toml's version is {cargo}: \
+             they must be equal (set both `version` and `appVersion: \"{cargo}\"`)",
+            chart[key]
         );
     }
 }
@@ -252,6 +251,12 @@ fn rendered_rbac_is_least_privilege() {
     for (what, extra) in variants() {
         let docs = render("r", "pbc-system", &extra);
         for d in docs.iter().filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role") {
+            if d["metadata"]["name"] == "r-prediction-batch-controller-release-finalizers-pods" {
+                // The uninstall hook waits for the controller's pods to go: list, nothing else.
+                assert_eq!(d["rules"], json!([rule(&[""], &["pods"], &["list"])]), "({what})");
+                assert_eq!(d["metadata"]["namespace"], "pbc-system", "({what})");
+                continue;
+            }
             for r in d["rules"].as_array().unwrap() {
                 let text = r.to_string();
                 assert!(!text.contains('*'), "wildcard in {} ({what}): {text}", d["metadata"]["name"]);
@@ -336,6 +341,8 @@ fn optional_objects_render_only_when_enabled() {
     let defaults = render("r", "pbc-system", &[]);
     let kinds: BTreeSet<&str> = defaults.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     let expected: BTreeSet<&str> = [
+        "CustomResourceDefinition",
+        "Job", // the uninstall hook (uninstall.releaseFinalizers)
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
@@ -398,7 +405,7 @@ fn the_firestore_block_turns_on_the_mirror_with_everything_it_needs() {
     let off = render("r", "pbc-system", &["--set", "networkPolicy.enabled=true"]);
     assert!(!args_of(&off).iter().any(|a| a.starts_with("--firestore")), "{:?}", args_of(&off));
     assert!(!controller_rules(&off).contains(&finalizer_rule));
-    assert!(one_of_kind(&off, "ServiceAccount")["metadata"]["annotations"][wi].is_null());
+    assert!(controller_service_account(&off)["metadata"]["annotations"][wi].is_null());
     let egress = one_of_kind(&off, "NetworkPolicy")["spec"]["egress"].to_string();
     assert!(!egress.contains("169.254.169.254"), "{egress}");
 
@@ -432,7 +439,7 @@ fn the_firestore_block_turns_on_the_mirror_with_everything_it_needs() {
     }
     let rules = controller_rules(&on);
     assert!(rules.contains(&finalizer_rule), "no finalizer rule: {rules:#?}");
-    let sa = one_of_kind(&on, "ServiceAccount");
+    let sa = controller_service_account(&on);
     assert_eq!(sa["metadata"]["annotations"][wi], "pbc-mirror@my-project.iam.gserviceaccount.com", "{sa:#}");
     // Egress: Google APIs on 443 although the API server rule is pinned to one address, and the
     // metadata server that hands out Workload Identity tokens.
@@ -463,7 +470,7 @@ fn the_firestore_block_turns_on_the_mirror_with_everything_it_needs() {
     assert!(args.contains(&"--firestore-collection=prediction_batches".to_string()), "{args:?}");
     assert!(args.contains(&"--firestore-delete-timeout=30".to_string()), "{args:?}");
     assert!(!args.iter().any(|a| a.starts_with("--firestore-database")), "{args:?}");
-    assert!(one_of_kind(&plain, "ServiceAccount")["metadata"]["annotations"][wi].is_null());
+    assert!(controller_service_account(&plain)["metadata"]["annotations"][wi].is_null());
 
     // Refused: no project; an annotation the chart cannot place (it creates no ServiceAccount).
     for (bad, expect) in [
@@ -523,10 +530,11 @@ fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
         "pod-security.kubernetes.io/warn=restricted",
     ]);
     let started = Instant::now();
-    // With its crds/: the CRD is already there (applied by other tests with the same bytes), which
-    // Helm 3 skips and Helm 4 server-side applies without a conflict.
+    // With its CRD (crds.install, the default): the CRD is already there, applied by other tests
+    // with the same content but no Helm ownership, so the release takes it over as a platform
+    // team upgrading from a hand-applied CRD would (README: Upgrading and uninstalling).
     let name = unique("pbc");
-    let mut release = Release::install(&name, &namespace, &[]);
+    let mut release = Release::install(&name, &namespace, &["--take-ownership"]);
     eprintln!("helm install took {:?}", started.elapsed());
     let full = release.fullname();
 
@@ -599,8 +607,8 @@ fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
     assert_eq!(status["version"], 2, "{status}");
     assert_eq!(status["info"]["status"], "deployed");
 
-    // Uninstall removes everything it created, cluster-scoped roles included; the CRD stays (Helm
-    // never deletes crds/), so batches survive a reinstall.
+    // Uninstall removes everything it created, cluster-scoped roles included; the CRD stays
+    // (helm.sh/resource-policy: keep), so batches survive a reinstall.
     release.uninstall();
     wait_until(
         "the release's objects to be gone",
@@ -635,35 +643,22 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     ensure_crd();
     let _one_controller = controller_lock();
     let namespace = unique("chart-rbac");
-    let release = Release::install(&unique("pbc"), &namespace, &["--skip-crds", "--set", "replicaCount=0"]);
+    let release =
+        Release::install(&unique("pbc"), &namespace, &["--set", "crds.install=false", "--set", "replicaCount=0"]);
     let full = release.fullname();
     let sa = release.service_account();
 
     let dir = tempfile::Builder::new().prefix("chart-sa-").tempdir_in(repo().join("target")).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    service_account_kubeconfig(&namespace, &full, &kubeconfig);
+    let cmd = release.controller_command(dir.path(), "chart-rbac-test");
 
     // Who the token is.
     let mut whoami = Command::new(&cluster().kubectl);
-    whoami.args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]).env("KUBECONFIG", &kubeconfig);
+    whoami
+        .args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])
+        .env("KUBECONFIG", dir.path().join("kubeconfig"));
     assert_eq!(run_ok(whoami), sa);
 
     let ns = TestNamespace::new("chart-rbac-batch");
-    let mut cmd = Command::new(BINARY);
-    cmd.args([
-        "run",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--leader-elect",
-        "--lease-namespace",
-        &namespace,
-        "--lease-name",
-        &full,
-    ])
-    .args(["--identity", "chart-rbac-test"])
-    .env("KUBECONFIG", &kubeconfig)
-    .env("RUST_LOG", "info,kube=warn")
-    .env("NO_COLOR", "1");
     let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
     controller.wait_for_log("acquired leadership", Duration::from_secs(30));
     // The probe and scrape endpoints the chart points at answer.
@@ -704,26 +699,8 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     );
 
     // Not one request of the account was refused (the audit log records every one of them).
-    let audit = std::fs::read_to_string(&cluster().audit_log).expect("audit log");
-    let mut requests = 0;
-    for e in audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["user"]["username"] == sa.as_str())
-    {
-        requests += 1;
-        let code = e["responseStatus"]["code"].as_i64().unwrap_or(0);
-        assert!(
-            code != 403,
-            "request refused by RBAC: {} {} -> 403: {}",
-            e["verb"],
-            e["requestURI"],
-            e["responseStatus"]["message"]
-        );
-    }
+    let requests = assert_nothing_refused(&sa, &controller);
     assert!(requests > 10, "expected the controller's requests in the audit log, found {requests}");
-    let log = controller.log_text();
-    assert!(!log.contains("forbidden") && !log.contains("Forbidden"), "{}", controller.log_tail());
 
     // And the account can do nothing else.
     let other = ns.name();
@@ -792,7 +769,8 @@ fn the_chart_service_account_runs_a_mirrored_batch_with_firestore_enabled() {
         &unique("pbc"),
         &namespace,
         &[
-            "--skip-crds",
+            "--set",
+            "crds.install=false",
             "--set",
             "replicaCount=0",
             "--set",
@@ -823,18 +801,9 @@ fn the_chart_service_account_runs_a_mirrored_batch_with_firestore_enabled() {
     assert!(mirror_args.contains(&format!("--firestore-project={project}")), "{mirror_args:?}");
 
     let dir = tempfile::Builder::new().prefix("chart-fs-").tempdir_in(repo().join("target")).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    service_account_kubeconfig(&namespace, &full, &kubeconfig);
     let ns = TestNamespace::new("chart-fs-batch");
-    let mut cmd = Command::new(BINARY);
-    cmd.args(["run", "--http-addr", "127.0.0.1:0", "--leader-elect", "--lease-namespace", &namespace])
-        .args(["--lease-name", &full, "--identity", "chart-fs-test"])
-        .args(&mirror_args)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("FIRESTORE_EMULATOR_HOST", emulator.host())
-        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
-        .env("RUST_LOG", "info,kube=warn")
-        .env("NO_COLOR", "1");
+    let mut cmd = release.controller_command(dir.path(), "chart-fs-test");
+    cmd.args(&mirror_args).env("FIRESTORE_EMULATOR_HOST", emulator.host()).env_remove("GOOGLE_APPLICATION_CREDENTIALS");
     let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
     controller.wait_for_log("acquired leadership", Duration::from_secs(30));
 
@@ -876,16 +845,7 @@ fn the_chart_service_account_runs_a_mirrored_batch_with_firestore_enabled() {
     assert!(status.is_some_and(|s| s.success()), "no clean exit on SIGTERM: {status:?}\n{}", controller.log_tail());
 
     // Not one request of the account was refused.
-    let audit = std::fs::read_to_string(&cluster().audit_log).expect("audit log");
-    let refused: Vec<String> = audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["user"]["username"] == sa.as_str() && e["responseStatus"]["code"] == 403)
-        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
-        .collect();
-    assert!(refused.is_empty(), "requests refused by RBAC: {refused:#?}");
-    let log = controller.log_text();
-    assert!(!log.contains("forbidden") && !log.contains("Forbidden"), "{}", controller.log_tail());
+    assert_nothing_refused(&sa, &controller);
 }
 
 /// A namespace-scoped install: the ServiceAccount may act in the watched namespace only.
@@ -898,7 +858,14 @@ fn namespace_scoped_install_grants_rights_in_the_watched_namespace_only() {
     let release = Release::install(
         &unique("pbc"),
         &namespace,
-        &["--skip-crds", "--set", &format!("controller.watchNamespace={}", watched.name()), "--set", "replicaCount=1"],
+        &[
+            "--set",
+            "crds.install=false",
+            "--set",
+            &format!("controller.watchNamespace={}", watched.name()),
+            "--set",
+            "replicaCount=1",
+        ],
     );
     let sa = release.service_account();
     let deploy = kubectl_json(&["get", "deployment", &release.fullname(), "-n", &namespace]);
@@ -951,7 +918,14 @@ fn release_binary_runs_the_batch_as_an_unprivileged_uid_with_nothing_writable() 
     let release = Release::install(
         &unique("pbc"),
         &namespace,
-        &["--skip-crds", "--set", &format!("controller.watchNamespace={}", watched.name()), "--set", "replicaCount=0"],
+        &[
+            "--set",
+            "crds.install=false",
+            "--set",
+            &format!("controller.watchNamespace={}", watched.name()),
+            "--set",
+            "replicaCount=0",
+        ],
     );
     let full = release.fullname();
 
@@ -1047,4 +1021,14 @@ fn assert_template_fails(bad: &[&str], expect: &str) {
     let out = install::output(cmd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains(expect), "helm template {bad:?} should fail naming {expect}: {err}");
+}
+
+/// The controller's ServiceAccount (not the uninstall hook's).
+fn controller_service_account(docs: &[Value]) -> &Value {
+    let found: Vec<&Value> = of_kind(docs, "ServiceAccount")
+        .into_iter()
+        .filter(|d| d["metadata"]["annotations"]["helm.sh/hook"].is_null())
+        .collect();
+    assert_eq!(found.len(), 1, "expected one ServiceAccount besides the hook's");
+    found[0]
 }

@@ -88,29 +88,41 @@ fn dockerfile_linter_reports_rule_violations() {
     assert!(stdout.contains("\"missing.txt\" does not exist"), "{stdout}");
 }
 
+/// The script the builder stage runs (hack/build-image-binary).
+fn build_script() -> String {
+    std::fs::read_to_string(repo().join("hack/build-image-binary")).expect("hack/build-image-binary")
+}
+
 #[test]
 fn image_builds_with_the_local_release_flags() {
     let all = instructions();
     let runs: Vec<&String> = all.iter().filter(|i| i.starts_with("RUN ")).collect();
-    let build: Vec<&&String> = runs.iter().filter(|r| r.contains("cargo build")).collect();
-    assert_eq!(build.len(), 1, "exactly one cargo build: {runs:?}");
-    assert!(build[0].contains("cargo build --release --locked"), "{}", build[0]);
+    let build: Vec<&&String> = runs.iter().filter(|r| r.contains("hack/build-image-binary")).collect();
+    assert_eq!(build.len(), 1, "exactly one build, by hack/build-image-binary: {runs:?}");
+    // The script's two builds: the local release build, and the same for another target.
+    let script = build_script();
+    let cargo: Vec<&str> = script.lines().map(str::trim).filter(|l| l.starts_with("cargo ")).collect();
+    assert_eq!(
+        cargo,
+        ["cargo build --release --locked", "cargo build --release --locked --target \"$triple\""],
+        "hack/build-image-binary builds natively with exactly the local release command"
+    );
     // Nothing that would make the image's binary differ from `cargo build --release` here.
     for flag in [
         "RUSTFLAGS",
         "CARGO_PROFILE_",
         "CARGO_BUILD_",
         "CARGO_ENCODED_RUSTFLAGS",
-        "--target",
         "--profile",
         "--features",
         "--no-default-features",
     ] {
         assert!(
-            !all.iter().any(|i| !i.starts_with("LABEL") && i.contains(flag)),
-            "the Dockerfile sets {flag}: the image must build with exactly Cargo.toml's [profile.release]"
+            !all.iter().any(|i| !i.starts_with("LABEL") && i.contains(flag)) && !script.contains(flag),
+            "the image build sets {flag}: it must build with exactly Cargo.toml's [profile.release]"
         );
     }
+    assert!(!all.iter().any(|i| i.contains("--target")), "--target belongs to the script's cross build only");
     // A Cargo config would change the local build's flags without reaching the image (the build
     // context sends only the workspace's manifests, Cargo.lock and sources).
     for config in [".cargo/config.toml", ".cargo/config"] {
@@ -173,7 +185,16 @@ fn final_image_is_pinned_distroless_and_runs_as_the_charts_non_root_user() {
     assert_eq!(rules.first(), Some(&"*"), "the .dockerignore excludes everything first: {rules:?}");
     for allowed in &rules[1..] {
         assert!(
-            ["!Cargo.toml", "!Cargo.lock", "!src", "!bench/Cargo.toml", "!bench/src"].contains(allowed),
+            [
+                "!Cargo.toml",
+                "!Cargo.lock",
+                "!build.rs",
+                "!hack/build-image-binary",
+                "!src",
+                "!bench/Cargo.toml",
+                "!bench/src"
+            ]
+            .contains(allowed),
             "unexpected .dockerignore rule {allowed}"
         );
     }
@@ -198,6 +219,8 @@ struct BuilderStage {
     cache_mounts: Vec<String>,
     /// The RUN's shell command.
     command: String,
+    /// Build arguments the stage declares (name, default).
+    args: Vec<(String, Option<String>)>,
 }
 
 fn builder_stage() -> BuilderStage {
@@ -211,6 +234,13 @@ fn builder_stage() -> BuilderStage {
         let words: Vec<&str> = rest.split_whitespace().collect();
         match word {
             "WORKDIR" => stage.workdir = rest.trim().to_string(),
+            "ARG" => {
+                let (name, default) = match rest.trim().split_once('=') {
+                    Some((n, d)) => (n.to_string(), Some(d.to_string())),
+                    None => (rest.trim().to_string(), None),
+                };
+                stage.args.push((name, default));
+            }
             "COPY" => {
                 assert!(!words.iter().any(|w| w.starts_with("--")), "COPY flags are not replayed by this test: {i}");
                 let (dest, srcs) = words.split_last().expect("COPY <src>... <dest>");
@@ -231,7 +261,7 @@ fn builder_stage() -> BuilderStage {
         }
     }
     assert!(stage.workdir.starts_with('/'), "WORKDIR is absolute: {stage:?}");
-    assert!(stage.command.contains("cargo build"), "{stage:?}");
+    assert!(stage.command.contains("hack/build-image-binary"), "{stage:?}");
     stage
 }
 
@@ -338,6 +368,16 @@ fn the_builder_stage_builds_the_binary_from_the_dockerignore_context() {
             cmd.env(var, v);
         }
     }
+    // The build arguments BuildKit gives the stage when it builds for this machine's platform.
+    let revision = head_revision();
+    for (name, default) in &stage.args {
+        let value = match name.as_str() {
+            "TARGETARCH" | "BUILDARCH" => docker_arch().to_string(),
+            "GIT_REVISION" => revision.clone(),
+            _ => default.clone().unwrap_or_default(),
+        };
+        cmd.env(name, value);
+    }
     let started = Instant::now();
     let status = cmd
         .env("CARGO_HOME", &cargo_home)
@@ -368,5 +408,98 @@ fn the_builder_stage_builds_the_binary_from_the_dockerignore_context() {
     let binary = in_root("/out/prediction-batch-controller");
     let out =
         Command::new(&binary).arg("--version").output().unwrap_or_else(|e| panic!("run {}: {e}", binary.display()));
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("prediction-batch-controller "));
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && version.starts_with("prediction-batch-controller "), "{version}");
+    assert!(version.contains(&format!("(revision {revision})")), "GIT_REVISION does not reach --version: {version}");
+}
+
+/// This machine's architecture as Docker names platforms (TARGETARCH).
+fn docker_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("no Docker platform for {other}"),
+    }
+}
+
+fn head_revision() -> String {
+    let out = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(repo()).output().unwrap();
+    assert!(out.status.success(), "the tests run from a git checkout");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs hack/build-image-binary for `target` on `build` with stand-ins for apt-get, rustup and
+/// cargo that record their arguments (and cargo the toolchain variables) and make the binary
+/// where cargo would. Returns (exit success, the record, stderr, the output path).
+fn cross_build_with_stand_ins(target: &str, build: &str) -> (bool, String, String, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("pbc-cross-{target}-{build}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let record = dir.join("record");
+    let stand_in = |name: &str, body: &str| {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\necho \"{name} $*\" >> {}\n{body}\n", record.display())).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(&path, mode).unwrap();
+    };
+    stand_in("apt-get", "");
+    stand_in("rustup", "");
+    stand_in(
+        "cargo",
+        &format!(
+            "env | grep -E '^(CARGO_TARGET_|CC_|AR_)' | sort >> {rec}\n\
+             out=target/release; [ \"$4\" = --target ] && out=target/$5/release\n\
+             mkdir -p $out && echo binary > $out/prediction-batch-controller",
+            rec = record.display()
+        ),
+    );
+    let out_path = dir.join("out/prediction-batch-controller");
+    let out = Command::new("sh")
+        .arg(repo().join("hack/build-image-binary"))
+        .arg(&out_path)
+        .current_dir(&dir)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env("TARGETARCH", target)
+        .env("BUILDARCH", build)
+        .output()
+        .unwrap();
+    let record = std::fs::read_to_string(&record).unwrap_or_default();
+    (out.status.success(), record, String::from_utf8_lossy(&out.stderr).into_owned(), out_path)
+}
+
+/// Both image platforms build on either kind of machine: the other platform's binary is
+/// cross-compiled with its own linker and C compiler (aws-lc-sys has C), never emulated.
+#[test]
+fn the_builder_cross_compiles_the_other_platform_and_refuses_unknown_ones() {
+    let froms: Vec<String> = instructions().into_iter().filter(|i| i.starts_with("FROM ")).collect();
+    assert!(
+        froms[0].starts_with("FROM --platform=$BUILDPLATFORM ") && froms[0].ends_with(" AS builder"),
+        "the builder runs on the build machine's platform: {froms:?}"
+    );
+    let stage = builder_stage();
+    for arg in ["TARGETARCH", "BUILDARCH", "GIT_REVISION"] {
+        assert!(stage.args.iter().any(|(n, _)| n == arg), "the builder stage declares ARG {arg}: {stage:?}");
+    }
+    for (target, build, triple, gnu) in [
+        ("arm64", "amd64", "aarch64-unknown-linux-gnu", "aarch64-linux-gnu"),
+        ("amd64", "arm64", "x86_64-unknown-linux-gnu", "x86_64-linux-gnu"),
+    ] {
+        let (ok, record, stderr, out) = cross_build_with_stand_ins(target, build);
+        assert!(ok, "{target} on {build}: {stderr}\n{record}");
+        assert!(record.contains(&format!("gcc-{gnu}")), "{target}: the cross C toolchain is installed:\n{record}");
+        assert!(record.contains(&format!("rustup target add {triple}")), "{record}");
+        assert!(record.contains(&format!("cargo build --release --locked --target {triple}")), "{record}");
+        let env = triple.to_uppercase().replace('-', "_");
+        assert!(record.contains(&format!("CARGO_TARGET_{env}_LINKER={gnu}-gcc")), "{record}");
+        assert!(record.contains(&format!("CC_{}={gnu}-gcc", triple.replace('-', "_"))), "{record}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap_or_default(), "binary\n", "the {triple} binary is installed");
+    }
+    // Native: the plain local release build, nothing installed.
+    let (ok, record, stderr, out) = cross_build_with_stand_ins("amd64", "amd64");
+    assert!(ok, "{stderr}");
+    assert_eq!(record.trim(), "cargo build --release --locked", "{record}");
+    assert!(out.exists());
+    let (ok, _, stderr, _) = cross_build_with_stand_ins("s390x", "amd64");
+    assert!(!ok && stderr.contains("unsupported TARGETARCH=s390x"), "{stderr}");
 }

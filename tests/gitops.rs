@@ -1,17 +1,19 @@
-//! GitOps compatibility: the Argo CD health check (deploy/argocd/health.lua) run by a real Lua
-//! interpreter on its health_test.yaml cases, and Flux's kstatus (sigs.k8s.io/cli-utils
-//! status.Compute, through tests/tools/kstatus) and the Argo CD check on live batches in every
-//! phase, reconciled by the controller on the local control plane.
+//! GitOps compatibility: the Argo CD health check (deploy/argocd/health.lua) run the way Argo CD
+//! runs it (gopher-lua, Argo CD's libraries, through tests/tools/argocd-lua) on its
+//! health_test.yaml cases, and Flux's kstatus (sigs.k8s.io/cli-utils status.Compute, through
+//! tests/tools/kstatus) and the Argo CD check on live batches in every phase, reconciled by the
+//! controller on the local control plane.
 //!
-//! Needs `lua5.4` (Debian package lua5.4), Go (to build tests/tools/kstatus once) and a running
-//! cluster (`tests/cluster/up`). Fails, never skips, without them.
+//! Needs Go (to build tests/tools/kstatus and tests/tools/argocd-lua once) and a running cluster
+//! (`tests/cluster/up`). Fails, never skips, without them.
 
 mod install;
 mod support;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use install::{ControllerProcess, repo, run_ok, tool, wait_for_phase};
@@ -22,62 +24,44 @@ fn argocd_dir() -> PathBuf {
     repo().join("deploy/argocd")
 }
 
-fn lua() -> PathBuf {
-    let found = Command::new("sh").args(["-c", "command -v lua5.4"]).output().expect("run sh");
-    let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
-    assert!(
-        found.status.success() && !path.is_empty(),
-        "lua5.4 is not installed: the Argo CD health check tests need a real Lua interpreter \
-         (`apt-get install lua5.4`; .ci/run installs it)"
-    );
-    PathBuf::from(path)
+/// Runs `cmd` with `input` on its stdin.
+fn output_with_stdin(mut cmd: Command, input: &[u8]) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap_or_else(|e| panic!("write stdin of {what}: {e}"));
+    child.wait_with_output().unwrap_or_else(|e| panic!("wait for {what}: {e}"))
 }
 
-/// A Lua table constructor for a JSON value, as Argo CD hands objects to health scripts: objects
-/// are tables keyed by strings, arrays are sequences, nulls are absent, integers stay integers.
-fn to_lua(v: &Value) -> String {
-    match v {
-        Value::Null => "nil".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => lua_string(s),
-        Value::Array(items) => {
-            format!("{{{}}}", items.iter().filter(|i| !i.is_null()).map(to_lua).collect::<Vec<_>>().join(", "))
+/// The health Argo CD would show for `object` with `script` as its argocd-cm health script
+/// (tests/tools/argocd-lua): Ok((status, message)), or Err(the error Argo CD reports) when the
+/// script does not load or run.
+fn argocd_lua(script: &Path, object: &Value) -> Result<(String, String), String> {
+    let mut cmd = Command::new(tool("argocd-lua"));
+    cmd.arg(script);
+    let out = output_with_stdin(cmd, object.to_string().as_bytes());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {
+            let hs: Value = serde_json::from_str(stdout.trim())
+                .unwrap_or_else(|e| panic!("argocd-lua printed no health JSON ({e}): {stdout}"));
+            let field = |k: &str| hs[k].as_str().unwrap_or_else(|| panic!("argocd-lua: no {k} in {hs}")).to_string();
+            Ok((field("status"), field("message")))
         }
-        Value::Object(map) => format!(
-            "{{{}}}",
-            map.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| format!("[{}] = {}", lua_string(k), to_lua(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Some(1) => Err(stderr.trim().to_string()),
+        _ => panic!("argocd-lua could not run {} ({}):\n{stderr}{stdout}", script.display(), out.status),
     }
 }
 
-fn lua_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for b in s.bytes() {
-        match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\{b:03}")),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Runs health.lua on `object` with the harness; returns (status, message).
-fn argo_health(object: &Value, scratch: &Path) -> (String, String) {
-    let input = scratch.join(format!("object-{}.lua", object["metadata"]["name"].as_str().unwrap_or("x")));
-    std::fs::write(&input, format!("return {}\n", to_lua(object))).unwrap();
-    let mut cmd = Command::new(lua());
-    cmd.arg(repo().join("tests/tools/argocd-health/harness.lua")).arg(argocd_dir().join("health.lua")).arg(&input);
-    let out = run_ok(cmd);
-    let (status, message) = out.split_once('\n').unwrap_or((out.as_str(), ""));
-    (status.to_string(), message.to_string())
+/// Runs health.lua on `object` as Argo CD does; returns (status, message).
+fn argo_health(object: &Value) -> (String, String) {
+    argocd_lua(&argocd_dir().join("health.lua"), object)
+        .unwrap_or_else(|e| panic!("health.lua failed in Argo CD's Lua VM: {e}\n{object:#}"))
 }
 
 fn yaml_file(path: &Path) -> Value {
@@ -91,7 +75,6 @@ fn argo_cd_health_check_passes_every_case_of_its_health_test_yaml() {
     let dir = argocd_dir();
     let tests = yaml_file(&dir.join("health_test.yaml"));
     let cases = tests["tests"].as_array().expect("tests: [...]");
-    let scratch = tempfile::tempdir().unwrap();
     let mut seen = BTreeMap::new();
     let mut failures = Vec::new();
     for case in cases {
@@ -99,7 +82,7 @@ fn argo_cd_health_check_passes_every_case_of_its_health_test_yaml() {
         let want_status = case["healthStatus"]["status"].as_str().expect("healthStatus.status");
         let want_message = case["healthStatus"]["message"].as_str().unwrap_or("");
         let object = yaml_file(&dir.join(input));
-        let (status, message) = argo_health(&object, scratch.path());
+        let (status, message) = argo_health(&object);
         if status != want_status || message != want_message {
             failures.push(format!("{input}: got {status} {message:?}, want {want_status} {want_message:?}"));
         }
@@ -114,31 +97,78 @@ fn argo_cd_health_check_passes_every_case_of_its_health_test_yaml() {
     assert_eq!(files, cases.len(), "testdata files without a case in health_test.yaml");
 }
 
-/// The harness really runs the script: a broken script fails, a wrong status is caught.
+/// tests/tools/argocd-lua is Argo CD's Lua, not any Lua: gopher-lua (Lua 5.1) with only the
+/// libraries Argo CD opens for an argocd-cm health script. So a health.lua that used Lua 5.3/5.4
+/// syntax or a library Argo CD does not open fails here, as it would in Argo CD (where the
+/// resource would show as Unknown), instead of passing with a system Lua.
 #[test]
-fn lua_harness_rejects_broken_scripts() {
+fn argocd_lua_runs_health_scripts_in_argo_cds_lua_vm() {
+    let object = serde_json::json!({
+        "apiVersion": "predictions.dev/v1alpha1",
+        "kind": "PredictionBatch",
+        "metadata": {"name": "vm", "generation": 3},
+        "status": {"phase": "Running", "observedGeneration": null}
+    });
     let scratch = tempfile::tempdir().unwrap();
-    let input = scratch.path().join("obj.lua");
-    std::fs::write(&input, "return {[\"status\"] = {[\"phase\"] = \"Running\"}}\n").unwrap();
-    for (script, why) in [
-        ("local f = io.open('/etc/passwd') return {status = 'Healthy'}", "io is not available to health scripts"),
-        ("return {status = 'Fine'}", "not an Argo CD health status"),
-        ("return obj.status.nope.deeper", "runtime error"),
-    ] {
-        let path = scratch.path().join("bad.lua");
+    let run = |script: &str| {
+        let path = scratch.path().join("health.lua");
         std::fs::write(&path, script).unwrap();
-        let out = Command::new(lua())
-            .arg(repo().join("tests/tools/argocd-health/harness.lua"))
-            .arg(&path)
-            .arg(&input)
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success(),
-            "harness accepted a script where {why}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        argocd_lua(&path, &object)
+    };
+    let healthy = |message: &str| Ok(("Healthy".to_string(), message.to_string()));
+
+    // Rejected: Lua 5.3/5.4 only, or libraries Argo CD does not give health scripts.
+    for (script, why) in [
+        ("return {status = 'Healthy', message = tostring(7 // 2)}", "integer division `//` is Lua 5.3+"),
+        ("return {status = 'Healthy', message = tostring(6 & 3)}", "bitwise operators are Lua 5.3+"),
+        ("local x <const> = 1 return {status = 'Healthy'}", "<const> variables are Lua 5.4"),
+        (
+            "return {status = 'Healthy', message = tostring(math.tointeger(3))}",
+            "no math library (and tointeger is 5.3+)",
+        ),
+        ("return {status = 'Healthy', message = string.format('%d', 1)}", "no string library"),
+        ("return {status = 'Healthy', message = ('phase'):upper()}", "no string methods either"),
+        ("return {status = 'Healthy', message = tostring(os.time())}", "no os global (only require('os'))"),
+        ("local f = io.open('/etc/passwd') return {status = 'Healthy'}", "no io library"),
+        ("return obj.status.nope.deeper", "a runtime error"),
+        ("return 'Healthy'", "a result that is not a table"),
+        ("while true do end", "a script running past Argo CD's 1 s limit"),
+    ] {
+        assert!(run(script).is_err(), "argocd-lua accepted a script with {why}: {script} -> {:?}", run(script));
     }
+
+    // Accepted, as in Argo CD: Lua 5.1 built-ins, the table library, require('os') (time and
+    // date only), numbers as Lua 5.1 numbers, JSON null as nil.
+    for (script, want) in [
+        (
+            "return {status = 'Healthy', message = type(setfenv) .. ' ' .. type(unpack) .. ' ' .. type(loadstring)}",
+            healthy("function function function"),
+        ),
+        ("return {status = 'Healthy', message = table.concat({'a', 'b'}, ',')}", healthy("a,b")),
+        (
+            "local os = require('os') return {status = 'Healthy', message = os.date('!%Y-%m-%d', 0)}",
+            healthy("1970-01-01"),
+        ),
+        (
+            "return {status = 'Healthy', message = tostring(obj.metadata.generation / 2) .. ' ' .. tostring(obj.metadata.generation)}",
+            healthy("1.5 3"),
+        ),
+        ("return {status = 'Healthy', message = tostring(obj.status.observedGeneration)}", healthy("nil")),
+        // Argo CD's result handling: an unknown status is Unknown, an empty table no health.
+        ("return {status = 'Fine'}", Ok(("Unknown".into(), "Lua returned an invalid health status".into()))),
+        ("return {}", Ok((String::new(), String::new()))),
+    ] {
+        assert_eq!(run(script), want, "{script}");
+    }
+
+    // tests/tools/versions.env and the tool's go.mod pin the same gopher-lua (Argo CD's).
+    let versions = std::fs::read_to_string(repo().join("tests/tools/versions.env")).unwrap();
+    let pinned = versions.lines().find_map(|l| l.strip_prefix("GOPHER_LUA_VERSION=")).expect("GOPHER_LUA_VERSION");
+    let go_mod = std::fs::read_to_string(repo().join("tests/tools/argocd-lua/go.mod")).unwrap();
+    assert!(
+        go_mod.contains(&format!("github.com/yuin/gopher-lua {pinned}\n")),
+        "go.mod does not require gopher-lua {pinned}"
+    );
 }
 
 /// deploy/argocd/README.md's argocd-cm snippet is health.lua verbatim.
@@ -236,15 +266,7 @@ fn kstatus_and_argo_cd_health_of_live_batches_in_every_phase() {
     }
     // The running batch has its pods running (not just created), so InProgress is about work.
     let list = kubectl(&["get", "predictionbatches.predictions.dev", "-n", ns.name(), "-o", "json"]);
-    let mut child = Command::new(&kstatus)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(list.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(Command::new(&kstatus), list.as_bytes());
     assert!(out.status.success(), "kstatus failed: {}", String::from_utf8_lossy(&out.stderr));
     let results: BTreeMap<String, Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -258,7 +280,7 @@ fn kstatus_and_argo_cd_health_of_live_batches_in_every_phase() {
     for (name, _, phase, want_kstatus, want_argo) in &cases {
         let r = &results[*name];
         let object = live["items"].as_array().unwrap().iter().find(|i| i["metadata"]["name"] == *name).unwrap();
-        let (argo, argo_message) = argo_health(object, scratch.path());
+        let (argo, argo_message) = argo_health(object);
         report.push(format!("{phase:10} kstatus {} ({}) | Argo CD {argo} ({argo_message})", r["status"], r["message"]));
         if r["status"] != *want_kstatus || argo != *want_argo {
             wrong.push(format!(
@@ -300,5 +322,5 @@ fn kstatus_and_argo_cd_health_of_live_batches_in_every_phase() {
     cmd.arg(&file);
     let r: Value = serde_json::from_str(run_ok(cmd).trim()).unwrap();
     assert_eq!(r["status"], "InProgress", "{r}");
-    assert_eq!(argo_health(&object, scratch.path()).0, "Progressing");
+    assert_eq!(argo_health(&object).0, "Progressing");
 }

@@ -1,6 +1,7 @@
-//! Helpers of the install tests (tests/chart.rs, tests/gitops.rs, tests/dockerfile.rs): the Go
-//! tools of tests/tools (built on demand into the cache, like the cluster binaries), Helm against
-//! the test cluster, ServiceAccount kubeconfigs, and the release binary as a child process.
+//! Helpers of the install tests (tests/chart.rs, tests/chart_oci.rs, tests/gitops.rs,
+//! tests/dockerfile.rs): the Go tools of tests/tools (built on demand into the cache, like the
+//! cluster binaries), Helm against the test cluster, ServiceAccount kubeconfigs, and the release
+//! binary (or another tool, such as the OCI registry) as a child process.
 //! Included with `mod install;` after `mod support;`.
 //!
 //! Nothing here skips: a missing tool, Go toolchain or cluster is a failure that says what to do.
@@ -26,9 +27,10 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Path of a tool of tests/tools/build (`helm`, `kstatus`, `dockerfile-lint`), building it into
-/// the cache when missing (Helm: about 2.5 minutes, once per machine). Panics with the build log
-/// when it cannot be built (e.g. no Go toolchain).
+/// Path of a tool of tests/tools/build (`helm`, `helm3`, `kstatus`, `dockerfile-lint`,
+/// `argocd-lua`, `registry`), building it into the cache when missing (Helm: about 2.5 minutes,
+/// the registry about 4.5 under load, once per machine). Panics with the build log when it cannot
+/// be built (e.g. no Go toolchain).
 pub fn tool(name: &str) -> PathBuf {
     static TOOLS: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut tools = TOOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
@@ -159,10 +161,21 @@ pub struct Release {
 impl Release {
     /// `helm install <name> <chart> -n <ns> --create-namespace <extra...>`.
     pub fn install(name: &str, namespace: &str, extra: &[&str]) -> Self {
+        Self::install_chart(CHART_DIR, name, namespace, extra)
+    }
+
+    /// The same from another chart reference (a packaged .tgz, an `oci://` URL).
+    pub fn install_chart(chart: &str, name: &str, namespace: &str, extra: &[&str]) -> Self {
         cluster();
-        let mut args = vec!["install", name, CHART_DIR, "--namespace", namespace, "--create-namespace"];
+        let mut args = vec!["install", name, chart, "--namespace", namespace, "--create-namespace"];
         args.extend_from_slice(extra);
         helm(&args);
+        Release { name: name.into(), namespace: namespace.into(), uninstalled: false }
+    }
+
+    /// A release installed some other way (e.g. from another chart directory), handled like one
+    /// of [`Release::install`] from here on.
+    pub fn adopt(name: &str, namespace: &str) -> Self {
         Release { name: name.into(), namespace: namespace.into(), uninstalled: false }
     }
 
@@ -183,6 +196,44 @@ impl Release {
     pub fn service_account(&self) -> String {
         format!("system:serviceaccount:{}:{}", self.namespace, self.fullname())
     }
+
+    /// The release binary run as this release's Deployment runs it (leader election on the
+    /// chart's Lease in the release namespace), but as a local process: the cluster's kwok nodes
+    /// run no containers. It authenticates only with a token of the chart's ServiceAccount,
+    /// written to `dir/kubeconfig`, so it has exactly the rights the chart grants. Add flags and
+    /// env, then `ControllerProcess::spawn` it.
+    pub fn controller_command(&self, dir: &Path, identity: &str) -> Command {
+        let full = self.fullname();
+        let kubeconfig = dir.join("kubeconfig");
+        service_account_kubeconfig(&self.namespace, &full, &kubeconfig);
+        let mut cmd = Command::new(BINARY);
+        cmd.args(["run", "--http-addr", "127.0.0.1:0", "--leader-elect", "--lease-namespace", &self.namespace])
+            .args(["--lease-name", &full, "--identity", identity])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .env("NO_COLOR", "1");
+        cmd
+    }
+}
+
+/// Asserts that the audit log holds no request of `user` refused by RBAC (403) and that the
+/// controller logged nothing forbidden; returns how many requests of `user` it holds.
+pub fn assert_nothing_refused(user: &str, controller: &ControllerProcess) -> usize {
+    let audit = std::fs::read_to_string(&cluster().audit_log).expect("audit log");
+    let mine: Vec<Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["user"]["username"] == user)
+        .collect();
+    let refused: Vec<String> = mine
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 403)
+        .map(|e| format!("{} {}: {}", e["verb"], e["requestURI"], e["responseStatus"]["message"]))
+        .collect();
+    assert!(refused.is_empty(), "requests of {user} refused by RBAC: {refused:#?}");
+    let log = controller.log_text();
+    assert!(!log.contains("forbidden") && !log.contains("Forbidden"), "{}", controller.log_tail());
+    mine.len()
 }
 
 impl Drop for Release {
@@ -282,6 +333,11 @@ impl ControllerProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status if the process has exited (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     pub fn log_tail(&self) -> String {
@@ -396,4 +452,59 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let code = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
+}
+
+/// The chart's copy of the CRD (files/crds/, rendered by templates/crds.yaml) cannot drift from
+/// the repository's crds/: the same files, byte for byte, and the rendered CRD is the file's
+/// content plus only the chart's labels and annotations (helm.sh/resource-policy: keep by
+/// default; none with crds.install=false).
+pub fn assert_chart_crds_match() {
+    use std::collections::BTreeSet;
+    let names = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let top = repo().join("crds");
+    let chart = Path::new(CHART_DIR).join("files/crds");
+    assert_eq!(
+        names(&top),
+        names(&chart),
+        "charts/prediction-batch-controller/files/crds/ must hold exactly the files of crds/"
+    );
+    let mut files = Vec::new();
+    for name in names(&top) {
+        let a = std::fs::read(top.join(&name)).unwrap();
+        let b = std::fs::read(chart.join(&name)).unwrap();
+        assert!(
+            a == b,
+            "charts/prediction-batch-controller/files/crds/{name} differs from crds/{name}: \
+             run `cp crds/*.yaml charts/prediction-batch-controller/files/crds/`"
+        );
+        files.push(parse_documents(&String::from_utf8(a).expect("UTF-8 CRD")).remove(0));
+    }
+    let docs = render("r", "pbc-system", &[]);
+    let mut rendered: Vec<Value> = of_kind(&docs, "CustomResourceDefinition").into_iter().cloned().collect();
+    assert_eq!(rendered.len(), files.len(), "templates/crds.yaml renders one CRD per file of files/crds/");
+    for crd in &mut rendered {
+        let meta = crd["metadata"].as_object_mut().unwrap();
+        let annotations = meta.remove("annotations").unwrap_or_default();
+        assert_eq!(annotations["helm.sh/resource-policy"], "keep", "the CRD must outlive `helm uninstall`");
+        let labels = meta.remove("labels").unwrap_or_default();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm");
+        let file = files.iter().find(|f| f["metadata"]["name"] == crd["metadata"]["name"]).expect("a file per CRD");
+        assert!(
+            *crd == *file,
+            "the rendered CRD {} differs from its file beyond labels and annotations",
+            crd["metadata"]["name"]
+        );
+    }
+    let off = render("r", "pbc-system", &["--set", "crds.install=false"]);
+    assert!(of_kind(&off, "CustomResourceDefinition").is_empty(), "crds.install=false renders no CRD");
+    let unkept = render("r", "pbc-system", &["--set", "crds.keep=false"]);
+    assert!(
+        one_of_kind(&unkept, "CustomResourceDefinition")["metadata"]["annotations"].is_null(),
+        "crds.keep=false: no resource-policy annotation"
+    );
 }

@@ -134,6 +134,11 @@ pub fn kubectl(args: &[&str]) -> String {
 
 /// Runs kubectl with `input` on stdin (e.g. `kubectl_stdin(&["apply", "-f", "-"], yaml)`).
 pub fn kubectl_stdin(args: &[&str], input: &str) -> String {
+    check(args, kubectl_stdin_output(args, input))
+}
+
+/// Runs kubectl with `input` on stdin; its Output, whatever the exit status.
+pub fn kubectl_stdin_output(args: &[&str], input: &str) -> Output {
     let mut child = kubectl_command(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -141,8 +146,7 @@ pub fn kubectl_stdin(args: &[&str], input: &str) -> String {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run kubectl {args:?}: {e}"));
     child.stdin.take().unwrap().write_all(input.as_bytes()).expect("write kubectl stdin");
-    let out = child.wait_with_output().expect("wait for kubectl");
-    check(args, out)
+    child.wait_with_output().expect("wait for kubectl")
 }
 
 /// kubectl `-o json`, parsed.

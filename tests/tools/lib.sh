@@ -10,6 +10,9 @@ HELM_BIN="$CACHE_ROOT/helm-$HELM_VERSION/bin"
 # Our own programs: keyed by the library version plus a hash of their sources (see build).
 KSTATUS_DIR="$CACHE_ROOT/kstatus-cli-utils-$CLI_UTILS_VERSION"
 DOCKERFILE_LINT_DIR="$CACHE_ROOT/dockerfile-lint-buildkit-$BUILDKIT_VERSION"
+ARGOCD_LUA_DIR="$CACHE_ROOT/argocd-lua-gopher-lua-$GOPHER_LUA_VERSION"
+# A released module, built as is (like Helm): keyed by its version alone.
+REGISTRY_BIN="$CACHE_ROOT/registry-$DISTRIBUTION_VERSION/bin"
 
 tools_log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 tools_die() { tools_log "ERROR: $*"; exit 1; }

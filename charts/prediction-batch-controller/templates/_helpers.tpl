@@ -96,3 +96,31 @@ Role (controller.watchNamespace). No Secrets, no Pods, no wildcards.
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* Labels of the CRD: not the controller's selector labels, it belongs to no pod. */}}
+{{- define "pbc.crdLabels" -}}
+helm.sh/chart: {{ include "pbc.chart" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: crd
+app.kubernetes.io/part-of: prediction-batch-controller
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels of the uninstall hook's objects. Not the selector labels: its pod must not look like
+a controller pod, which it waits to be gone. */}}
+{{- define "pbc.releaseFinalizersLabels" -}}
+helm.sh/chart: {{ include "pbc.chart" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: release-finalizers
+app.kubernetes.io/part-of: prediction-batch-controller
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Annotations of a post-delete hook object of the given weight (RBAC first, then the Job). */}}
+{{- define "pbc.releaseFinalizersHook" -}}
+helm.sh/hook: post-delete
+helm.sh/hook-weight: {{ . | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end }}
