@@ -1,5 +1,6 @@
 //! `prediction-batch-controller`: `run` (default) reconciles PredictionBatches; `crd` prints the CRD;
-//! `release-finalizers` lets batches and Jobs go once the controller is uninstalled.
+//! `api-reference` prints docs/api-reference.md; `release-finalizers` lets batches and Jobs go once the
+//! controller is uninstalled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ enum Command {
     Run(RunArgs),
     /// Print the PredictionBatch CustomResourceDefinition as YAML.
     Crd,
+    /// Print the API reference (docs/api-reference.md) generated from the CRD as Markdown.
+    ApiReference,
     /// Remove the controller's finalizers (the Firestore mirror's on PredictionBatches, the
     /// outcome finalizer on stage Jobs) so that, with the controller uninstalled, deleting batches,
     /// Jobs or their namespace does not hang. Idempotent; batches and Jobs are left in place.
@@ -147,6 +150,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Crd) => {
             print!("{}", api::crd::yaml());
+            Ok(())
+        }
+        Some(Command::ApiReference) => {
+            print!("{}", api::reference::markdown());
             Ok(())
         }
         Some(Command::Run(args)) => run(args.with_legacy_env()),

@@ -17,6 +17,8 @@ pub struct Controller {
     child: Option<Child>,
     pub log: PathBuf,
     args: Vec<String>,
+    /// Extra environment of the process (e.g. FIRESTORE_EMULATOR_HOST).
+    env: Vec<(String, String)>,
     starts: u32,
     name: String,
 }
@@ -24,10 +26,16 @@ pub struct Controller {
 impl Controller {
     /// Starts `prediction-batch-controller run --namespace <ns>` as user pbc-controller.
     pub fn start(name: &str, namespace: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(name, namespace, extra, &[])
+    }
+
+    /// Like [`Controller::start`], with extra environment variables for the process.
+    pub fn start_with_env(name: &str, namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut args: Vec<String> =
             ["run", "--namespace", namespace, "--http-addr", "127.0.0.1:0"].iter().map(|s| s.to_string()).collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut c = Controller { child: None, log: PathBuf::new(), args, starts: 0, name: name.to_string() };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut c = Controller { child: None, log: PathBuf::new(), args, env, starts: 0, name: name.to_string() };
         c.restart();
         c
     }
@@ -43,6 +51,7 @@ impl Controller {
             .env("KUBECONFIG", &cluster().controller_kubeconfig)
             .env("RUST_LOG", "info,prediction_batch_controller=debug,kube=warn")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())

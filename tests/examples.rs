@@ -1,0 +1,265 @@
+//! Every manifest in `examples/` does what its leading comment promises (its `# Expect:` lines):
+//! each test `kubectl apply -f`s the real file into a namespace of its own (only the namespace is
+//! set from outside) with the release controller running, and checks that outcome. Workers that
+//! fail or straggle are made so by kwok Stages this file adds for the test's namespace, so the
+//! examples stay free of test annotations. The Firestore example runs against the emulator
+//! (tests/support/firestore_emulator.rs).
+//!
+//! [`every_example_has_a_test`] lists `examples/` itself: a new example without a test here fails.
+
+#[path = "support/controller.rs"]
+mod controller;
+#[path = "support/firestore_emulator.rs"]
+mod firestore_emulator;
+#[path = "support/kwok_stage.rs"]
+mod kwok_stage;
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use controller::{Controller, JobWatch, batch_json, condition, phase, wait_batch};
+use kwok_stage::TestStage;
+use serde_json::{Value, json};
+use support::{TestNamespace, ensure_crd, kubectl, kubectl_json, kubectl_output, wait_until};
+
+/// The examples with a test below, by file name.
+const TESTED: &[&str] = &[
+    "batch.yaml",
+    "batch-full.yaml",
+    "batch-quorum.yaml",
+    "batch-deadline.yaml",
+    "batch-suspended.yaml",
+    "batch-firestore.yaml",
+];
+
+fn examples_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))
+}
+
+#[test]
+fn every_example_has_a_test() {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(examples_dir()).expect("examples/") {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        found.push(file.clone());
+        assert!(
+            TESTED.contains(&file.as_str()),
+            "examples/{file} has no test: add one to tests/examples.rs (and its name to TESTED) that applies it and \
+             checks the outcome its `# Expect:` comment promises"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let comment: Vec<&str> = text.lines().take_while(|l| l.starts_with('#')).collect();
+        assert!(
+            comment.len() >= 2 && comment.iter().any(|l| l.starts_with("# Expect:")),
+            "examples/{file} must start with a comment saying what it shows and, in a `# Expect:` line, what outcome \
+             to expect"
+        );
+    }
+    for file in TESTED {
+        assert!(found.iter().any(|f| f == file), "TESTED names examples/{file}, which does not exist");
+    }
+}
+
+/// Applies `examples/<file>` into `ns` with `kubectl apply -f`, returns the batch name.
+fn apply_example(ns: &str, file: &str) -> String {
+    let path = examples_dir().join(file);
+    let out = kubectl(&["apply", "-n", ns, "-f", path.to_str().unwrap(), "-o", "jsonpath={.metadata.name}"]);
+    assert!(!out.is_empty(), "kubectl apply -f examples/{file} printed no name");
+    out
+}
+
+/// The leading comment of an example, to show in a failure.
+fn promise(file: &str) -> String {
+    let text = std::fs::read_to_string(examples_dir().join(file)).unwrap();
+    text.lines().take_while(|l| l.starts_with('#')).collect::<Vec<_>>().join("\n")
+}
+
+fn assert_promise(file: &str, ok: bool, what: &str) {
+    assert!(ok, "examples/{file}: {what}\nits comment:\n{}", promise(file));
+}
+
+/// One example applied into a namespace of its own, with a controller watching it.
+struct Example {
+    // Field order is drop order: stop the controller, then drop the namespace and the Stage.
+    ctl: Controller,
+    name: String,
+    ns: TestNamespace,
+    _stage: Option<TestStage>,
+}
+
+impl Example {
+    /// Creates the namespace, `stage(namespace)` (kwok Stages for its pods), the controller, and
+    /// applies `examples/<file>`.
+    fn start(prefix: &str, file: &str, stage: impl FnOnce(&str) -> Option<TestStage>) -> Example {
+        ensure_crd();
+        let ns = TestNamespace::new(prefix);
+        let _stage = stage(ns.name());
+        let ctl = Controller::start(prefix, ns.name(), &[]);
+        let name = apply_example(ns.name(), file);
+        Example { ctl, name, ns, _stage }
+    }
+
+    fn ns(&self) -> &str {
+        self.ns.name()
+    }
+
+    fn wait(&self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_batch(self.ns(), &self.name, &self.ctl, timeout, what, pred)
+    }
+
+    /// No Job exists, a few seconds after the batch settled (time for a wrong controller to act).
+    fn assert_no_job(&self, file: &str) {
+        std::thread::sleep(Duration::from_secs(3));
+        assert_promise(file, jobs_in(self.ns()).is_empty(), "a Job was created");
+    }
+}
+
+fn jobs_in(ns: &str) -> Vec<String> {
+    let out = kubectl(&["get", "jobs", "-n", ns, "-o", "jsonpath={.items[*].metadata.name}"]);
+    out.split_whitespace().map(String::from).collect()
+}
+
+fn reason(b: &Value, type_: &str) -> String {
+    condition(b, type_).map(|c| format!("{}/{}", c.0, c.1)).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_yaml_succeeds_with_every_item() {
+    const FILE: &str = "batch.yaml";
+    let ex = Example::start("ex-batch", FILE, |_| None);
+    let pb = format!("pb/{}", ex.name);
+    let out = kubectl_output(&["wait", "--for=condition=Ready", &pb, "-n", ex.ns(), "--timeout=120s"]);
+    assert_promise(FILE, out.status.success(), &format!("kubectl wait Ready failed\n{}", ex.ctl.log_tail()));
+    let b = batch_json(ex.ns(), &ex.name).unwrap();
+    assert_promise(FILE, phase(&b) == "Succeeded" && b["status"]["progress"] == "120/120", &format!("{}", b["status"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_full_yaml_fails_at_once_on_its_past_deadline() {
+    const FILE: &str = "batch-full.yaml";
+    let ex = Example::start("ex-full", FILE, |_| None);
+    let b = ex.wait(Duration::from_secs(30), "Failed", |b| phase(b) == "Failed");
+    assert_promise(FILE, reason(&b, "Stalled") == "True/DeadlineExceeded", &format!("{}", b["status"]));
+    ex.assert_no_job(FILE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_quorum_yaml_succeeds_degraded_with_failed_shards() {
+    const FILE: &str = "batch-quorum.yaml";
+    let ex = Example::start("ex-quorum", FILE, |ns| Some(TestStage::fail(ns, &["3", "7"])));
+    // A watch lists what exists first, so it sees every Job even when started after the apply.
+    let watch = JobWatch::start(ex.ns()).await;
+    let (ns, name) = (ex.ns(), &ex.name);
+    let b = ex.wait(Duration::from_secs(150), "Succeeded", |b| phase(b) == "Succeeded" || phase(b) == "Failed");
+    assert_promise(FILE, phase(&b) == "Succeeded", &format!("ended {}", b["status"]));
+    assert_eq!(reason(&b, "Ready"), "True/Succeeded");
+    assert_eq!(reason(&b, "Degraded"), "True/ShardsFailed");
+    assert_eq!(b["status"]["failedShards"], "3,7");
+    assert_eq!(b["status"]["progress"], "112/120");
+    let job = kubectl_json(&["get", "job", &format!("{name}-workers"), "-n", ns]);
+    assert!(
+        job["status"]["failed"].as_i64().unwrap_or(0) >= 4,
+        "each failing shard was retried once: {}",
+        job["status"]
+    );
+    let c = kubectl_json(&["get", "job", &format!("{name}-consolidate"), "-n", ns]);
+    let env = c["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+    let get = |n: &str| env.iter().find(|e| e["name"] == n).map(|e| e["value"].clone()).unwrap_or_default();
+    assert_eq!((get("FAILED_SHARDS"), get("SUCCEEDED_ITEMS")), (json!("3,7"), json!("112")));
+    let rec = watch.snapshot();
+    for stage in ["workers", "consolidation", "export"] {
+        assert_eq!(rec.uids(stage), 1, "{stage}: {:?}", rec.uids_by_stage);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_deadline_yaml_stops_stragglers_at_tip_off_and_consolidates() {
+    const FILE: &str = "batch-deadline.yaml";
+    let ex = Example::start("ex-deadline", FILE, |ns| Some(TestStage::straggle(ns, &["5"])));
+    // Every shard but 5 done: the batch waits for shard 5 until completeBy.
+    let b = ex.wait(Duration::from_secs(90), "29 shards done", |b| b["status"]["shards"]["succeeded"] == 29);
+    assert_eq!(phase(&b), "Running", "{}", b["status"]);
+    // Tip-off moves to 10 s from now, as the example's comment shows.
+    let tip_off = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(10);
+    let patch = json!({ "spec": { "completion": { "completeBy": tip_off.to_string() } } }).to_string();
+    kubectl(&["patch", "pb", &ex.name, "-n", ex.ns(), "--type=merge", "-p", &patch]);
+    let b =
+        ex.wait(Duration::from_secs(120), "Succeeded or Failed", |b| phase(b) == "Succeeded" || phase(b) == "Failed");
+    assert_promise(FILE, phase(&b) == "Succeeded", &format!("ended {}", b["status"]));
+    assert_eq!(reason(&b, "Degraded"), "True/ShardsFailed");
+    assert_eq!(b["status"]["failedShards"], "5");
+    assert!(b["status"]["workers"]["stopTime"].is_string(), "the straggler was stopped: {}", b["status"]["workers"]);
+    let consolidated = b["status"]["consolidation"]["startTime"].as_str().unwrap_or_default();
+    let consolidated: k8s_openapi::jiff::Timestamp = consolidated.parse().expect("consolidation startTime");
+    assert!(consolidated >= tip_off - k8s_openapi::jiff::SignedDuration::from_secs(1), "consolidated before tip-off");
+    let events = kubectl(&["get", "events", "-n", ex.ns(), "-o", "jsonpath={.items[*].reason}"]);
+    assert!(events.contains("StoppingStragglers"), "events: {events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_suspended_yaml_waits_without_jobs_then_runs_when_resumed() {
+    const FILE: &str = "batch-suspended.yaml";
+    let ex = Example::start("ex-suspended", FILE, |_| None);
+    let b = ex.wait(Duration::from_secs(30), "Suspended", |b| phase(b) == "Suspended");
+    assert_eq!(
+        (reason(&b, "Ready"), reason(&b, "Reconciling")),
+        ("Unknown/Suspended".into(), "False/Suspended".into())
+    );
+    ex.assert_no_job(FILE);
+    // The command of the example's comment.
+    kubectl(&["patch", "pb", &ex.name, "-n", ex.ns(), "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
+    let b = ex.wait(Duration::from_secs(120), "Succeeded", |b| phase(b) == "Succeeded");
+    assert_eq!((b["status"]["progress"].clone(), reason(&b, "Ready")), (json!("120/120"), "True/Succeeded".into()));
+}
+
+#[test]
+fn batch_firestore_yaml_is_mirrored_and_marked_deleted() {
+    const FILE: &str = "batch-firestore.yaml";
+    const FINALIZER: &str = "predictions.dev/firestore-mirror";
+    ensure_crd();
+    let emulator = firestore_emulator::Emulator::start(0);
+    let docs = firestore_emulator::Docs::new(&emulator.host());
+    let ns = TestNamespace::new("ex-firestore");
+    let host = emulator.host();
+    let ctl = Controller::start_with_env(
+        "ex-firestore",
+        ns.name(),
+        &["--firestore-project", firestore_emulator::PROJECT],
+        &[("FIRESTORE_EMULATOR_HOST", &host)],
+    );
+    let name = apply_example(ns.name(), FILE);
+    let id = format!("{}.{name}", ns.name());
+    wait_batch(ns.name(), &name, &ctl, Duration::from_secs(120), "Succeeded, MirrorSynced=True", |b| {
+        phase(b) == "Succeeded" && reason(b, "MirrorSynced") == "True/Synced"
+    });
+    let doc = wait_until(
+        "the document to show the finished batch",
+        Duration::from_secs(30),
+        || {
+            docs.get(&id).filter(|d| {
+                d.str("phase") == Some("Succeeded")
+                    && d.int("expected_players") == Some(120)
+                    && d.int("completed_players") == Some(120)
+                    && ["is_complete", "consolidation_triggered", "consolidation_completed", "export_completed"]
+                        .iter()
+                        .all(|f| d.bool(f) == Some(true))
+            })
+        },
+        || format!("{:?}\n{}", docs.get(&id).map(|d| d.fields), ctl.log_tail()),
+    );
+    assert_eq!(doc.bool("deleted"), Some(false));
+    let b = batch_json(ns.name(), &name).unwrap();
+    let finalizers = b["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+    assert_promise(FILE, finalizers.iter().any(|f| f == FINALIZER), &format!("finalizers {finalizers:?}"));
+    kubectl(&["delete", "pb", &name, "-n", ns.name(), "--wait=false"]);
+    wait_until(
+        "the document marked deleted and the batch gone",
+        Duration::from_secs(40),
+        || (docs.get(&id)?.bool("deleted") == Some(true) && batch_json(ns.name(), &name).is_none()).then_some(()),
+        || format!("{:?}\n{}", docs.get(&id).map(|d| d.fields), ctl.log_tail()),
+    );
+}

@@ -1,0 +1,68 @@
+//! kwok Stages of one test: copies of a Stage of tests/cluster/stages/ that act only on the worker
+//! pods of the test's namespace (kwok runs with `--enable-crds=Stage`, so tests can add their own).
+//! They let a test make the pods of an unmodified manifest (an example) fail or straggle. Included
+//! with `#[path = "support/kwok_stage.rs"]`.
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+
+use super::support::{kubectl_output, kubectl_stdin};
+
+/// A kwok Stage of one test, deleted when dropped: a copy of one of tests/cluster/stages/ that
+/// acts only on the worker pods of `ns` with one of `indexes`.
+pub struct TestStage {
+    name: String,
+}
+
+impl TestStage {
+    /// `base` (a Stage of `stages_file`) renamed, restricted to pods of `ns` whose completion index
+    /// is in `indexes`, its spec then changed by `edit`.
+    pub fn new(stages_file: &str, base: &str, ns: &str, indexes: &[&str], edit: impl FnOnce(&mut Value)) -> TestStage {
+        let path = format!("{}/tests/cluster/stages/{stages_file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut stage: Value = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("a YAML document"))
+            .find(|s| s["metadata"]["name"] == base)
+            .unwrap_or_else(|| panic!("no Stage {base} in {path}"));
+        let name = format!("{base}-{ns}");
+        stage["metadata"] = json!({ "name": name });
+        // Keep "not being deleted" and "Running"; drop the base's own pod selection.
+        let keep = [".metadata.deletionTimestamp", ".status.phase"];
+        let mut exprs: Vec<Value> = stage["spec"]["selector"]["matchExpressions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| keep.iter().any(|k| e["key"].as_str() == Some(*k)))
+            .cloned()
+            .collect();
+        exprs.push(json!({ "key": ".metadata.namespace", "operator": "In", "values": [ns] }));
+        exprs.push(json!({
+            "key": ".metadata.annotations[\"batch.kubernetes.io/job-completion-index\"]",
+            "operator": "In",
+            "values": indexes,
+        }));
+        stage["spec"]["selector"]["matchExpressions"] = Value::Array(exprs);
+        stage["spec"]["weight"] = json!(100);
+        edit(&mut stage["spec"]);
+        kubectl_stdin(&["apply", "-f", "-"], &stage.to_string());
+        TestStage { name }
+    }
+
+    /// Worker pods of `ns` with these completion indexes fail on every attempt.
+    pub fn fail(ns: &str, indexes: &[&str]) -> TestStage {
+        TestStage::new("pod-fail.yaml", "pod-fail-shards-3-7", ns, indexes, |_| {})
+    }
+
+    /// Worker pods of `ns` with these completion indexes run for an hour (stragglers).
+    pub fn straggle(ns: &str, indexes: &[&str]) -> TestStage {
+        TestStage::new("pod-complete.yaml", "pod-complete", ns, indexes, |spec| {
+            spec["delay"] = json!({ "durationMilliseconds": 3_600_000, "jitterDurationMilliseconds": 3_600_000 });
+        })
+    }
+}
+
+impl Drop for TestStage {
+    fn drop(&mut self) {
+        let _ = kubectl_output(&["delete", "stage", &self.name, "--ignore-not-found", "--wait=false"]);
+    }
+}
