@@ -20,7 +20,7 @@ use install::{
     unique, wait_for_phase,
 };
 use serde_json::Value;
-use support::{TestNamespace, ensure_crd, kubectl, kubectl_json};
+use support::{TestNamespace, ensure_crd, kubectl_json};
 
 const CHART: &str = "prediction-batch-controller";
 /// The chart's version and appVersion (tests/chart.rs holds them equal to it).
