@@ -29,7 +29,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-#[allow(clippy::large_enum_variant)] // parsed once at startup; the Firestore flags (issue 8) tipped it over
+#[allow(clippy::large_enum_variant)] // parsed once at startup; the Firestore flags tipped it over
 enum Command {
     /// Run the controller (the default).
     Run(RunArgs),
@@ -109,7 +109,7 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "PBC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    // --- Firestore mirror (issue 8) ---
+    // --- Firestore mirror ---
     /// Mirror batch state to Firestore in this Google Cloud project (off when unset: nothing
     /// contacts Firestore). Auth: Application Default Credentials; FIRESTORE_EMULATOR_HOST selects
     /// an emulator.
@@ -267,7 +267,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         leader_elect = settings.leader_elect,
         "starting"
     );
-    // --- Firestore mirror (issue 8) ---
+    // --- Firestore mirror ---
     let mirror = match &args.firestore_project {
         Some(project) => {
             let options = mirror::firestore::FirestoreOptions {

@@ -95,7 +95,7 @@ async fn reconcile_inner(
         let uid = batch.uid().unwrap_or_default();
         release_jobs_of(ctx, &batch.namespace().unwrap_or_default(), &batch.name_any(), Some(&uid)).await?;
     }
-    // Firestore mirror (issue 8): its bounded finalizer. No API call unless the mirror is on, or
+    // Firestore mirror: its bounded finalizer. No API call unless the mirror is on, or
     // a batch being deleted still carries the finalizer from a run with the mirror on.
     if let Some(action) = crate::mirror::finalizer::reconcile(batch, ctx).await? {
         return Ok(action);
