@@ -325,6 +325,34 @@ fn troubleshooting_names_only_reasons_the_controller_writes() {
     }
 }
 
+/// The README's table of `Stalled=True` reasons is exactly the typed list the controller writes
+/// from, with the recoverable ones marked so.
+#[test]
+fn the_readme_reason_table_is_the_typed_stall_reasons() {
+    use prediction_batch_controller::api::StallReason;
+    let readme = read(&repo().join("README.md"));
+    let start = readme.find("Reasons of `Stalled=True`").expect("README lists the reasons of Stalled=True");
+    let table: Vec<(String, bool)> = readme[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with("| Reason |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .flat_map(|row| {
+            let cell = row.split('|').nth(1).unwrap_or_default().to_string();
+            let recoverable = cell.contains("(recoverable)");
+            // A row may name several reasons: `ConsolidationFailed` / `ExportFailed`.
+            cell.split('`').skip(1).step_by(2).map(|n| (n.to_string(), recoverable)).collect::<Vec<_>>()
+        })
+        .collect();
+    let typed: Vec<(String, bool)> =
+        StallReason::ALL.iter().map(|r| (r.as_str().to_string(), r.recoverable())).collect();
+    let mut in_readme = table.clone();
+    in_readme.sort();
+    let mut in_code = typed.clone();
+    in_code.sort();
+    assert_eq!(in_readme, in_code, "README.md's Stalled reasons (name, recoverable) vs StallReason::ALL");
+}
+
 // --------------------------------------------------------------------------- the wait recipes
 
 /// Runs `script` with bash in `dir`, the cluster's kubectl first on PATH and `kubeconfig`,

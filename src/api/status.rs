@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// Reason of `Stalled=True` (and of `Ready=False`, `Reconciling=False`) on a batch whose stored
 /// object the controller cannot read: a value that does not fit the Rust types, stored under an
 /// older CRD or one without bounds. The controller does not reconcile such a batch.
-pub const REASON_INVALID_OBJECT: &str = "InvalidObject";
+pub const REASON_INVALID_OBJECT: &str = super::StallReason::InvalidObject.as_str();
 
 /// Observed state of a PredictionBatch.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -19,7 +19,9 @@ use super::observed::{JobOutcome, JobView, Observed};
 use super::ranges::IndexSet;
 use super::shards::{MAX_SHARDS, ShardLayout};
 use super::stage::Stage;
-use crate::api::{ItemCounts, Phase, PredictionBatch, PredictionBatchStatus, ShardCounts, StageState, StageStatus};
+use crate::api::{
+    ItemCounts, Phase, PredictionBatch, PredictionBatchStatus, ShardCounts, StageState, StageStatus, StallReason,
+};
 
 /// What to do to the cluster after the status has been written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,10 +69,7 @@ pub struct Plan {
     pub events: Vec<EventNote>,
 }
 
-pub const CONDITION_READY: &str = "Ready";
-pub const CONDITION_RECONCILING: &str = "Reconciling";
-pub const CONDITION_STALLED: &str = "Stalled";
-pub const CONDITION_DEGRADED: &str = "Degraded";
+pub use crate::api::{CONDITION_DEGRADED, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED};
 
 /// How long to wait before looking again at a name conflict (a foreign Job is not watched).
 const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
@@ -81,7 +80,7 @@ pub const STOP_TIMEOUT_SECS: i64 = 60;
 /// Why a batch stopped for good (or is stuck until its spec or the cluster changes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Stop {
-    reason: &'static str,
+    reason: StallReason,
     message: String,
     /// Terminal (phase Failed) or only stalled until something changes (invalid spec, name conflict).
     terminal: bool,
@@ -177,7 +176,7 @@ impl<'a> Planner<'a> {
             let created = stage_status(&self.st, stage).as_ref().is_some_and(|s| s.job_uid.is_some());
             if let Some(message) = self.obs.rejection(stage).filter(|_| !created) {
                 let message = format!("the apiserver rejected the {} Job: {message}", stage.label());
-                return self.fail(stage, "JobRejected", message);
+                return self.fail(stage, StallReason::JobRejected, message);
             }
         }
     }
@@ -190,7 +189,7 @@ impl<'a> Planner<'a> {
             self.st.workers.as_ref().is_none_or(|w| w.job_uid.is_none()) && self.obs.job(Stage::Workers).is_none();
         if never_started {
             let message = format!("completeBy {t} had passed before any worker started");
-            self.fail(Stage::Workers, "DeadlineExceeded", message);
+            self.fail(Stage::Workers, StallReason::DeadlineExceeded, message);
         }
     }
 
@@ -233,8 +232,11 @@ impl<'a> Planner<'a> {
                 return self.finalize_workers(layout, &succeeded, job);
             }
             JobOutcome::Failed { reason, message, .. } => {
-                let why =
-                    if reason == "MaxFailedIndexesExceeded" { "MaxFailedShardsExceeded" } else { "WorkersFailed" };
+                let why = if reason == "MaxFailedIndexesExceeded" {
+                    StallReason::MaxFailedShardsExceeded
+                } else {
+                    StallReason::WorkersFailed
+                };
                 return self.fail(Stage::Workers, why, format!("worker Job {}: {reason}: {message}", job.name));
             }
             JobOutcome::Running => {}
@@ -250,7 +252,7 @@ impl<'a> Planner<'a> {
         if !layout.meets_quorum(u64::from(layout.target).saturating_sub(failed_items), pct) {
             return self.fail(
                 Stage::Workers,
-                "QuorumUnreachable",
+                StallReason::QuorumUnreachable,
                 format!(
                     "{failed_items} of {} items failed (shards {failed}); {pct}% can no longer succeed",
                     layout.target
@@ -281,7 +283,7 @@ impl<'a> Planner<'a> {
             if self.now >= t {
                 return self.fail(
                     Stage::Workers,
-                    "DeadlineExceeded",
+                    StallReason::DeadlineExceeded,
                     format!(
                         "completeBy {t} passed with {succeeded_items}/{} items, below the {pct}% quorum",
                         layout.target
@@ -362,7 +364,7 @@ impl<'a> Planner<'a> {
         if !layout.meets_quorum(succeeded_items, pct) {
             return self.fail(
                 Stage::Workers,
-                "QuorumNotMet",
+                StallReason::QuorumNotMet,
                 format!(
                     "{succeeded_items}/{} items succeeded, below the {pct}% quorum (failed shards: {failed})",
                     layout.target
@@ -414,8 +416,8 @@ impl<'a> Planner<'a> {
             }
             JobOutcome::Failed { reason, message, .. } => {
                 let why = match stage {
-                    Stage::Consolidation => "ConsolidationFailed",
-                    _ => "ExportFailed",
+                    Stage::Consolidation => StallReason::ConsolidationFailed,
+                    _ => StallReason::ExportFailed,
                 };
                 self.fail(stage, why, format!("{} Job {}: {reason}: {message}", stage.label(), job.name));
             }
@@ -446,21 +448,21 @@ impl<'a> Planner<'a> {
                     && status.as_ref().is_some_and(|s| s.state != StageState::Stopping) =>
             {
                 let message = format!("{} Job {job_name} was deleted before it finished", stage.label());
-                self.fail(stage, "JobDeleted", message);
+                self.fail(stage, StallReason::JobDeleted, message);
                 None
             }
             (Some(uid), Some(j)) if j.uid == uid => Some(j),
             (Some(_), _) => {
                 self.fail(
                     stage,
-                    "JobDeleted",
+                    StallReason::JobDeleted,
                     format!("{} Job {job_name} was deleted before its outcome was recorded", stage.label()),
                 );
                 None
             }
             (None, Some(j)) if !j.owned => {
                 self.stop = Some(Stop {
-                    reason: "JobNameConflict",
+                    reason: StallReason::JobNameConflict,
                     message: format!(
                         "a Job named {} exists and is not owned by this batch; it will not be adopted",
                         j.name
@@ -482,7 +484,7 @@ impl<'a> Planner<'a> {
             (None, None) => {
                 if let Some(message) = obs.rejection(stage) {
                     let message = format!("the apiserver rejected the {} Job: {message}", stage.label());
-                    self.fail(stage, "JobRejected", message);
+                    self.fail(stage, StallReason::JobRejected, message);
                     return None;
                 }
                 *stage_status_mut(&mut self.st, stage) =
@@ -506,7 +508,7 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn fail(&mut self, stage: Stage, reason: &'static str, message: String) {
+    fn fail(&mut self, stage: Stage, reason: StallReason, message: String) {
         let s = stage_status_mut(&mut self.st, stage);
         let entry = s.get_or_insert_with(|| StageStatus {
             job_name: stage.job_name(self.batch.metadata.name.as_deref().unwrap_or_default()),
@@ -601,7 +603,7 @@ impl<'a> Planner<'a> {
     }
 
     fn invalid_spec(mut self, message: String) -> Plan {
-        self.stop = Some(Stop { reason: "InvalidSpec", message, terminal: false });
+        self.stop = Some(Stop { reason: StallReason::InvalidSpec, message, terminal: false });
         if self.st.phase.is_none() {
             self.st.phase = Some(Phase::Pending);
         }
@@ -659,7 +661,11 @@ impl<'a> Planner<'a> {
         let stop = self.stop.clone().or_else(|| {
             (phase == Phase::Failed).then(|| {
                 let prev = self.prev.conditions.iter().find(|c| c.type_ == CONDITION_STALLED);
-                Stop { reason: "Failed", message: prev.map(|c| c.message.clone()).unwrap_or_default(), terminal: true }
+                Stop {
+                    reason: StallReason::Failed,
+                    message: prev.map(|c| c.message.clone()).unwrap_or_default(),
+                    terminal: true,
+                }
             })
         });
         let stored_reason = self
@@ -839,7 +845,7 @@ fn transition_events(
         let was =
             prev.conditions.iter().any(|c| c.type_ == CONDITION_STALLED && c.status == "True" && c.reason == s.reason);
         if !was {
-            note(true, s.reason, s.message.clone());
+            note(true, s.reason.as_str(), s.message.clone());
         }
     }
     events
