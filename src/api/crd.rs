@@ -8,8 +8,8 @@ use kube::CustomResourceExt;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
+use super::MAX_SHARDS;
 use super::PredictionBatch;
-use crate::reconcile::shards::MAX_SHARDS;
 
 /// `conditions` as a list-map keyed by `type`, so server-side apply merges by condition type.
 pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {

@@ -10,3 +10,20 @@ mod template_schema;
 pub use conditions::*;
 pub use spec::*;
 pub use status::*;
+
+#[cfg(test)]
+mod tests {
+    /// The API is the contract the reconciler implements: it must not depend on the reconciler.
+    #[test]
+    fn the_api_imports_nothing_from_the_reconciler() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            assert!(
+                !text.contains("crate::reconcile") && !text.contains("crate::controller"),
+                "{} imports from the reconciler",
+                entry.path().display()
+            );
+        }
+    }
+}

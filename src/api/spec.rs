@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::status::PredictionBatchStatus;
 
+/// The most shards one batch may have (one Indexed Job's completions, and the CRD's bound).
+pub const MAX_SHARDS: u64 = 10_000;
+
 /// A batch of predictions for one game date: worker shards, then one consolidation, then one export.
 /// All progress is kept in `.status`, derived from the Jobs the controller owns, so a controller
 /// restart never loses or repeats a stage.

@@ -3,8 +3,7 @@
 
 use super::ranges::IndexSet;
 
-/// The most shards one batch may have (one Indexed Job's completions, and the CRD's bound).
-pub const MAX_SHARDS: u64 = 10_000;
+pub use crate::api::MAX_SHARDS;
 
 /// The shape of a batch's work: `target` items in shards of `per_shard`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
