@@ -17,10 +17,12 @@ mod tests {
     #[test]
     fn the_api_imports_nothing_from_the_reconciler() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+        // Spelled in pieces so that this file does not match itself.
+        let (reconcile, controller) = (["crate", "reconcile"].join("::"), ["crate", "controller"].join("::"));
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let text = std::fs::read_to_string(entry.path()).unwrap();
             assert!(
-                !text.contains("crate::reconcile") && !text.contains("crate::controller"),
+                !text.contains(&reconcile) && !text.contains(&controller),
                 "{} imports from the reconciler",
                 entry.path().display()
             );
