@@ -30,10 +30,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::api::{CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED};
 use crate::api::{PredictionBatch, REASON_INVALID_OBJECT};
 use crate::metrics::Metrics;
 use crate::mirror::{MIRROR_FIELD_MANAGER, MIRROR_FINALIZER};
-use crate::reconcile::plan::{CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED};
 
 /// Longest condition message we write (an Event note holds 1 kB).
 const MAX_MESSAGE: usize = 1000;

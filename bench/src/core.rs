@@ -33,10 +33,10 @@ use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use prediction_batch_controller::api::Stage;
 use prediction_batch_controller::api::{PredictionBatch, PredictionBatchStatus};
 use prediction_batch_controller::labels::{BATCH_LABEL, MANAGED_BY_LABEL, STAGE_LABEL};
 use prediction_batch_controller::reconcile::jobs;
-use prediction_batch_controller::reconcile::stage::Stage;
 use serde::Serialize;
 use serde_json::{Value, json};
 

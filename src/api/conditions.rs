@@ -1,8 +1,11 @@
-//! Condition types and the reasons of `Stalled=True`: a public contract (users, `kubectl wait`,
-//! alerts and GitOps tools match on them, as on Kubernetes' `batch.JobReason*`), so they live here,
-//! typed, in one place. The README's reason table is tested against [`StallReason::ALL`].
+//! Condition types, condition statuses, the reasons of every condition and the reasons of the
+//! Events the controller publishes: a public contract (users, `kubectl wait`, alerts and GitOps
+//! tools match on them, as on Kubernetes' `batch.JobReason*`), so they live here, typed, in one
+//! place. The README's reason table is tested against [`StallReason::ALL`].
 
 use std::fmt;
+
+use super::{Phase, Stage};
 
 /// `True` once the batch has succeeded (`kubectl wait --for=condition=Ready`).
 pub const CONDITION_READY: &str = "Ready";
@@ -97,9 +100,156 @@ impl PartialEq<StallReason> for String {
     }
 }
 
+impl StallReason {
+    /// The reason of a stage whose Job failed.
+    pub const fn stage_failed(stage: Stage) -> StallReason {
+        match stage {
+            Stage::Workers => StallReason::WorkersFailed,
+            Stage::Consolidation => StallReason::ConsolidationFailed,
+            Stage::Export => StallReason::ExportFailed,
+        }
+    }
+
+    /// The reason named `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<StallReason> {
+        StallReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+/// `status` of a condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+/// The reason of one of the batch's own conditions (`Ready`, `Reconciling`, `Stalled`, `Degraded`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The batch failed or is stuck (on all of `Ready`, `Reconciling` and `Stalled`).
+    Stalled(StallReason),
+    /// In progress: the phase's name (`Pending`, `Running`, `Consolidating`, `Exporting`) on
+    /// `Ready` and `Reconciling`.
+    InProgress(Phase),
+    /// `Stalled=False` while the batch is in progress.
+    Progressing,
+    /// The batch succeeded.
+    Succeeded,
+    /// `spec.suspend` holds the batch.
+    Suspended,
+    /// `Degraded=True`: some shards failed.
+    ShardsFailed,
+    /// `Degraded=False`.
+    NoFailedShards,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Stalled(r) => r.as_str(),
+            Reason::InProgress(p) => p.as_str(),
+            Reason::Progressing => "Progressing",
+            Reason::Succeeded => "Succeeded",
+            Reason::Suspended => "Suspended",
+            Reason::ShardsFailed => "ShardsFailed",
+            Reason::NoFailedShards => "NoFailedShards",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The reason of an Event the controller publishes on a batch. Stage reasons name the stage
+/// (`WorkersStarted`, `ConsolidationSucceeded`, `ExportFailed`, ...): the event recorder folds
+/// events with the same reason together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventReason {
+    StageStarted(Stage),
+    StageSucceeded(Stage),
+    StageFailed(Stage),
+    /// The quorum was met and the grace period or `completeBy` is over: the remaining shards stop.
+    StoppingStragglers,
+    BatchSucceeded,
+    BatchFailed,
+    /// The batch became stuck (a recoverable [`StallReason`]).
+    Stalled(StallReason),
+}
+
+impl EventReason {
+    pub fn as_string(self) -> String {
+        match self {
+            EventReason::StageStarted(s) => format!("{}Started", s.title()),
+            EventReason::StageSucceeded(s) => format!("{}Succeeded", s.title()),
+            EventReason::StageFailed(s) => format!("{}Failed", s.title()),
+            EventReason::StoppingStragglers => "StoppingStragglers".into(),
+            EventReason::BatchSucceeded => "BatchSucceeded".into(),
+            EventReason::BatchFailed => "BatchFailed".into(),
+            EventReason::Stalled(r) => r.as_str().into(),
+        }
+    }
+}
+
+impl fmt::Display for EventReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_string())
+    }
+}
+
+impl PartialEq<&str> for EventReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_string() == *other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_reasons_name_the_stage() {
+        let names: Vec<String> = Stage::ALL
+            .into_iter()
+            .flat_map(|s| [EventReason::StageStarted(s), EventReason::StageSucceeded(s), EventReason::StageFailed(s)])
+            .map(EventReason::as_string)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "WorkersStarted",
+                "WorkersSucceeded",
+                "WorkersFailed",
+                "ConsolidationStarted",
+                "ConsolidationSucceeded",
+                "ConsolidationFailed",
+                "ExportStarted",
+                "ExportSucceeded",
+                "ExportFailed"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_stall_reason_is_found_by_its_name() {
+        for r in StallReason::ALL {
+            assert_eq!(StallReason::from_name(r.as_str()), Some(r));
+        }
+        assert_eq!(StallReason::from_name("Progressing"), None);
+    }
 
     #[test]
     fn names_are_distinct_and_the_variants_names() {

@@ -70,7 +70,7 @@ fn apply_root_rules(root: &mut Value) {
     // A batch name is a DNS subdomain, but the worker Job is named `<batch>-workers` and its Indexed
     // pods get the hostname `<job>-<index>`, a DNS label: the apiserver refuses such a Job ("will not
     // able to create pod with invalid DNS label"), so a dotted batch could only ever fail. Long
-    // names are fine (Job names are cut and hashed, see `reconcile::stage`).
+    // names are fine (Job names are cut and hashed, see `api::stage`).
     root["x-kubernetes-validations"] = json!([
         {
             "rule": "!self.metadata.name.contains('.')",

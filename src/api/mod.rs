@@ -4,11 +4,13 @@ pub mod conditions;
 pub mod crd;
 pub mod reference;
 mod spec;
+pub mod stage;
 mod status;
 mod template_schema;
 
 pub use conditions::*;
 pub use spec::*;
+pub use stage::{Stage, StageMap};
 pub use status::*;
 
 #[cfg(test)]

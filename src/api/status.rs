@@ -98,7 +98,7 @@ impl Phase {
         matches!(self, Phase::Succeeded | Phase::Failed)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "Pending",
             Phase::Running => "Running",

@@ -12,8 +12,8 @@ use kube::Resource;
 
 use super::ranges::IndexSet;
 use super::shards::ShardLayout;
-use super::stage::{Stage, batch_label_value};
-use crate::api::{PodTemplate, PredictionBatch, PredictionBatchStatus};
+use crate::api::stage::batch_label_value;
+use crate::api::{PodTemplate, PredictionBatch, PredictionBatchStatus, Stage};
 use crate::labels::{BATCH_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OUTCOME_FINALIZER, STAGE_LABEL};
 
 /// Annotation the Job controller puts on Indexed Job pods.
@@ -30,11 +30,7 @@ pub fn child_labels(batch: &PredictionBatch, stage: Stage) -> BTreeMap<String, S
 
 /// The user's pod template of `stage`, `None` when the spec has no such stage.
 pub fn user_template(batch: &PredictionBatch, stage: Stage) -> Option<&PodTemplate> {
-    match stage {
-        Stage::Workers => Some(&batch.spec.worker.template),
-        Stage::Consolidation => batch.spec.consolidation.as_ref().map(|s| &s.template),
-        Stage::Export => batch.spec.export.as_ref().map(|s| &s.template),
-    }
+    batch.spec.template(stage)
 }
 
 /// True when this copy of the batch (a cached one) had the template of `stage` dropped: the
@@ -98,11 +94,8 @@ pub fn build(batch: &PredictionBatch, stage: Stage) -> Option<Job> {
                 ..Default::default()
             }
         }
-        Stage::Consolidation | Stage::Export => {
-            let backoff_limit = match stage {
-                Stage::Consolidation => spec.consolidation.as_ref()?.backoff_limit,
-                _ => spec.export.as_ref()?.backoff_limit,
-            };
+        _ => {
+            let backoff_limit = spec.one_shot(stage)?.backoff_limit;
             let status = batch.status.clone().unwrap_or_default();
             env.extend(result_env(&status, layout));
             JobSpec {

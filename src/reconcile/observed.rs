@@ -4,7 +4,7 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::jiff::Timestamp;
 
-use super::stage::Stage;
+use crate::api::{Stage, StageMap};
 use crate::labels::OUTCOME_FINALIZER;
 
 /// How a Job ended, as its conditions say. `SuccessCriteriaMet` / `FailureTarget` come before
@@ -91,9 +91,8 @@ impl JobView {
 /// Everything one pass observed about a batch besides the batch itself.
 #[derive(Clone, Debug)]
 pub struct Observed {
-    pub workers: Option<JobView>,
-    pub consolidation: Option<JobView>,
-    pub export: Option<JobView>,
+    /// Each stage's Job by its deterministic name, if one exists.
+    pub jobs: StageMap<Option<JobView>>,
     /// Creates the apiserver refused as invalid in this pass (e.g. a bad pod template), with its message.
     pub rejected: Vec<(Stage, String)>,
     pub now: Timestamp,
@@ -101,23 +100,15 @@ pub struct Observed {
 
 impl Observed {
     pub fn new(now: Timestamp) -> Self {
-        Observed { workers: None, consolidation: None, export: None, rejected: Vec::new(), now }
+        Observed { jobs: StageMap::default(), rejected: Vec::new(), now }
     }
 
     pub fn job(&self, stage: Stage) -> Option<&JobView> {
-        match stage {
-            Stage::Workers => self.workers.as_ref(),
-            Stage::Consolidation => self.consolidation.as_ref(),
-            Stage::Export => self.export.as_ref(),
-        }
+        self.jobs.get(stage).as_ref()
     }
 
     pub fn set_job(&mut self, stage: Stage, job: Option<JobView>) {
-        match stage {
-            Stage::Workers => self.workers = job,
-            Stage::Consolidation => self.consolidation = job,
-            Stage::Export => self.export = job,
-        }
+        *self.jobs.get_mut(stage) = job;
     }
 
     pub fn rejection(&self, stage: Stage) -> Option<&str> {

@@ -1,6 +1,11 @@
-//! The three stages of a batch and the deterministic names of their Jobs.
+//! The stages of a batch's pipeline as data: the [`Stage`] enum, the deterministic names of their
+//! Jobs, a [`StageMap`] holding one value per stage, and the accessors that reach a stage's part of
+//! the spec and status. Adding a stage is one variant here, its status field and its template
+//! accessor; everything else iterates [`Stage::ALL`] or goes through a [`StageMap`].
 
 use sha2::{Digest, Sha256};
+
+use super::{PodTemplate, PredictionBatchSpec, PredictionBatchStatus, StageSpec, StageStatus};
 
 /// A stage of the pipeline; each runs as exactly one Job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -15,7 +20,11 @@ pub enum Stage {
 pub const MAX_JOB_NAME: usize = 52;
 
 impl Stage {
+    /// In pipeline order.
     pub const ALL: [Stage; 3] = [Stage::Workers, Stage::Consolidation, Stage::Export];
+
+    /// The one-shot stages after the workers, in order.
+    pub const AFTER_WORKERS: [Stage; 2] = [Stage::Consolidation, Stage::Export];
 
     /// Value of the `predictions.dev/stage` label.
     pub fn label(self) -> &'static str {
@@ -23,6 +32,15 @@ impl Stage {
             Stage::Workers => "workers",
             Stage::Consolidation => "consolidation",
             Stage::Export => "export",
+        }
+    }
+
+    /// The stage's name in Event reasons (`WorkersStarted`, `ConsolidationFailed`, ...).
+    pub fn title(self) -> &'static str {
+        match self {
+            Stage::Workers => "Workers",
+            Stage::Consolidation => "Consolidation",
+            Stage::Export => "Export",
         }
     }
 
@@ -51,6 +69,85 @@ impl Stage {
         let prefix: String = batch.chars().take(keep).collect();
         let prefix = prefix.trim_end_matches(['-', '.']);
         format!("{prefix}-{hash}-{suffix}")
+    }
+}
+
+/// One value per stage, reached by [`Stage`] instead of a `match` at every use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StageMap<T> {
+    pub workers: T,
+    pub consolidation: T,
+    pub export: T,
+}
+
+impl<T> StageMap<T> {
+    pub fn from_fn(mut f: impl FnMut(Stage) -> T) -> Self {
+        StageMap { workers: f(Stage::Workers), consolidation: f(Stage::Consolidation), export: f(Stage::Export) }
+    }
+
+    pub fn get(&self, stage: Stage) -> &T {
+        match stage {
+            Stage::Workers => &self.workers,
+            Stage::Consolidation => &self.consolidation,
+            Stage::Export => &self.export,
+        }
+    }
+
+    pub fn get_mut(&mut self, stage: Stage) -> &mut T {
+        match stage {
+            Stage::Workers => &mut self.workers,
+            Stage::Consolidation => &mut self.consolidation,
+            Stage::Export => &mut self.export,
+        }
+    }
+
+    /// `(stage, value)` in pipeline order.
+    pub fn iter(&self) -> impl Iterator<Item = (Stage, &T)> {
+        Stage::ALL.into_iter().map(move |s| (s, self.get(s)))
+    }
+}
+
+impl PredictionBatchStatus {
+    /// The status of `stage` (`None` until the stage was planned).
+    pub fn stage(&self, stage: Stage) -> &Option<StageStatus> {
+        match stage {
+            Stage::Workers => &self.workers,
+            Stage::Consolidation => &self.consolidation,
+            Stage::Export => &self.export,
+        }
+    }
+
+    pub fn stage_mut(&mut self, stage: Stage) -> &mut Option<StageStatus> {
+        match stage {
+            Stage::Workers => &mut self.workers,
+            Stage::Consolidation => &mut self.consolidation,
+            Stage::Export => &mut self.export,
+        }
+    }
+}
+
+impl PredictionBatchSpec {
+    /// The spec of a one-shot stage (one pod, run once); `None` for the workers or a stage the
+    /// spec does not ask for.
+    pub fn one_shot(&self, stage: Stage) -> Option<&StageSpec> {
+        match stage {
+            Stage::Workers => None,
+            Stage::Consolidation => self.consolidation.as_ref(),
+            Stage::Export => self.export.as_ref(),
+        }
+    }
+
+    /// The user's pod template of `stage`, `None` when the spec has no such stage.
+    pub fn template(&self, stage: Stage) -> Option<&PodTemplate> {
+        match stage {
+            Stage::Workers => Some(&self.worker.template),
+            _ => self.one_shot(stage).map(|s| &s.template),
+        }
+    }
+
+    /// The spec asks for `stage` (workers always; consolidation and export when set).
+    pub fn has_stage(&self, stage: Stage) -> bool {
+        self.template(stage).is_some()
     }
 }
 

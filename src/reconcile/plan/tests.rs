@@ -17,11 +17,10 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::api::{
-    CompletionSpec, Phase, PredictionBatch, PredictionBatchSpec, PredictionBatchStatus, StageSpec, StageState,
+    CompletionSpec, Phase, PredictionBatch, PredictionBatchSpec, PredictionBatchStatus, Stage, StageSpec, StageState,
     StageStatus, WorkerSpec,
 };
 use crate::reconcile::observed::{JobOutcome, JobView, Observed};
-use crate::reconcile::stage::Stage;
 
 // ---- builders ------------------------------------------------------------------------------
 
@@ -139,11 +138,7 @@ fn creates(p: &Plan) -> Vec<Stage> {
 }
 
 fn stage_of(st: &PredictionBatchStatus, stage: Stage) -> Option<&StageStatus> {
-    match stage {
-        Stage::Workers => st.workers.as_ref(),
-        Stage::Consolidation => st.consolidation.as_ref(),
-        Stage::Export => st.export.as_ref(),
-    }
+    st.stage(stage).as_ref()
 }
 
 fn stage_state(st: &PredictionBatchStatus, stage: Stage) -> Option<StageState> {
@@ -184,7 +179,7 @@ impl Sim {
             plans: Vec::new(),
             stage_outcome: JobOutcome::Succeeded { at: Some(t(now)) },
         };
-        s.obs.workers = Some(workers);
+        s.obs.set_job(Stage::Workers, Some(workers));
         s
     }
 
@@ -193,10 +188,7 @@ impl Sim {
             // Single-pod stages created earlier finish now.
             for stage in [Stage::Consolidation, Stage::Export] {
                 let out = self.stage_outcome.clone();
-                if let Some(j) = match stage {
-                    Stage::Consolidation => self.obs.consolidation.as_mut(),
-                    _ => self.obs.export.as_mut(),
-                } {
+                if let Some(j) = self.obs.jobs.get_mut(stage).as_mut() {
                     j.outcome = out;
                 }
             }
@@ -1109,9 +1101,7 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
         arb_time(),
     )
         .prop_map(|(workers, consolidation, export, rejected, now)| Observed {
-            workers,
-            consolidation,
-            export,
+            jobs: crate::api::StageMap { workers, consolidation, export },
             rejected,
             now,
         })
@@ -1319,7 +1309,7 @@ fn simulate(
                     }
                 }
                 Action::Parallelism(par) => {
-                    if let Some(j) = obs.workers.as_mut() {
+                    if let Some(j) = obs.jobs.workers.as_mut() {
                         j.parallelism = Some(*par);
                     }
                 }
@@ -1342,8 +1332,8 @@ fn simulate(
             let running = |j: &Option<JobView>| j.as_ref().is_some_and(|j| j.outcome == JobOutcome::Running);
             match e {
                 Event::Nothing | Event::Reject => {}
-                Event::CompleteShard(k) | Event::FailShard(k) if running(&obs.workers) => {
-                    let j = obs.workers.as_mut().unwrap();
+                Event::CompleteShard(k) | Event::FailShard(k) if running(&obs.jobs.workers) => {
+                    let j = obs.jobs.workers.as_mut().unwrap();
                     if j.suspended {
                         continue;
                     }
@@ -1364,8 +1354,8 @@ fn simulate(
                     let left = n - completed.len() as u32 - failed_set.len() as u32;
                     j.active = j.active.min(left);
                 }
-                Event::FinishWorkers if running(&obs.workers) => {
-                    let j = obs.workers.as_mut().unwrap();
+                Event::FinishWorkers if running(&obs.jobs.workers) => {
+                    let j = obs.jobs.workers.as_mut().unwrap();
                     let all_done = completed.len() + failed_set.len() == n as usize;
                     if j.suspended || (!chaos && !all_done) {
                         continue;
@@ -1385,8 +1375,8 @@ fn simulate(
                         JobOutcome::Failed { reason: "FailedIndexes".into(), message: String::new(), at: Some(obs.now) }
                     };
                 }
-                Event::FailWorkers if running(&obs.workers) => {
-                    let j = obs.workers.as_mut().unwrap();
+                Event::FailWorkers if running(&obs.jobs.workers) => {
+                    let j = obs.jobs.workers.as_mut().unwrap();
                     j.active = 0;
                     j.outcome = JobOutcome::Failed {
                         reason: "BackoffLimitExceeded".into(),
@@ -1394,8 +1384,8 @@ fn simulate(
                         at: Some(obs.now),
                     };
                 }
-                Event::Active(a) if running(&obs.workers) => {
-                    let j = obs.workers.as_mut().unwrap();
+                Event::Active(a) if running(&obs.jobs.workers) => {
+                    let j = obs.jobs.workers.as_mut().unwrap();
                     if !j.suspended {
                         let left = n - completed.len() as u32 - failed_set.len() as u32;
                         j.active = a.min(left);
@@ -1404,8 +1394,8 @@ fn simulate(
                 Event::FinishStage(s, ok) => {
                     let now = obs.now;
                     let j = match s {
-                        Stage::Consolidation => obs.consolidation.as_mut(),
-                        _ => obs.export.as_mut(),
+                        Stage::Consolidation => obs.jobs.consolidation.as_mut(),
+                        _ => obs.jobs.export.as_mut(),
                     };
                     if let Some(j) = j.filter(|j| j.outcome == JobOutcome::Running && !j.suspended) {
                         j.outcome = if ok {
@@ -1573,7 +1563,7 @@ fn a_running_job_keeps_our_finalizer_and_a_deleted_running_job_fails_the_batch_o
 #[test]
 fn every_stage_job_is_released_after_the_pipeline_and_nothing_else_is_touched() {
     let mut sim = Sim::new(spec(), JobView { outcome_finalizer: Some(0), ..job(Stage::Workers) }, 10);
-    sim.obs.workers = Some(JobView { outcome_finalizer: Some(0), ..succeeded(workers_job("0-29", "", 0), 9) });
+    sim.obs.jobs.workers = Some(JobView { outcome_finalizer: Some(0), ..succeeded(workers_job("0-29", "", 0), 9) });
     sim.run(20);
     assert_eq!(sim.status().phase, Some(Phase::Succeeded));
     for stage in Stage::ALL {

@@ -1,0 +1,220 @@
+//! Keeping a pass's view current: the one mechanism between the caches and the planner.
+//!
+//! The planner is only as good as what it is shown, and every cache lags: the batch cache
+//! behind our own status writes, the Job cache behind our own creates and patches, and the batch
+//! cache holds copies with the pod templates dropped (to keep memory flat). A [`View`] is what a
+//! pass plans from, and each way it can be behind has exactly one remedy here:
+//!
+//! | behind                                   | remedy                                             |
+//! |------------------------------------------|----------------------------------------------------|
+//! | the batch cache, after our status write  | plan from our last write until the cache has it    |
+//! |                                          | ([`View::start`], [`remember`])                    |
+//! | the Job cache, after our own Job writes  | what our writes returned overlays the cache for    |
+//! |                                          | the rest of the pass ([`Learned::job_written`])    |
+//! | the Job cache, for a Job status names    | a direct read before concluding it was deleted     |
+//! |                                          | ([`View::observe`])                                |
+//! | anything, as the apiserver proves by 409 | read the batch and plan again, [`MAX_CONFLICT_REREADS`]  |
+//! | on a status write                        | times a pass ([`View::reread_after_conflict`])     |
+//! | a copy without its templates (a trimmed  | read the batch in full before a Job is built       |
+//! | cache copy, unless a status write since  | ([`View::fill_templates`])                         |
+//! | returned the whole object)               |                                                    |
+//!
+//! What a pass learned from its own calls ([`Learned`]) survives the pass's retries after a
+//! transient error, so a retry neither forgets a Job it made nor repeats a dry run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use tracing::debug;
+
+use super::jobs;
+use super::observed::{JobView, Observed};
+use crate::api::{PredictionBatch, Stage, StageMap};
+use crate::cache::trim_batch;
+use crate::context::{Context, Written};
+use crate::error::Error;
+
+/// A status write that meets a 409 re-reads the batch and plans again, this often per pass,
+/// before the pass fails and backs off.
+pub const MAX_CONFLICT_REREADS: u32 = 2;
+/// Progress-only status changes (counts, not stage transitions) are written at most this often
+/// per batch; [`remember`] keeps the time of the last write for that.
+pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a written object stands in for a cache that has not caught up with it.
+const WRITTEN_OBJECT_TTL: Duration = Duration::from_secs(60);
+
+/// What a pass learned from its own calls, kept when it tries again after a transient error.
+#[derive(Default)]
+pub struct Learned {
+    /// Per stage, the Job as our own last write returned it (`Some(None)`: gone), newer than the
+    /// cache; `None` where this pass wrote nothing.
+    overlay: StageMap<Option<Option<JobView>>>,
+    /// Templates the apiserver refused, with its message.
+    pub rejected: Vec<(Stage, String)>,
+    /// The batch generation whose templates passed the dry run.
+    pub validated: Option<i64>,
+}
+
+impl Learned {
+    /// Our write returned this Job (`None`: it is gone): trust it over the cache for this pass.
+    pub fn job_written(&mut self, stage: Stage, job: Option<JobView>) {
+        *self.overlay.get_mut(stage) = Some(job);
+    }
+}
+
+/// How a re-read came out.
+pub enum Reread {
+    /// Nothing changed that the plan depends on: go on.
+    Current,
+    /// The batch moved on: plan again from it.
+    Replan,
+    /// The batch is gone (or is another batch by the same name): nothing more to do.
+    Gone,
+}
+
+/// The batch a pass plans from, and what the pass learned.
+pub struct View<'l> {
+    pub batch: PredictionBatch,
+    pub learned: &'l mut Learned,
+    conflicts: u32,
+}
+
+impl<'l> View<'l> {
+    /// The cached copy, or our last status write if the cache has not seen it yet (planning from
+    /// the older copy would only earn a 409).
+    pub fn start(ctx: &Context, cached: &PredictionBatch, learned: &'l mut Learned) -> Self {
+        let batch = latest(ctx, cached);
+        View { batch, learned, conflicts: 0 }
+    }
+
+    /// The batch's Jobs from the cache, overlaid by this pass's own writes. A Job that status
+    /// says exists but the cache lacks is confirmed with a direct read before anyone concludes it
+    /// was deleted: the cache may simply not have caught up with a Job we just created.
+    pub async fn observe(&self, ctx: &Context, api: &Api<Job>, uid: &str) -> Result<Observed, Error> {
+        let ns = self.batch.namespace().unwrap_or_default();
+        let name = self.batch.name_any();
+        let status = self.batch.status.clone().unwrap_or_default();
+        let mut observed = Observed::new(Timestamp::now());
+        observed.rejected = self.learned.rejected.clone();
+        for stage in Stage::ALL {
+            let job_name = stage.job_name(&name);
+            let view = match self.learned.overlay.get(stage) {
+                Some(written) => written.clone(),
+                None => {
+                    let cached =
+                        ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)).map(|j| JobView::from_job(&j, uid));
+                    let recorded = status.stage(stage).as_ref().filter(|s| !s.state.is_finished());
+                    match (cached, recorded.and_then(|s| s.job_uid.as_deref())) {
+                        (Some(v), Some(r)) if v.uid == r => Some(v),
+                        (_, Some(_)) => {
+                            let job = api
+                                .get_opt(&job_name)
+                                .await
+                                .map_err(|e| Error::kube(format!("get Job {job_name}"), e))?;
+                            job.map(|j| JobView::from_job(&j, uid))
+                        }
+                        (cached, None) => cached,
+                    }
+                }
+            };
+            observed.set_job(stage, view);
+        }
+        Ok(observed)
+    }
+
+    /// A status write met 409: our view was stale (another writer, or a cache behind a write we
+    /// did not remember). Reads the batch to plan again, rather than back off a whole pass;
+    /// `Err(conflict)` once this pass has re-read [`MAX_CONFLICT_REREADS`] times.
+    pub async fn reread_after_conflict(
+        &mut self,
+        ctx: &Context,
+        api: &Api<PredictionBatch>,
+        uid: &str,
+        conflict: Error,
+    ) -> Result<Reread, Error> {
+        if self.conflicts >= MAX_CONFLICT_REREADS {
+            return Err(conflict);
+        }
+        self.conflicts += 1;
+        ctx.metrics.status_conflicts.inc();
+        match read_batch(api, &self.batch.name_any()).await? {
+            Some(mut fresh) if fresh.uid().as_deref() == Some(uid) => {
+                trim_batch(&mut fresh);
+                self.batch = fresh;
+                Ok(Reread::Replan)
+            }
+            _ => Ok(Reread::Gone),
+        }
+    }
+
+    /// Before acting on `actions`: if one builds a Job from a template this cached copy lacks,
+    /// reads the batch whole. Same generation: the templates fill in; a newer one: plan again.
+    pub async fn fill_templates(
+        &mut self,
+        api: &Api<PredictionBatch>,
+        needs: impl IntoIterator<Item = Stage>,
+    ) -> Result<Reread, Error> {
+        if !needs.into_iter().any(|stage| jobs::template_dropped(&self.batch, stage)) {
+            return Ok(Reread::Current);
+        }
+        match read_batch(api, &self.batch.name_any()).await? {
+            Some(full)
+                if full.uid() == self.batch.uid() && full.metadata.generation == self.batch.metadata.generation =>
+            {
+                self.batch.spec = full.spec;
+                Ok(Reread::Current)
+            }
+            Some(full) if full.uid() == self.batch.uid() => {
+                self.batch = full;
+                Ok(Reread::Replan)
+            }
+            _ => Ok(Reread::Gone),
+        }
+    }
+}
+
+/// The batch as the apiserver has it now (`None` once it is gone).
+async fn read_batch(api: &Api<PredictionBatch>, name: &str) -> Result<Option<PredictionBatch>, Error> {
+    api.get_opt(name).await.map_err(|e| Error::kube("read batch", e))
+}
+
+fn latest(ctx: &Context, cached: &PredictionBatch) -> PredictionBatch {
+    let key = ObjectRef::from_obj(cached);
+    let mut written = ctx.written.lock().expect("poisoned");
+    let Some(entry) = written.get_mut(&key) else { return cached.clone() };
+    let Some(object) = entry.object.clone() else { return cached.clone() };
+    if std::ptr::eq(crate::cache::newer(cached, &object), cached) {
+        // Caught up (or a different batch by that name): the cache is the truth again.
+        entry.object = None;
+        return cached.clone();
+    }
+    debug!(cached = cached.resource_version(), written = object.resource_version(), "planning from our last write");
+    (*object).clone()
+}
+
+/// Records a status write: its time (to coalesce progress-only writes) and the object (see
+/// [`View::start`]).
+pub fn remember(ctx: &Context, written: &PredictionBatch) {
+    let key = ObjectRef::from_obj(written);
+    let mut object = written.clone();
+    trim_batch(&mut object);
+    let mut all = ctx.written.lock().expect("poisoned");
+    // Entries matter while young or while the cache lags them: forget the rest (deleted batches too).
+    if all.len() > 256 {
+        all.retain(|_, w| {
+            let age = w.at.elapsed();
+            age < PROGRESS_WRITE_INTERVAL || (w.object.is_some() && age < WRITTEN_OBJECT_TTL)
+        });
+    }
+    all.insert(key, Written { at: Instant::now(), object: Some(Arc::new(object)) });
+}
+
+/// When our last status write of `batch` was made, if we remember it.
+pub fn last_write(ctx: &Context, batch: &PredictionBatch) -> Option<Instant> {
+    ctx.written.lock().expect("poisoned").get(&ObjectRef::from_obj(batch)).map(|w| w.at)
+}

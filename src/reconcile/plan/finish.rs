@@ -1,0 +1,99 @@
+//! The end of a pass: the batch's phase, the TTL of a finished batch's Jobs, the outcome
+//! finalizers to release, and the [`Plan`] itself (status with conditions, actions, events,
+//! when to look again).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::conditions::merge_conditions;
+use super::events::transition_events;
+use super::{Action, Plan, Planner};
+use crate::api::{Phase, Stage, StageStatus};
+use crate::reconcile::deadline::add_secs;
+use crate::reconcile::shards::ShardLayout;
+
+impl Planner<'_> {
+    /// A finished batch: a failed one keeps no pod running; once `ttlSecondsAfterFinished` has
+    /// passed, its Jobs (ours only) are deleted.
+    pub(super) fn finished_batch(&mut self) {
+        if self.st.phase == Some(Phase::Failed) {
+            self.stop_leftover_pods();
+        }
+        let Some(ttl) = self.batch.spec.ttl_seconds_after_finished else { return };
+        let owned: Vec<(Stage, String)> = Stage::ALL
+            .into_iter()
+            .filter_map(|s| self.obs.job(s).filter(|j| j.owned && !j.deleting).map(|j| (s, j.uid.clone())))
+            .collect();
+        if owned.is_empty() {
+            return;
+        }
+        let done = self.st.completion_time.as_ref().map_or(self.now, |t| t.0);
+        let expiry = add_secs(done, ttl.max(0));
+        if self.now >= expiry {
+            self.actions.retain(|a| !matches!(a, Action::Suspend { .. }));
+            self.actions.extend(owned.into_iter().map(|(stage, uid)| Action::Delete { stage, uid }));
+        } else {
+            self.wake_at(expiry);
+        }
+    }
+
+    /// The phase from the stages' states. Phases never move backwards (a resumed batch returns
+    /// to where it was).
+    pub(super) fn settle_phase(&mut self) {
+        if self.st.phase == Some(Phase::Failed) {
+            return;
+        }
+        if Stage::ALL.into_iter().all(|s| self.done_or_skipped(s)) {
+            self.st.phase = Some(Phase::Succeeded);
+            let last = Stage::ALL.into_iter().rev().find_map(|s| self.st.stage(s).as_ref()?.completion_time.clone());
+            self.st.completion_time = Some(last.unwrap_or(Time(self.now)));
+            return;
+        }
+        let in_flight = |s: &Option<StageStatus>| s.as_ref().is_some_and(|s| !s.state.is_finished());
+        let phase = if self.batch.spec.suspend {
+            Phase::Suspended
+        } else if in_flight(&self.st.export) {
+            Phase::Exporting
+        } else if in_flight(&self.st.consolidation) {
+            Phase::Consolidating
+        } else if self.st.workers.as_ref().is_some_and(|w| w.job_uid.is_some()) {
+            Phase::Running
+        } else {
+            Phase::Pending
+        };
+        let prev = self.prev.phase.filter(|p| *p != Phase::Suspended);
+        self.st.phase = Some(match prev {
+            Some(p) if phase != Phase::Suspended && p > phase => p,
+            _ => phase,
+        });
+    }
+
+    pub(super) fn finish(mut self, layout: ShardLayout) -> Plan {
+        let generation = self.batch.metadata.generation;
+        self.st.observed_generation = generation;
+        let wanted = self.conditions(layout);
+        self.st.conditions = merge_conditions(&self.prev.conditions, wanted, generation, self.now);
+        let events = transition_events(&self.prev, &self.st, self.stop.as_ref());
+        let mut actions = self.releases();
+        actions.append(&mut self.actions);
+        Plan { status: self.st, actions, requeue_after: self.requeue, events }
+    }
+
+    /// Our outcome finalizer stays on a Job only while that Job is its stage's recorded,
+    /// unfinished Job. Once the status being written holds the outcome (or names another Job, or
+    /// none), the finalizer goes, so nothing of ours holds up a deletion longer than needed.
+    fn releases(&self) -> Vec<Action> {
+        Stage::ALL
+            .into_iter()
+            .filter_map(|stage| {
+                let job = self.obs.job(stage).filter(|j| j.owned)?;
+                let index = job.outcome_finalizer?;
+                let holding = self
+                    .st
+                    .stage(stage)
+                    .as_ref()
+                    .is_some_and(|s| s.job_uid.as_deref() == Some(job.uid.as_str()) && !s.state.is_finished());
+                (!holding).then(|| Action::Release { stage, uid: job.uid.clone(), index })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,65 @@
+//! What the batch asks for must be plannable before anything runs: a spec the planner cannot use
+//! stalls the batch (recoverable: the spec may be fixed), a template the apiserver refused and a
+//! `completeBy` already past before any worker started fail it before any Job is created.
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::{Plan, Planner, Stop};
+use crate::api::{MAX_SHARDS, Phase, Stage, StallReason};
+use crate::reconcile::deadline::parse_complete_by;
+use crate::reconcile::shards::ShardLayout;
+
+impl Planner<'_> {
+    /// The shard layout and the parsed `completeBy`, or why the spec cannot be planned.
+    pub(super) fn usable_spec(&self) -> Result<(ShardLayout, Option<Timestamp>), String> {
+        let spec = &self.batch.spec;
+        let layout = ShardLayout::new(spec.target_count, spec.items_per_shard)
+            .filter(|l| u64::from(l.shard_count()) <= MAX_SHARDS);
+        let complete_by = match spec.completion.complete_by.as_deref().map(parse_complete_by) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => return Err(format!("spec.completion.completeBy is {e}")),
+            None => None,
+        };
+        let layout = layout.ok_or_else(|| {
+            format!(
+                "spec.targetCount {} with spec.itemsPerShard {} does not give 1..{MAX_SHARDS} shards",
+                spec.target_count, spec.items_per_shard
+            )
+        })?;
+        Ok((layout, complete_by))
+    }
+
+    /// Stalls the batch until its spec changes; nothing is created or touched.
+    pub(super) fn invalid_spec(mut self, message: String) -> Plan {
+        self.stop = Some(Stop { reason: StallReason::InvalidSpec, message, terminal: false });
+        if self.st.phase.is_none() {
+            self.st.phase = Some(Phase::Pending);
+        }
+        let layout = ShardLayout { target: self.batch.spec.target_count, per_shard: 1 };
+        self.finish(layout)
+    }
+
+    /// A consolidation or export template the apiserver refused in the dry run that comes with
+    /// the worker Job's create: fail now, before any worker runs (the spec is immutable).
+    pub(super) fn refuse_rejected_templates(&mut self) {
+        for stage in Stage::AFTER_WORKERS {
+            let created = self.st.stage(stage).as_ref().is_some_and(|s| s.job_uid.is_some());
+            if let Some(message) = self.obs.rejection(stage).filter(|_| !created) {
+                let message = format!("the apiserver rejected the {} Job: {message}", stage.label());
+                return self.fail(stage, StallReason::JobRejected, message);
+            }
+        }
+    }
+
+    /// A `completeBy` that had already passed before the worker Job was created fails the batch
+    /// without creating any Job.
+    pub(super) fn deadline_before_start(&mut self, complete_by: Option<Timestamp>) {
+        let Some(t) = complete_by.filter(|t| self.now >= *t) else { return };
+        let never_started =
+            self.st.workers.as_ref().is_none_or(|w| w.job_uid.is_none()) && self.obs.job(Stage::Workers).is_none();
+        if never_started {
+            let message = format!("completeBy {t} had passed before any worker started");
+            self.fail(Stage::Workers, StallReason::DeadlineExceeded, message);
+        }
+    }
+}
