@@ -35,3 +35,22 @@ pub struct Written {
     pub at: Instant,
     pub object: Option<Arc<PredictionBatch>>,
 }
+
+#[cfg(test)]
+impl Context {
+    /// A context for in-process tests: `client` (a mock or an unreachable address), the Job cache
+    /// `jobs`, no mirror, no leader election.
+    pub fn for_tests(client: Client, jobs: Store<Job>) -> Self {
+        use kube::runtime::events::Reporter;
+        Context {
+            client: client.clone(),
+            jobs,
+            recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
+            metrics: Default::default(),
+            mirror: MirrorHandle::disabled(),
+            leadership: Arc::new(Leadership::unelected()),
+            written: Default::default(),
+            failures: Default::default(),
+        }
+    }
+}

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::batch::v1::Job;
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
@@ -133,16 +132,7 @@ fn context(client: kube::Client, cached_jobs: Vec<Job>) -> Context {
     for job in cached_jobs {
         writer.apply_watcher_event(&watcher::Event::Apply(job));
     }
-    Context {
-        client: client.clone(),
-        jobs,
-        recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
-        metrics: Default::default(),
-        mirror: crate::mirror::MirrorHandle::disabled(),
-        leadership: Arc::new(crate::leadership::Leadership::unelected()),
-        written: Default::default(),
-        failures: Default::default(),
-    }
+    Context::for_tests(client, jobs)
 }
 
 fn template(image: &str) -> Value {

@@ -138,7 +138,6 @@ pub(super) async fn reconcile_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::runtime::events::{Recorder, Reporter};
 
     /// The controller holds one of these futures per batch being reconciled: with thousands of
     /// batches starting at once their size is the controller's memory.
@@ -146,16 +145,7 @@ mod tests {
     async fn a_reconcile_pass_is_a_small_future() {
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
-        let ctx = Arc::new(Context {
-            client: client.clone(),
-            jobs: kube::runtime::reflector::store().0,
-            recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
-            metrics: Default::default(),
-            mirror: crate::mirror::MirrorHandle::disabled(),
-            leadership: Arc::new(crate::leadership::Leadership::unelected()),
-            written: Default::default(),
-            failures: Default::default(),
-        });
+        let ctx = Arc::new(Context::for_tests(client, kube::runtime::reflector::store().0));
         let batch = Arc::new(PredictionBatch::new(
             "b",
             serde_json::from_value(serde_json::json!({

@@ -1,0 +1,251 @@
+//! Property tests: whatever the spec, status and Jobs, the planner does not panic and keeps its
+//! invariants.
+
+use super::*;
+
+fn arb_time() -> impl Strategy<Value = Timestamp> {
+    prop_oneof![
+        8 => (T0 - 1000..T0 + 100_000).prop_map(|s| Timestamp::from_second(s).unwrap()),
+        1 => Just(Timestamp::MIN),
+        1 => Just(Timestamp::MAX),
+    ]
+}
+
+fn arb_indexes() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        2 => Just(None),
+        4 => "([0-9]{1,2}(-[0-9]{1,2})?,){0,4}[0-9]{1,2}".prop_map(Some),
+        1 => ".{0,20}".prop_map(Some),
+        1 => Just(Some("0-4294967295".to_string())),
+        1 => Just(Some("4294967295".to_string())),
+        1 => Just(Some("99999999999".to_string())),
+    ]
+}
+
+fn arb_outcome() -> impl Strategy<Value = JobOutcome> {
+    let reason = prop_oneof![
+        Just("FailedIndexes".to_string()),
+        Just("MaxFailedIndexesExceeded".to_string()),
+        Just("BackoffLimitExceeded".to_string()),
+        Just("DeadlineExceeded".to_string()),
+        ".{0,8}",
+    ];
+    prop_oneof![
+        Just(JobOutcome::Running),
+        proptest::option::of(arb_time()).prop_map(|at| JobOutcome::Succeeded { at }),
+        (reason, ".{0,8}", proptest::option::of(arb_time())).prop_map(|(reason, message, at)| JobOutcome::Failed {
+            reason,
+            message,
+            at
+        }),
+    ]
+}
+
+fn arb_job(stage: Stage) -> impl Strategy<Value = JobView> {
+    (
+        (
+            any::<bool>(),
+            any::<bool>(),
+            prop_oneof![Just(uid(stage)), Just("other".to_string()), Just(String::new())],
+            (any::<bool>(), any::<bool>(), proptest::option::of(0usize..3)),
+        ),
+        (proptest::option::of(any::<i32>()), prop_oneof![0u32..20, any::<u32>()], 0u32..3),
+        (arb_indexes(), arb_indexes(), arb_outcome()),
+        (proptest::option::of(arb_time()), proptest::option::of(arb_time())),
+    )
+        .prop_map(
+            move |(
+                (owned, suspended, uid, (suspend_confirmed, deleting, fin)),
+                (parallelism, active, terminating),
+                (ci, fi, outcome),
+                (created, start),
+            )| {
+                JobView {
+                    name: stage.job_name(NAME),
+                    uid,
+                    owned,
+                    suspended,
+                    suspend_confirmed,
+                    deleting,
+                    outcome_finalizer: fin,
+                    parallelism,
+                    active,
+                    terminating,
+                    completed_indexes: ci,
+                    failed_indexes: fi,
+                    outcome,
+                    created,
+                    start_time: start,
+                }
+            },
+        )
+}
+
+fn arb_phase() -> impl Strategy<Value = Phase> {
+    prop_oneof![
+        Just(Phase::Pending),
+        Just(Phase::Running),
+        Just(Phase::Consolidating),
+        Just(Phase::Exporting),
+        Just(Phase::Succeeded),
+        Just(Phase::Failed),
+        Just(Phase::Suspended),
+    ]
+}
+
+fn arb_stage_status(stage: Stage) -> impl Strategy<Value = Option<StageStatus>> {
+    let state = prop_oneof![
+        Just(StageState::Pending),
+        Just(StageState::Running),
+        Just(StageState::Stopping),
+        Just(StageState::Succeeded),
+        Just(StageState::Failed),
+    ];
+    proptest::option::of(
+        (
+            state,
+            proptest::option::of(prop_oneof![Just(uid(stage)), Just("other".to_string())]),
+            proptest::option::of(arb_time()),
+            proptest::option::of(arb_time()),
+            proptest::option::of(arb_time()),
+        )
+            .prop_map(move |(state, job_uid, start, stop, done)| StageStatus {
+                job_name: stage.job_name(NAME),
+                job_uid,
+                state,
+                start_time: start.map(Time),
+                stop_time: stop.map(Time),
+                completion_time: done.map(Time),
+                message: None,
+            }),
+    )
+}
+
+fn arb_condition() -> impl Strategy<Value = Condition> {
+    (
+        prop_oneof![Just(CONDITION_READY), Just(CONDITION_STALLED), Just(CONDITION_DEGRADED), Just("Other")],
+        prop_oneof![Just("True"), Just("False"), Just("Unknown")],
+        ".{0,10}",
+        arb_time(),
+    )
+        .prop_map(|(type_, status, reason, at)| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.clone(),
+            message: reason,
+            observed_generation: Some(1),
+            last_transition_time: Time(at),
+        })
+}
+
+fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
+    proptest::option::of(
+        (
+            proptest::option::of(arb_phase()),
+            (arb_stage_status(Stage::Workers), arb_stage_status(Stage::Consolidation), arb_stage_status(Stage::Export)),
+            (proptest::option::of(arb_time()), proptest::option::of(arb_time()), proptest::option::of(arb_time())),
+            (proptest::option::of((any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())), arb_indexes()),
+            proptest::collection::vec(arb_condition(), 0..4),
+            (proptest::option::of(arb_time()), proptest::option::of(prop_oneof![0i64..1000, Just(i64::MAX)])),
+        )
+            .prop_map(
+                |(
+                    phase,
+                    (workers, consolidation, export),
+                    (quorum, start, done),
+                    (shards, failed),
+                    conditions,
+                    (suspended, paused),
+                )| {
+                    PredictionBatchStatus {
+                        suspend_time: suspended.map(Time),
+                        grace_paused_seconds: paused,
+                        observed_generation: Some(1),
+                        phase,
+                        shards: shards.map(|(total, succeeded, failed, active)| crate::api::ShardCounts {
+                            total,
+                            succeeded,
+                            failed,
+                            active,
+                        }),
+                        items: None,
+                        progress: None,
+                        succeeded_shards: None,
+                        failed_shards: failed,
+                        quorum_time: quorum.map(Time),
+                        workers,
+                        consolidation,
+                        export,
+                        start_time: start.map(Time),
+                        completion_time: done.map(Time),
+                        conditions,
+                    }
+                },
+            ),
+    )
+}
+
+fn arb_spec() -> impl Strategy<Value = PredictionBatchSpec> {
+    (
+        (prop_oneof![0u32..200, Just(100_000u32), Just(u32::MAX)], prop_oneof![0u32..10, Just(u32::MAX)], any::<u32>()),
+        (0u32..=120, prop_oneof![-10i64..100, Just(i64::MAX), Just(i64::MIN)]),
+        prop_oneof![
+            Just(None),
+            Just(Some("tomorrow".to_string())),
+            Just(Some(String::new())),
+            arb_time().prop_map(|t| Some(t.to_string())),
+        ],
+        (any::<bool>(), any::<bool>(), any::<bool>()),
+        proptest::option::of(prop_oneof![-10i64..100, Just(i64::MAX), Just(i64::MIN)]),
+    )
+        .prop_map(|((target, per, par), (pct, grace), complete_by, (cons, exp, suspend), ttl)| {
+            spec_with(|s| {
+                s.target_count = target;
+                s.items_per_shard = per;
+                s.parallelism = par;
+                s.completion = CompletionSpec { min_succeeded_percent: pct, grace_seconds: grace, complete_by };
+                if !cons {
+                    s.consolidation = None;
+                }
+                if !exp {
+                    s.export = None;
+                }
+                s.suspend = suspend;
+                s.ttl_seconds_after_finished = ttl;
+            })
+        })
+}
+
+fn arb_observed() -> impl Strategy<Value = Observed> {
+    (
+        proptest::option::of(arb_job(Stage::Workers)),
+        proptest::option::of(arb_job(Stage::Consolidation)),
+        proptest::option::of(arb_job(Stage::Export)),
+        proptest::collection::vec(
+            (prop_oneof![Just(Stage::Workers), Just(Stage::Consolidation), Just(Stage::Export)], ".{0,10}"),
+            0..2,
+        ),
+        arb_time(),
+    )
+        .prop_map(|(workers, consolidation, export, rejected, now)| Observed {
+            jobs: crate::api::StageMap { workers, consolidation, export },
+            rejected,
+            now,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn never_panics(spec in arb_spec(), status in arb_status(), obs in arb_observed(), generation in proptest::option::of(any::<i64>())) {
+        let mut b = batch(spec, status);
+        b.metadata.generation = generation;
+        let p = plan(&b, &obs);
+        // And its own output is acceptable input.
+        b.status = Some(p.status.clone());
+        let p2 = plan(&b, &obs);
+        prop_assert_eq!(p2.status.observed_generation, generation);
+        prop_assert!(p2.status.conditions.iter().filter(|c| c.type_ == CONDITION_STALLED).count() == 1);
+    }
+}
