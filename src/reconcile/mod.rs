@@ -1,4 +1,13 @@
-//! Reconcile = observe → plan → act → write status.
+//! Reconcile = observe → plan → record the status → act, one batch at a time.
+//!
+//! - [`run`]: one pass, in rounds, with in-pass retries of transient API errors;
+//! - [`fresh`]: what a pass plans from, kept current (the one freshness mechanism);
+//! - [`observed`]: the batch's Jobs reduced to what the planner reads;
+//! - [`plan`]: the pure planner, one module per rule;
+//! - [`record`]: the status write that alone hands out a plan's actions;
+//! - [`act`] and [`jobs`]: the idempotent Job calls and the Jobs they build;
+//! - [`publish`]: the plan's Events, in the background;
+//! - [`shards`], [`ranges`], [`deadline`]: shard arithmetic, index ranges, `completeBy` parsing.
 
 mod act;
 pub mod deadline;

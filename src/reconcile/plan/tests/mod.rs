@@ -251,3 +251,20 @@ mod properties;
 mod quorum;
 mod simulation;
 mod suspend_ttl;
+
+/// The planner is a pure function: no API client, no clock (the time comes in `Observed`).
+#[test]
+fn the_planner_imports_no_client_and_no_clock() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/reconcile/plan");
+    let forbidden = ["kube::", "Timestamp::now", "Instant", "SystemTime", "tokio", "crate::context"];
+    let mut read = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
+    {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        read += 1;
+        for word in forbidden {
+            assert!(!text.contains(word), "{} uses {word}", entry.path().display());
+        }
+    }
+    assert!(read >= 8, "read only {read} planner files in {}", dir.display());
+}
