@@ -12,7 +12,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use crate::api::PredictionBatch;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
-use crate::mirror::MirrorHandle;
 
 pub struct Context {
     pub client: Client,
@@ -20,7 +19,6 @@ pub struct Context {
     pub jobs: Store<Job>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    pub mirror: MirrorHandle,
     /// Asked before every action on a Job: a replica that may no longer lead must not act.
     pub leadership: Arc<Leadership>,
     /// Per batch: our last status write, to coalesce progress-only writes and to plan from it

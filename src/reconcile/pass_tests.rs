@@ -138,7 +138,6 @@ fn context(client: kube::Client, cached_jobs: Vec<Job>) -> Context {
         jobs,
         recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
         metrics: Default::default(),
-        mirror: crate::mirror::MirrorHandle::disabled(),
         leadership: Arc::new(crate::leadership::Leadership::unelected()),
         written: Default::default(),
         failures: Default::default(),

@@ -72,11 +72,6 @@ pub(super) async fn reconcile_inner(
         let uid = batch.uid().unwrap_or_default();
         release_jobs_of(ctx, &batch.namespace().unwrap_or_default(), &batch.name_any(), Some(&uid)).await?;
     }
-    // Firestore mirror: its bounded finalizer. No API call unless the mirror is on, or
-    // a batch being deleted still carries the finalizer from a run with the mirror on.
-    if let Some(action) = crate::mirror::finalizer::reconcile(batch, ctx).await? {
-        return Ok(action);
-    }
     if batch.metadata.deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the Jobs and pods.
         return Ok(ControllerAction::await_change());
@@ -151,7 +146,6 @@ mod tests {
             jobs: kube::runtime::reflector::store().0,
             recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
             metrics: Default::default(),
-            mirror: crate::mirror::MirrorHandle::disabled(),
             leadership: Arc::new(crate::leadership::Leadership::unelected()),
             written: Default::default(),
             failures: Default::default(),
