@@ -400,7 +400,7 @@ async fn run_controller(
         .graceful_shutdown_on(wait_for(shutdown))
         .run(
             |batch, ctx| {
-                let span = info_span!("reconcile", batch = %format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any()));
+                let span = info_span!("reconcile", batch = %batch_name(&batch));
                 reconcile(batch, ctx).instrument(span)
             },
             error_policy,
@@ -430,9 +430,24 @@ async fn run_controller(
 }
 
 fn error_policy(batch: Arc<PredictionBatch>, error: &Error, ctx: Arc<Context>) -> Action {
-    let name = format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any());
-    let attempt = count_failure(&ctx.failures, ObjectRef::from_obj(batch.as_ref()));
+    requeue_after_failure(&ctx.failures, &batch, error, "reconcile failed; backing off")
+}
+
+/// `namespace/name`: how logs and spans name a batch.
+pub fn batch_name(batch: &PredictionBatch) -> String {
+    format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any())
+}
+
+/// The error policy of both reconcilers: counts one more consecutive failed pass of `batch` in
+/// `failures` (reset by its next successful pass), logs `what`, and requeues it after the backoff.
+pub fn requeue_after_failure(
+    failures: &Mutex<HashMap<ObjectRef<PredictionBatch>, u32>>,
+    batch: &PredictionBatch,
+    error: &Error,
+    what: &str,
+) -> Action {
+    let attempt = count_failure(failures, ObjectRef::from_obj(batch));
     let wait = retry_after(error, attempt);
-    warn!(batch = name, %error, attempt, backoff_ms = wait.as_millis() as u64, "reconcile failed; backing off");
+    warn!(batch = batch_name(batch), %error, attempt, backoff_ms = wait.as_millis() as u64, "{what}");
     Action::requeue(wait)
 }

@@ -24,11 +24,12 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 
 use super::{MIRROR_FINALIZER, MirrorHandle, finalizer};
 use crate::api::PredictionBatch;
-use crate::error::{Error, count_failure, retry_after};
+use crate::controller::{batch_name, requeue_after_failure};
+use crate::error::Error;
 use crate::leadership::Leadership;
 use crate::metrics::{KindLabel, Metrics, ResultLabel};
 
@@ -80,7 +81,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(
             |batch, ctx| {
-                let span = info_span!("mirror", batch = %format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any()));
+                let span = info_span!("mirror", batch = %batch_name(&batch));
                 reconcile(batch, ctx).instrument(span)
             },
             error_policy,
@@ -119,11 +120,7 @@ async fn pass(batch: &PredictionBatch, ctx: &MirrorContext) -> Result<Action, Er
 }
 
 fn error_policy(batch: Arc<PredictionBatch>, error: &Error, ctx: Arc<MirrorContext>) -> Action {
-    let name = format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any());
-    let attempt = count_failure(&ctx.failures, ObjectRef::from_obj(batch.as_ref()));
-    let wait = retry_after(error, attempt);
-    warn!(batch = name, %error, attempt, backoff_ms = wait.as_millis() as u64, "mirror pass failed; backing off");
-    Action::requeue(wait)
+    requeue_after_failure(&ctx.failures, &batch, error, "mirror pass failed; backing off")
 }
 
 #[cfg(test)]
