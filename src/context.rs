@@ -12,7 +12,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use crate::api::PredictionBatch;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
-use crate::mirror::MirrorHandle;
 
 pub struct Context {
     pub client: Client,
@@ -20,7 +19,6 @@ pub struct Context {
     pub jobs: Store<Job>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    pub mirror: MirrorHandle,
     /// Asked before every action on a Job: a replica that may no longer lead must not act.
     pub leadership: Arc<Leadership>,
     /// Per batch: our last status write, to coalesce progress-only writes and to plan from it
@@ -39,7 +37,7 @@ pub struct Written {
 #[cfg(test)]
 impl Context {
     /// A context for in-process tests: `client` (a mock or an unreachable address), the Job cache
-    /// `jobs`, no mirror, no leader election.
+    /// `jobs`, no leader election.
     pub fn for_tests(client: Client, jobs: Store<Job>) -> Self {
         use kube::runtime::events::Reporter;
         Context {
@@ -47,7 +45,6 @@ impl Context {
             jobs,
             recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
             metrics: Default::default(),
-            mirror: MirrorHandle::disabled(),
             leadership: Arc::new(Leadership::unelected()),
             written: Default::default(),
             failures: Default::default(),

@@ -1,4 +1,5 @@
-//! Wiring: watches (batches, and only our labelled Jobs, trimmed), the kube-runtime Controller,
+//! Wiring: watches (batches, and only our labelled Jobs, trimmed), the kube-runtime Controllers
+//! (the batch reconciler, and the Firestore mirror's next to it, over the same batch watch),
 //! error policy, and leader election.
 
 use std::collections::HashMap;
@@ -22,11 +23,12 @@ use crate::api::PredictionBatch;
 use crate::cache::{trim_batch, trim_job};
 use crate::context::Context;
 use crate::decode::{Decoder, Listed, Marker};
-use crate::error::{Error, Retry, backoff};
+use crate::error::{Error, count_failure, retry_after};
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::leadership::Leadership;
 use crate::metrics::{Metrics, WatchLabel};
 use crate::mirror::MirrorHandle;
+use crate::mirror::controller::MirrorContext;
 use crate::reconcile::{reconcile, release_jobs_of};
 use crate::watch_health::{Watch, WatchHealth};
 
@@ -143,15 +145,8 @@ pub async fn run(
     if !settings.leader_elect {
         metrics.is_leader.set(1);
         let leadership = Arc::new(Leadership::unelected());
-        let controller = run_controller(
-            client,
-            &settings,
-            metrics,
-            mirror,
-            shared.clone(),
-            leadership,
-            wait_for(shutdown_rx.clone()),
-        );
+        let controller =
+            run_controller(client, &settings, metrics, mirror, shared.clone(), leadership, shutdown_rx.clone());
         tokio::pin!(controller);
         tokio::select! {
             _ = &mut controller => warn!("controller stopped by itself"),
@@ -230,7 +225,7 @@ pub async fn run(
             mirror.clone(),
             shared.clone(),
             leadership.clone(),
-            wait_for(stop_rx),
+            stop_rx,
         );
         tokio::pin!(controller);
         let stop = loop {
@@ -334,6 +329,11 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+/// How many changes of batches the shared batch watch buffers for a reconciler that has not read
+/// them yet (each reconciler reads its own continuously, whatever its passes do).
+const SHARED_WATCH_BUFFER: usize = 1024;
+
+/// The two reconcilers of one term, until `shutdown` turns true (graceful) or the watches end.
 async fn run_controller(
     client: Client,
     settings: &Settings,
@@ -341,7 +341,7 @@ async fn run_controller(
     mirror: MirrorHandle,
     shared: Arc<Shared>,
     leadership: Arc<Leadership>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    shutdown: watch::Receiver<bool>,
 ) {
     let (listed, jobs): (Api<Listed>, Api<Job>) = match &settings.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
@@ -359,7 +359,10 @@ async fn run_controller(
             .touched_objects();
     // Batches are listed and watched as `Listed` and decoded one by one: one that does not decode
     // is left out of the cache, counted and marked (see `decode`), and never fails the list.
-    let (batch_store, batch_writer) = reflector::store();
+    // One watch for both reconcilers: the batch reconciler drives it, and the mirror's follows
+    // through a subscription to the same cache.
+    let (batch_store, batch_writer) = reflector::store_shared(SHARED_WATCH_BUFFER);
+    let mirror_trigger = batch_writer.subscribe().expect("a shared store takes subscribers");
     let (marks, marks_rx) = mpsc::unbounded_channel();
     let mut decoder = Decoder::new(metrics.clone(), marks);
     let batch_stream = watcher(listed, watcher::Config::default())
@@ -367,18 +370,22 @@ async fn run_controller(
         .inspect(watch_health(shared.clone(), metrics.clone(), Watch::Batches))
         .filter_map(move |item| future::ready(item.map(|event| decoder.on_event(event)).transpose()))
         .modify(trim_batch)
-        .reflect(batch_writer)
+        .reflect_shared(batch_writer)
         .inspect(synced(shared.clone(), Cache::Batches, settings.leader_elect))
         .applied_objects();
 
     let reporter =
         Reporter { controller: "prediction-batch-controller".into(), instance: Some(settings.identity.clone()) };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let mirror_ctx =
+        Arc::new(MirrorContext::new(client.clone(), recorder.clone(), metrics.clone(), mirror, leadership.clone()));
+    let mirror_controller =
+        crate::mirror::controller::run(mirror_ctx, mirror_trigger, batch_store.clone(), wait_for(shutdown.clone()));
     let ctx = Arc::new(Context {
-        client: client.clone(),
+        client,
         jobs: job_store.clone(),
-        recorder: Recorder::new(client, reporter),
+        recorder,
         metrics,
-        mirror,
         leadership,
         written: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
@@ -390,10 +397,10 @@ async fn run_controller(
     let controller = Controller::for_stream(batch_stream, batch_store)
         .owns_stream(job_stream)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(wait_for(shutdown))
         .run(
             |batch, ctx| {
-                let span = info_span!("reconcile", batch = %format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any()));
+                let span = info_span!("reconcile", batch = %batch_name(&batch));
                 reconcile(batch, ctx).instrument(span)
             },
             error_policy,
@@ -412,29 +419,35 @@ async fn run_controller(
                 }
             }
         });
-    // The marker ends with the controller (it owns the decoder that sends the marks).
+    // The marker ends with the batch controller (it owns the decoder that sends the marks). The
+    // mirror's controller ends with it too (its trigger is the batch controller's watch), and is
+    // given the same graceful shutdown.
     tokio::select! {
-        _ = controller => {},
+        _ = future::join(controller, mirror_controller) => {},
         _ = marker.run(marks_rx) => {},
     }
     info!("controller stopped");
 }
 
 fn error_policy(batch: Arc<PredictionBatch>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = ObjectRef::from_obj(batch.as_ref());
-    let name = format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any());
-    // Consecutive failures of this batch; reset by the next successful reconcile.
-    let attempt = {
-        let mut failures = ctx.failures.lock().expect("poisoned");
-        let n = failures.entry(key).or_insert(0);
-        *n += 1;
-        *n
-    };
-    let wait = match error.retry() {
-        // A stale view (409): look again soon, growing only if it keeps happening.
-        Retry::Soon => (backoff(attempt - 1) / 5).max(Duration::from_millis(50)),
-        Retry::Backoff => backoff(attempt - 1),
-    };
-    warn!(batch = name, %error, attempt, backoff_ms = wait.as_millis() as u64, "reconcile failed; backing off");
+    requeue_after_failure(&ctx.failures, &batch, error, "reconcile failed; backing off")
+}
+
+/// `namespace/name`: how logs and spans name a batch.
+pub fn batch_name(batch: &PredictionBatch) -> String {
+    format!("{}/{}", batch.namespace().unwrap_or_default(), batch.name_any())
+}
+
+/// The error policy of both reconcilers: counts one more consecutive failed pass of `batch` in
+/// `failures` (reset by its next successful pass), logs `what`, and requeues it after the backoff.
+pub fn requeue_after_failure(
+    failures: &Mutex<HashMap<ObjectRef<PredictionBatch>, u32>>,
+    batch: &PredictionBatch,
+    error: &Error,
+    what: &str,
+) -> Action {
+    let attempt = count_failure(failures, ObjectRef::from_obj(batch));
+    let wait = retry_after(error, attempt);
+    warn!(batch = batch_name(batch), %error, attempt, backoff_ms = wait.as_millis() as u64, "{what}");
     Action::requeue(wait)
 }

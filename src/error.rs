@@ -1,5 +1,8 @@
 //! Errors of a reconcile, classified by what the controller should do about them.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// An error of one reconcile pass.
@@ -82,6 +85,24 @@ pub fn status_code(e: &kube::Error) -> Option<u16> {
 pub fn backoff(failures: u32) -> Duration {
     let ms = 250u64.saturating_mul(1u64 << failures.min(16));
     Duration::from_millis(ms.min(60_000))
+}
+
+/// How long an object waits after its `attempt`-th consecutive failed pass (from 1) with `error`.
+pub fn retry_after(error: &Error, attempt: u32) -> Duration {
+    match error.retry() {
+        // A stale view (409): look again soon, growing only if it keeps happening.
+        Retry::Soon => (backoff(attempt - 1) / 5).max(Duration::from_millis(50)),
+        Retry::Backoff => backoff(attempt - 1),
+    }
+}
+
+/// Counts one more consecutive failed pass of `key` (the count is reset by a successful pass);
+/// returns the count.
+pub fn count_failure<K: Eq + Hash>(failures: &Mutex<HashMap<K, u32>>, key: K) -> u32 {
+    let mut failures = failures.lock().expect("poisoned");
+    let n = failures.entry(key).or_insert(0);
+    *n += 1;
+    *n
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub status_writes: Counter,
     pub status_conflicts: Counter,
     pub mirror_failures: Counter,
+    pub mirror_reconciles: Family<ResultLabel, Counter>,
+    pub mirror_errors: Family<KindLabel, Counter>,
     pub is_leader: Gauge,
     pub invalid_objects: Gauge,
     pub watch_errors: Family<WatchLabel, Counter>,
@@ -85,6 +87,18 @@ impl Default for Metrics {
         );
         let mirror_failures = Counter::default();
         registry.register("mirror_failures", "Failed writes to the Firestore mirror", mirror_failures.clone());
+        let mirror_reconciles = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "mirror_reconciles",
+            "Passes of the Firestore mirror's reconciler (finalizer, hand-over to its writer) by result (ok, error)",
+            mirror_reconciles.clone(),
+        );
+        let mirror_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "mirror_reconcile_errors",
+            "Errors of the Firestore mirror's reconciler by kind (e.g. client: its finalizer patch refused)",
+            mirror_errors.clone(),
+        );
         let is_leader = Gauge::default();
         registry.register(
             "leader",
@@ -120,6 +134,8 @@ impl Default for Metrics {
             status_writes,
             status_conflicts,
             mirror_failures,
+            mirror_reconciles,
+            mirror_errors,
             is_leader,
             invalid_objects,
             watch_errors,

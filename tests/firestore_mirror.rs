@@ -13,7 +13,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,13 +40,18 @@ struct Controller {
 
 impl Controller {
     fn start(ns: &str, emulator_host: &str, extra: &[&str]) -> Controller {
+        Controller::start_with(&cluster().controller_kubeconfig, ns, emulator_host, extra)
+    }
+
+    /// As [`Controller::start`], with the API identity of `kubeconfig`.
+    fn start_with(kubeconfig: &Path, ns: &str, emulator_host: &str, extra: &[&str]) -> Controller {
         support::ensure_crd();
         let log = cluster().logs.join(format!("controller-{ns}.log"));
         let file = std::fs::File::create(&log).expect("create the controller log");
         let child = Command::new(env!("CARGO_BIN_EXE_prediction-batch-controller"))
             .args(["run", "--http-addr", "127.0.0.1:0", "--namespace", ns, "--log-format", "json"])
             .args(extra)
-            .env("KUBECONFIG", &cluster().controller_kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("FIRESTORE_EMULATOR_HOST", emulator_host)
             .env("RUST_LOG", "info,prediction_batch_controller=debug,kube=warn")
             .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
@@ -84,10 +89,13 @@ impl Controller {
     }
 
     fn metric(&self, name: &str) -> f64 {
+        self.try_metric(name).unwrap_or_else(|body| panic!("no metric {name} in:\n{body}"))
+    }
+
+    /// The value of `name` (with its labels, if any), or the whole /metrics body when it is absent.
+    fn try_metric(&self, name: &str) -> Result<f64, String> {
         let body = http_get(&self.http_addr(), "/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
-            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+        body.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok())).ok_or(body)
     }
 }
 
@@ -715,4 +723,89 @@ fn with_the_mirror_off_nothing_reaches_firestore() {
     kubectl(&["delete", "predictionbatch", name, "-n", ns.name(), "--wait=true", "--timeout=30s"]);
     assert_eq!(connections.load(Ordering::SeqCst), 0, "the controller connected to FIRESTORE_EMULATOR_HOST");
     assert_eq!(ctl.metric("prediction_batch_mirror_failures_total"), 0.0);
+}
+
+/// A kubeconfig for `user`: the admin's, impersonating it (so it may do only what RBAC grants).
+fn impersonating(user: &str) -> PathBuf {
+    let mut kubeconfig: Value = serde_yaml::from_str(&std::fs::read_to_string(&cluster().kubeconfig).unwrap()).unwrap();
+    for u in kubeconfig["users"].as_array_mut().unwrap() {
+        u["user"]["as"] = json!(user);
+    }
+    let path = cluster().logs.join(format!("kubeconfig-{user}"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    path
+}
+
+/// Grants `user` in `ns` what the controller needs to run batches (the chart's rules without
+/// `firestore.enabled`): everything but the `patch` on PredictionBatches the mirror's finalizer needs.
+fn grant_all_but_the_mirror_finalizer(ns: &str, user: &str) {
+    let rule = |group: &str, resource: &str, verbs: &[&str]| json!({ "apiGroups": [group], "resources": [resource], "verbs": verbs });
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": { "name": "controller-without-mirror-rule", "namespace": ns },
+        "rules": [
+            rule("predictions.dev", "predictionbatches", &["get", "list", "watch"]),
+            rule("predictions.dev", "predictionbatches/status", &["patch", "update"]),
+            rule("predictions.dev", "predictionbatches/finalizers", &["update"]),
+            rule("batch", "jobs", &["get", "list", "watch", "create", "patch", "delete"]),
+            rule("events.k8s.io", "events", &["create", "patch"]),
+            rule("", "events", &["create", "patch"]),
+        ],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": { "name": "controller-without-mirror-rule", "namespace": ns },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "controller-without-mirror-rule" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+    });
+    kubectl_stdin(
+        &["apply", "-f", "-"],
+        &json!({ "apiVersion": "v1", "kind": "List", "items": [role, binding] }).to_string(),
+    );
+}
+
+/// The mirror is on but can do nothing right: Firestore is unreachable, and the controller lacks
+/// the RBAC rule of the mirror's finalizer (as with `--firestore-project` set by hand on a chart
+/// installed without `firestore.enabled`). The batch runs to Succeeded regardless, while the
+/// mirror reports both failures: `MirrorSynced=False` with the Firestore error, and its refused
+/// finalizer patches in `prediction_batch_mirror_reconcile_errors_total`.
+#[test]
+fn a_broken_mirror_never_holds_up_a_batch() {
+    let ns = TestNamespace::new("fs-broken");
+    let user = format!("pbc-{}", ns.name());
+    grant_all_but_the_mirror_finalizer(ns.name(), &user);
+    // A port nobody listens on.
+    let unreachable = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let ctl = Controller::start_with(&impersonating(&user), ns.name(), &unreachable, &["--firestore-project", PROJECT]);
+    let name = "broken-mirror";
+    let started = Instant::now();
+    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
+    let b = wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
+    println!("Succeeded {:.1}s after creation with the mirror broken", started.elapsed().as_secs_f64());
+    assert!(
+        b["metadata"]["finalizers"].as_array().is_none_or(|f| !f.iter().any(|f| f == FINALIZER)),
+        "the finalizer was added despite RBAC: {b:#}"
+    );
+
+    let b = wait_until(
+        "MirrorSynced=False",
+        Duration::from_secs(30),
+        || get_batch(ns.name(), name).filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "False")),
+        || describe(ns.name(), name, &ctl),
+    );
+    let c = condition(&b, "MirrorSynced").unwrap();
+    println!("MirrorSynced False {}: {}", c["reason"], c["message"]);
+    assert!(c["reason"].as_str().is_some_and(|r| r.starts_with("Firestore")), "{c}");
+    let refused = "prediction_batch_mirror_reconcile_errors_total{kind=\"client\"}";
+    wait_until(
+        "the mirror's failures in its metrics",
+        Duration::from_secs(30),
+        || {
+            let counted = ctl.try_metric(refused).is_ok_and(|n| n >= 1.0)
+                && ctl.metric("prediction_batch_mirror_failures_total") >= 1.0;
+            counted.then_some(())
+        },
+        || ctl.try_metric(refused).err().unwrap_or_default(),
+    );
+    assert!(ctl.log_text().contains("forbidden"), "the refused finalizer patch is logged");
 }

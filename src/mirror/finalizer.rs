@@ -2,7 +2,8 @@
 //! kept) before the batch goes — bounded: if Firestore stays down for the delete timeout, the
 //! finalizer is removed anyway and a Warning event says so.
 //!
-//! Called once at the top of every reconcile. With the mirror on, a live batch gets the finalizer
+//! Called by the mirror's reconciler ([`super::controller`]) for each change of a batch, never by
+//! the batch reconciler. With the mirror on, a live batch gets the finalizer
 //! (JSON patch guarded by `test` operations, as kube-runtime's finalizer helper does, so a
 //! concurrent change is retried, never overwritten). With the mirror off, nothing is added and
 //! nothing touches Firestore; a finalizer left by an earlier run with the mirror on is removed
@@ -17,16 +18,16 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use super::controller::MirrorContext;
 use super::{Deletion, MIRROR_FIELD_MANAGER, MIRROR_FINALIZER};
 use crate::api::PredictionBatch;
-use crate::context::Context;
 use crate::error::{Error, status_code};
 
 /// How often a deletion waiting for Firestore looks again.
 const DELETION_POLL: Duration = Duration::from_millis(500);
 
-/// `Some(action)`: the reconcile ends here with `action`; `None`: carry on.
-pub async fn reconcile(batch: &PredictionBatch, ctx: &Context) -> Result<Option<Action>, Error> {
+/// Adds or releases the finalizer as the batch needs; what the mirror's reconciler does next.
+pub async fn reconcile(batch: &PredictionBatch, ctx: &MirrorContext) -> Result<Action, Error> {
     let has_finalizer = batch.finalizers().iter().any(|f| f == MIRROR_FINALIZER);
     let deleting = batch.metadata.deletion_timestamp.is_some();
     let Some(sink) = ctx.mirror.sink() else {
@@ -34,18 +35,16 @@ pub async fn reconcile(batch: &PredictionBatch, ctx: &Context) -> Result<Option<
             info!("the Firestore mirror is off; removing its finalizer left from an earlier run");
             remove_finalizer(ctx, batch).await?;
         }
-        return Ok(None);
+        return Ok(Action::await_change());
     };
     if !deleting {
-        if has_finalizer {
-            return Ok(None);
+        if !has_finalizer {
+            add_finalizer(ctx, batch).await?;
         }
-        add_finalizer(ctx, batch).await?;
-        // The patch is a change to the batch: its watch event brings the next reconcile.
-        return Ok(Some(Action::await_change()));
+        return Ok(Action::await_change());
     }
     if !has_finalizer {
-        return Ok(None);
+        return Ok(Action::await_change());
     }
     let id = super::document::document_id(&batch.namespace().unwrap_or_default(), &batch.name_any());
     match sink.deletion(batch) {
@@ -53,7 +52,7 @@ pub async fn reconcile(batch: &PredictionBatch, ctx: &Context) -> Result<Option<
             remove_finalizer(ctx, batch).await?;
             sink.release(batch);
             info!(document = id, "marked the Firestore document deleted; released the batch");
-            Ok(Some(Action::await_change()))
+            Ok(Action::await_change())
         }
         Deletion::Pending { waiting, last_error } => {
             let timeout = sink.delete_timeout();
@@ -69,7 +68,7 @@ pub async fn reconcile(batch: &PredictionBatch, ctx: &Context) -> Result<Option<
             let waited = since_deletion.min(waiting);
             if waited < timeout {
                 debug!(document = id, ?waited, "waiting for the Firestore document to be marked deleted");
-                return Ok(Some(Action::requeue(DELETION_POLL.min(timeout - waited))));
+                return Ok(Action::requeue(DELETION_POLL.min(timeout - waited)));
             }
             let note = format!(
                 "Firestore document {id} could not be marked deleted within {}s ({}); removed finalizer {MIRROR_FINALIZER} so the deletion goes through",
@@ -91,20 +90,24 @@ pub async fn reconcile(batch: &PredictionBatch, ctx: &Context) -> Result<Option<
             // The worker keeps retrying the deleted marker in the background; forget the batch
             // once it lands.
             sink.release(batch);
-            Ok(Some(Action::await_change()))
+            Ok(Action::await_change())
         }
     }
 }
 
-fn api(ctx: &Context, batch: &PredictionBatch) -> Api<PredictionBatch> {
-    Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default())
+/// The batch's API, to patch it: only while this replica may act.
+fn api(ctx: &MirrorContext, batch: &PredictionBatch) -> Result<Api<PredictionBatch>, Error> {
+    if !ctx.leadership.may_act() {
+        return Err(Error::NotLeading);
+    }
+    Ok(Api::namespaced(ctx.client.clone(), &batch.namespace().unwrap_or_default()))
 }
 
 fn params() -> PatchParams {
     PatchParams { field_manager: Some(MIRROR_FIELD_MANAGER.into()), ..Default::default() }
 }
 
-async fn add_finalizer(ctx: &Context, batch: &PredictionBatch) -> Result<(), Error> {
+async fn add_finalizer(ctx: &MirrorContext, batch: &PredictionBatch) -> Result<(), Error> {
     let uid = batch.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let finalizers = batch.finalizers();
     let ops = if finalizers.is_empty() {
@@ -121,7 +124,7 @@ async fn add_finalizer(ctx: &Context, batch: &PredictionBatch) -> Result<(), Err
         ])
     };
     let patch = Patch::<()>::Json(serde_json::from_value(ops).expect("a valid JSON patch"));
-    api(ctx, batch)
+    api(ctx, batch)?
         .patch(&batch.name_any(), &params(), &patch)
         .await
         .map_err(|e| Error::kube("add the Firestore mirror finalizer", e))?;
@@ -129,7 +132,7 @@ async fn add_finalizer(ctx: &Context, batch: &PredictionBatch) -> Result<(), Err
     Ok(())
 }
 
-async fn remove_finalizer(ctx: &Context, batch: &PredictionBatch) -> Result<(), Error> {
+async fn remove_finalizer(ctx: &MirrorContext, batch: &PredictionBatch) -> Result<(), Error> {
     let uid = batch.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let Some(i) = batch.finalizers().iter().position(|f| f == MIRROR_FINALIZER) else { return Ok(()) };
     let ops = json!([
@@ -138,7 +141,7 @@ async fn remove_finalizer(ctx: &Context, batch: &PredictionBatch) -> Result<(), 
         { "op": "remove", "path": format!("/metadata/finalizers/{i}") },
     ]);
     let patch = Patch::<()>::Json(serde_json::from_value(ops).expect("a valid JSON patch"));
-    match api(ctx, batch).patch(&batch.name_any(), &params(), &patch).await {
+    match api(ctx, batch)?.patch(&batch.name_any(), &params(), &patch).await {
         Ok(_) => Ok(()),
         // Already gone: nothing holds it any more.
         Err(e) if status_code(&e) == Some(404) => Ok(()),

@@ -1,19 +1,31 @@
 //! Optional mirror of batch state to an external store (Firestore) for readers that predate the
 //! controller. Off by default; when off, nothing is contacted and no finalizer is added.
 //!
+//! The mirror is a reconciler of its own, next to the batch reconciler and never inside it: a
+//! second kube-runtime `Controller` over the same batch watch and cache (one watch, shared), with
+//! its own queue, backoff, metrics and tracing span. The batch path (observe → plan → write
+//! status → act) calls no mirror code, so a mirror that cannot work (Firestore unreachable, its
+//! finalizer refused by RBAC) never holds up a batch. It runs while this replica leads, as the
+//! batch reconciler does.
+//!
+//! - [`controller`]: the mirror's reconciler: for each change of a batch, hand the batch to the
+//!   worker, and keep the finalizer (add it to live batches, release deleted ones).
+//! - [`finalizer`]: the bounded finalizer that marks a deleted batch's document `deleted: true`.
 //! - [`document`]: the pure mapping from a batch to its document (what the old coordinator's
 //!   readers expect, plus `uid`, `generation`, the `status_version` watermark and `deleted`).
+//! - [`worker`]: the Firestore writes, off every reconcile's critical path: a per-batch coalescing
+//!   queue, retries with exponential backoff, the `MirrorSynced` condition (own field manager)
+//!   and the failure metric.
 //! - [`firestore`]: the store: one transaction per write that reads the stored watermark and
 //!   skips the write unless ours is newer (BeginTransaction + BatchGetDocuments + Commit).
-//! - [`worker`]: off the reconcile's critical path: a per-batch coalescing queue, retries with
-//!   exponential backoff, the `MirrorSynced` condition (own field manager) and the failure metric.
-//! - [`finalizer`]: the bounded finalizer that marks a deleted batch's document `deleted: true`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::PredictionBatch;
+use crate::leadership::Leadership;
 
+pub mod controller;
 pub mod document;
 pub mod finalizer;
 pub mod firestore;
@@ -40,10 +52,14 @@ pub enum Deletion {
     Pending { waiting: Duration, last_error: Option<String> },
 }
 
-/// Receives every batch whose status the controller has just written.
+/// What the mirror's reconciler hands batches to (the worker).
 pub trait MirrorSink: Send + Sync {
-    /// Called right after each status write with the batch as written. Must return at once.
+    /// Called for each change of a live batch, with the batch as cached. Must return at once.
     fn notify(&self, batch: &PredictionBatch);
+
+    /// Writes go on only while `leadership` allows acting (called when a term of leadership
+    /// starts; a replica that no longer leads leaves the writes to the one that does).
+    fn follow(&self, _leadership: Arc<Leadership>) {}
 
     /// Called for a batch being deleted (repeatedly, until it returns `Done` or the deletion times
     /// out): queues the `deleted: true` write and says whether it has landed. Must return at once.
@@ -62,7 +78,7 @@ pub trait MirrorSink: Send + Sync {
     }
 }
 
-/// Cheap handle the reconciler calls after each status write.
+/// The mirror of the `run` command, or none (off).
 #[derive(Clone, Default)]
 pub struct MirrorHandle(Option<Arc<dyn MirrorSink>>);
 

@@ -1,4 +1,5 @@
-//! The mirror's background worker: keeps Firestore writes off the reconcile's critical path.
+//! The mirror's background worker: keeps Firestore writes off every reconcile's critical path,
+//! the mirror's own reconciler's included.
 //!
 //! [`Mirror::notify`] only maps the batch to its document and records it as the batch's pending
 //! snapshot (newest watermark wins, so a burst of status writes coalesces into one Firestore
@@ -18,9 +19,13 @@
 //! [`MIRROR_FIELD_MANAGER`], only that condition) when its status or reason would change: `False`
 //! with the error's reason on the first failure, `False` with reason `DocumentOfAnotherBatch`
 //! when the document belongs to another batch of the same name that keeps it (retried on the
-//! batch's next update, not on a timer), `True` once nothing is pending. Idle batches
-//! cost nothing, and a snapshot whose document content equals the last one written is not
-//! re-sent. Every failed attempt counts in `prediction_batch_mirror_failures`.
+//! batch's next update that changes the document, not on a timer), `True` once nothing is
+//! pending. Idle batches cost nothing, and a snapshot whose document content equals the last one
+//! written is not re-sent. Every failed attempt counts in `prediction_batch_mirror_failures`.
+//!
+//! Writes (documents and conditions) go on only while the replica may act
+//! ([`MirrorSink::follow`]): a task that finds it may not stops, keeping its pending snapshot
+//! for the next term of leadership, whose reconciler hands every batch over again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +45,7 @@ use super::{
     CONDITION_MIRROR_SYNCED, DEFAULT_DELETE_TIMEOUT, Deletion, MIRROR_FIELD_MANAGER, MirrorHandle, MirrorSink,
 };
 use crate::api::PredictionBatch;
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 
 /// Tuning of the worker.
@@ -183,6 +189,8 @@ struct Entry {
     last_error: Option<MirrorError>,
     /// The last write found the document owned by another batch (reason and message).
     other_batch: Option<MirrorError>,
+    /// The document that write carried: the same content is not tried again.
+    refused: Option<BatchDocument>,
     /// The batch is gone: drop the entry once nothing is left to write.
     gone: bool,
     /// Last notification or deletion call (least recently used idle entries are evicted first).
@@ -223,6 +231,8 @@ struct Inner {
     config: MirrorConfig,
     entries: Mutex<HashMap<Key, Entry>>,
     permits: Semaphore,
+    /// Writes only while this allows acting; `None` (no controller yet, or a test): always.
+    leadership: Mutex<Option<Arc<Leadership>>>,
 }
 
 /// The mirror: a [`MirrorSink`] that writes documents in the background.
@@ -257,7 +267,15 @@ impl Mirror {
     ) -> Self {
         let permits = Semaphore::new(config.concurrency.max(1));
         Mirror {
-            inner: Arc::new(Inner { store, conditions, metrics, config, entries: Mutex::new(HashMap::new()), permits }),
+            inner: Arc::new(Inner {
+                store,
+                conditions,
+                metrics,
+                config,
+                entries: Mutex::new(HashMap::new()),
+                permits,
+                leadership: Mutex::new(None),
+            }),
         }
     }
 
@@ -286,7 +304,11 @@ impl Mirror {
             if !deleted {
                 e.gone = false;
             }
-            if doc.status_version > e.confirmed
+            // Every change of the batch comes here (the mirror's own condition writes too): one
+            // whose document another batch refused is tried again only with new content.
+            let refused_again = e.refused.as_ref().is_some_and(|r| r.same_content(&doc));
+            if !refused_again
+                && doc.status_version > e.confirmed
                 && e.pending.as_ref().is_none_or(|p| p.status_version < doc.status_version)
             {
                 e.pending = Some(doc);
@@ -361,14 +383,34 @@ impl MirrorSink for Mirror {
     fn delete_timeout(&self) -> Duration {
         self.inner.config.delete_timeout
     }
+
+    fn follow(&self, leadership: Arc<Leadership>) {
+        *self.inner.leadership.lock().expect("poisoned") = Some(leadership);
+    }
 }
 
 impl Inner {
+    /// Whether this replica may write; if not, the batch's task stops (its pending snapshot kept,
+    /// for the next term's reconciler to restart it).
+    fn stand_down(&self, key: &Key) -> bool {
+        let may_act = self.leadership.lock().expect("poisoned").as_ref().is_none_or(|l| l.may_act());
+        if !may_act {
+            if let Some(e) = self.entries.lock().expect("poisoned").get_mut(key) {
+                e.running = false;
+            }
+            debug!(batch = %format!("{}.{}", key.0, key.1), "not leading; leaving the mirror's writes to the leader");
+        }
+        !may_act
+    }
+
     /// The task of one batch: write the newest pending snapshot until none is left, then bring
     /// `MirrorSynced` up to date; back off after failures.
     async fn run(self: Arc<Self>, key: Key) {
         let id = format!("{}.{}", key.0, key.1);
         loop {
+            if self.stand_down(&key) {
+                return;
+            }
             // 1. The newest pending snapshot, unless it says nothing new.
             let work = {
                 let entries = self.entries.lock().expect("poisoned");
@@ -396,6 +438,7 @@ impl Inner {
                         if !matches!(outcome, Some(WriteOutcome::OtherBatch { .. })) {
                             e.confirmed = e.confirmed.max(doc.status_version);
                             e.other_batch = None;
+                            e.refused = None;
                         }
                         match outcome {
                             Some(WriteOutcome::Written) => {
@@ -433,6 +476,7 @@ impl Inner {
                                     warn!(batch = id, owner = uid, "{message}");
                                 }
                                 e.other_batch = Some(MirrorError::new("DocumentOfAnotherBatch", message));
+                                e.refused = Some(doc.clone());
                             }
                             None => {}
                         }
@@ -481,6 +525,9 @@ impl Inner {
             };
             let mut condition_failed = false;
             if let Some(c) = change {
+                if self.stand_down(&key) {
+                    return;
+                }
                 let result = self.conditions.apply(&key.0, &key.1, &c).await;
                 let mut entries = self.entries.lock().expect("poisoned");
                 let Some(e) = entries.get_mut(&key) else { return };

@@ -86,7 +86,6 @@ pub async fn record(ctx: &Context, batch: &mut PredictionBatch, plan: Plan) -> R
         if changed {
             remember(ctx, batch);
             spawn_events(ctx, batch, &plan.events);
-            ctx.mirror.notify(batch);
         }
     }
     Ok(Recording::Recorded(StatusRecorded { actions: plan.actions, requeue_after: plan.requeue_after }))

@@ -68,17 +68,10 @@ pub(super) async fn reconcile_inner(
 ) -> Result<ControllerAction, Error> {
     if batch.metadata.deletion_timestamp.is_some() {
         // Our outcome finalizers must not hold up the Jobs' deletion (foreground deletion of the
-        // batch waits for them), whatever else still runs for the batch.
+        // batch waits for them), whatever else still runs for the batch. Owner references let
+        // the garbage collector remove the Jobs and pods.
         let uid = batch.uid().unwrap_or_default();
         release_jobs_of(ctx, &batch.namespace().unwrap_or_default(), &batch.name_any(), Some(&uid)).await?;
-    }
-    // Firestore mirror: its bounded finalizer. No API call unless the mirror is on, or
-    // a batch being deleted still carries the finalizer from a run with the mirror on.
-    if let Some(action) = crate::mirror::finalizer::reconcile(batch, ctx).await? {
-        return Ok(action);
-    }
-    if batch.metadata.deletion_timestamp.is_some() {
-        // Owner references let the garbage collector remove the Jobs and pods.
         return Ok(ControllerAction::await_change());
     }
     let ns = batch.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
