@@ -1,4 +1,4 @@
-//! The measuring core of the benchmark (issue 9), shared by the `pbc-bench` binary and the CI
+//! The measuring core of the benchmark, shared by the `pbc-bench` binary and the CI
 //! guard `tests/bench_smoke.rs` (which includes this file with `#[path]`, so it must only use
 //! crates the controller package depends on).
 //!

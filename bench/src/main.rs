@@ -1,4 +1,4 @@
-//! `pbc-bench`: the controller against a bare-Jobs baseline on the local control plane (issue 9).
+//! `pbc-bench`: the controller against a bare-Jobs baseline on the local control plane.
 //!
 //! `pbc-bench run --preset ci,repeat,scaling,mem,full` measures against a running cluster
 //! (`tests/cluster/up`); `bench/run` is the one command that builds, brings up a cluster of its
