@@ -6,16 +6,16 @@
 //! It runs on a cluster of its own (restarting the apiserver must not disturb other tests).
 //! `CHAOS_LONG=1` runs the long version (100 kills) by hand; `CHAOS_SEED` replays a run.
 
-#[path = "support/controller.rs"]
-mod controller;
 mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use controller::{Controller, MultiJobWatch, StatusWatch, apply, batch};
 use serde_json::json;
+use support::batch::{apply, batch};
+use support::controller::Controller;
+use support::watch::{MultiJobWatch, StatusWatch};
 use support::{TestNamespace, ensure_crd, stages};
 
 struct OwnCluster(PathBuf);

@@ -2,17 +2,16 @@
 //! off from the apiserver, graceful shutdown, two replicas without election, and injected API
 //! faults.
 
-#[path = "support/controller.rs"]
-mod controller;
-mod install;
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use controller::{Controller, MultiJobWatch, StatusWatch, apply, batch, lease_holder, log_time, phase, wait_batch};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
+use support::batch::{apply, batch, phase, wait_batch};
+use support::controller::{Controller, lease_holder, log_time};
+use support::watch::{MultiJobWatch, StatusWatch};
 use support::{TestNamespace, ensure_crd, kubectl_json, stages, wait_until};
 
 /// The default identity is `<hostname>-<pid>`: find which replica holds the lease.
@@ -91,8 +90,8 @@ fn first_logged(log: &str, what: &str) -> Option<Timestamp> {
 
 /// `prediction_batch_leader` of a running replica, from its /metrics.
 fn leader_gauge(replica: &Controller) -> Option<u64> {
-    let addr = install::http_addr(&replica.log_text())?;
-    let (code, body) = install::http_get(&addr, "/metrics");
+    let addr = replica.logged_http_addr()?;
+    let (code, body) = support::http::get(&addr, "/metrics");
     assert_eq!(code, 200, "{body}");
     body.lines().find_map(|l| l.strip_prefix("prediction_batch_leader ")?.trim().parse().ok())
 }
