@@ -190,7 +190,7 @@ async fn chaos_restarts_never_lose_or_repeat_a_stage() {
     std::thread::sleep(Duration::from_secs(2));
 
     let rec = statuses.snapshot();
-    let uids = jobs.uids.lock().unwrap().clone();
+    let uids = jobs.snapshot();
     let duplicates: Vec<_> = uids.iter().filter(|(_, u)| u.len() > 1).map(|(k, u)| (k.clone(), u.len())).collect();
     println!(
         "chaos figures: {kills} controller kills, {api_restarts} kube-apiserver restarts, {} batches, {} duplicate stage runs, {} status regressions, {} status versions checked, {} relists of the test's own watch, {elapsed:?}",

@@ -10,7 +10,8 @@
 //!
 //! The bench is a package of its own, so `tests/run-all` runs this with `cargo test --workspace`,
 //! which builds the controller binary (`target/release/prediction-batch-controller`, next to this
-//! test's directory) in the same run; `PBC_CONTROLLER_BIN` names another one. Like every test of
+//! test's directory) in the same run; alone, build it first (`cargo build --release`; the test
+//! fails on a binary older than the sources). `PBC_CONTROLLER_BIN` names another one. Like every test of
 //! the suite it needs the cluster of `CLUSTER_DIR` (tests/cluster/up) and fails, never skips,
 //! without it.
 
@@ -62,13 +63,34 @@ fn ensure_cluster_and_crd(dir: &Path) {
     }
 }
 
-/// The controller binary cargo built with this test (same target directory, one level up).
+/// The controller binary cargo built with this test (same target directory, one level up),
+/// checked to be newer than every source of the controller: `cargo test -p pbc-bench` alone does
+/// not build it, and an old one would measure old code.
 fn controller_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("PBC_CONTROLLER_BIN") {
         return bin.into();
     }
     let exe = std::env::current_exe().expect("the test's own path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/").join("prediction-batch-controller")
+    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/").join("prediction-batch-controller");
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).unwrap_or_else(|e| {
+        panic!("no controller binary at {} ({e}): run tests/run-all, or `cargo build --release` first", bin.display())
+    });
+    let newest = newest_source(&repo().join("src"));
+    assert!(
+        built >= newest,
+        "{} is older than the controller's sources: run tests/run-all, or `cargo build --release` first",
+        bin.display()
+    );
+    bin
+}
+
+fn newest_source(dir: &Path) -> std::time::SystemTime {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { newest_source(&p) } else { std::fs::metadata(&p).unwrap().modified().unwrap() })
+        .max()
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,40 +2,68 @@
 //! its namespace, recording what they saw until dropped: every Job UID per stage (did a stage run
 //! twice?), and every status version (did anything move backwards?).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Runs a watch of our own (independent of the controller) until the returned task is aborted:
-/// `on_apply` gets every object seen, `on_init` runs at every completed (re)list. Returns once
-/// the first listing is done (or after 30 s).
-async fn spawn_watch<K>(
-    api: kube::Api<K>,
-    mut on_apply: impl FnMut(K) + Send + 'static,
-    mut on_init: impl FnMut() + Send + 'static,
-) -> tokio::task::JoinHandle<()>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => on_apply(o),
-                Ok(watcher::Event::InitDone) => {
-                    on_init();
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(());
+use k8s_openapi::api::batch::v1::Job;
+
+/// A watch of our own (independent of the controller) folding what it sees into a record `T`,
+/// until dropped.
+pub struct Watch<T> {
+    pub record: Arc<Mutex<T>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<T: Default + Clone + Send + 'static> Watch<T> {
+    /// Watches `api`: `on_apply` folds every object seen into the record, `on_init` runs at every
+    /// completed (re)list. Returns once the first listing is done (or after 30 s).
+    async fn spawn<K>(
+        api: kube::Api<K>,
+        mut on_apply: impl FnMut(&mut T, K) + Send + 'static,
+        mut on_init: impl FnMut(&mut T) + Send + 'static,
+    ) -> Self
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let record = Arc::new(Mutex::new(T::default()));
+        let r = record.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => on_apply(&mut r.lock().unwrap(), o),
+                    Ok(watcher::Event::InitDone) => {
+                        on_init(&mut r.lock().unwrap());
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
                     }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-    });
-    let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
-    task
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        Watch { record, task }
+    }
+
+    /// What the watch has seen so far.
+    pub fn snapshot(&self) -> T {
+        self.record.lock().unwrap().clone()
+    }
+}
+
+impl<T> Drop for Watch<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn jobs_api(ns: &str) -> kube::Api<Job> {
+    kube::Api::namespaced(super::client().await, ns)
 }
 
 /// What a test's own watch saw of the Jobs in its namespace: every UID per stage, and when (by
@@ -68,56 +96,34 @@ impl JobRecord {
     }
 }
 
-/// Watches the Jobs of `ns` (a raw watch of our own, independent of the controller) until dropped.
-pub struct JobWatch {
-    pub record: std::sync::Arc<std::sync::Mutex<JobRecord>>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// Watches the Jobs of `ns` until dropped, recording every UID per stage.
+pub type JobWatch = Watch<JobRecord>;
 
-impl JobWatch {
+impl Watch<JobRecord> {
     pub async fn start(ns: &str) -> Self {
-        let api: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(super::client().await, ns);
-        let record = std::sync::Arc::new(std::sync::Mutex::new(JobRecord::default()));
-        let r = record.clone();
-        let task = spawn_watch(
-            api,
-            move |job| {
-                let now = std::time::Instant::now();
-                let mut rec = r.lock().unwrap();
-                let stage = job
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("predictions.dev/stage").cloned())
-                    .unwrap_or_else(|| "unlabelled".into());
-                let uid = job.metadata.uid.clone().unwrap_or_default();
-                if rec.uids_by_stage.entry(stage.clone()).or_default().insert(uid) {
-                    rec.created.push((stage.clone(), now));
-                }
-                let done = job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-                    cs.iter().any(|c| {
-                        c.status == "True"
-                            && ["SuccessCriteriaMet", "Complete", "FailureTarget", "Failed"].contains(&c.type_.as_str())
-                    })
-                });
-                if done && rec.finished_at(&stage).is_none() {
-                    rec.finished.push((stage, now));
-                }
-            },
-            || {},
-        )
-        .await;
-        JobWatch { record, task }
-    }
-
-    pub fn snapshot(&self) -> JobRecord {
-        self.record.lock().unwrap().clone()
-    }
-}
-
-impl Drop for JobWatch {
-    fn drop(&mut self) {
-        self.task.abort();
+        let observe = |rec: &mut JobRecord, job: Job| {
+            let now = std::time::Instant::now();
+            let stage = job
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("predictions.dev/stage").cloned())
+                .unwrap_or_else(|| "unlabelled".into());
+            let uid = job.metadata.uid.clone().unwrap_or_default();
+            if rec.uids_by_stage.entry(stage.clone()).or_default().insert(uid) {
+                rec.created.push((stage.clone(), now));
+            }
+            let done = job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.status == "True"
+                        && ["SuccessCriteriaMet", "Complete", "FailureTarget", "Failed"].contains(&c.type_.as_str())
+                })
+            });
+            if done && rec.finished_at(&stage).is_none() {
+                rec.finished.push((stage, now));
+            }
+        };
+        Watch::spawn(jobs_api(ns).await, observe, |_| {}).await
     }
 }
 
@@ -202,12 +208,9 @@ impl StatusRecord {
 }
 
 /// Watches the PredictionBatches of `ns` until dropped, recording and checking every status.
-pub struct StatusWatch {
-    pub record: std::sync::Arc<std::sync::Mutex<StatusRecord>>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub type StatusWatch = Watch<StatusRecord>;
 
-impl StatusWatch {
+impl Watch<StatusRecord> {
     pub async fn start(ns: &str) -> Self {
         let resource = kube::api::ApiResource {
             group: "predictions.dev".into(),
@@ -217,28 +220,11 @@ impl StatusWatch {
             plural: "predictionbatches".into(),
         };
         let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(super::client().await, ns, &resource);
-        let record = std::sync::Arc::new(std::sync::Mutex::new(StatusRecord::default()));
-        let (r, r2) = (record.clone(), record.clone());
-        let task = spawn_watch(
-            api,
-            move |o| {
-                let name = o.metadata.name.clone().unwrap_or_default();
-                r.lock().unwrap().observe(&name, &o.data["status"]);
-            },
-            move || r2.lock().unwrap().inits += 1,
-        )
-        .await;
-        StatusWatch { record, task }
-    }
-
-    pub fn snapshot(&self) -> StatusRecord {
-        self.record.lock().unwrap().clone()
-    }
-}
-
-impl Drop for StatusWatch {
-    fn drop(&mut self) {
-        self.task.abort();
+        let observe = |rec: &mut StatusRecord, o: kube::api::DynamicObject| {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            rec.observe(&name, &o.data["status"]);
+        };
+        Watch::spawn(api, observe, |rec| rec.inits += 1).await
     }
 }
 
@@ -246,41 +232,24 @@ impl Drop for StatusWatch {
 pub type UidsByBatch = std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>>;
 
 /// Like [`JobWatch`], but keyed by (batch, stage) for many batches in one namespace.
-pub struct MultiJobWatch {
-    pub uids: std::sync::Arc<std::sync::Mutex<UidsByBatch>>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub type MultiJobWatch = Watch<UidsByBatch>;
 
-impl MultiJobWatch {
+impl Watch<UidsByBatch> {
     pub async fn start(ns: &str) -> Self {
-        let api: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(super::client().await, ns);
-        let uids = std::sync::Arc::new(std::sync::Mutex::new(UidsByBatch::new()));
-        let u = uids.clone();
-        let task = spawn_watch(
-            api,
-            move |j| {
-                let labels = j.metadata.labels.clone().unwrap_or_default();
-                let batch = labels.get("predictions.dev/batch").cloned().unwrap_or_default();
-                let stage = labels.get("predictions.dev/stage").cloned().unwrap_or_default();
-                u.lock().unwrap().entry((batch, stage)).or_default().insert(j.metadata.uid.unwrap_or_default());
-            },
-            || {},
-        )
-        .await;
-        MultiJobWatch { uids, task }
+        let observe = |uids: &mut UidsByBatch, j: Job| {
+            let labels = j.metadata.labels.clone().unwrap_or_default();
+            let batch = labels.get("predictions.dev/batch").cloned().unwrap_or_default();
+            let stage = labels.get("predictions.dev/stage").cloned().unwrap_or_default();
+            uids.entry((batch, stage)).or_default().insert(j.metadata.uid.unwrap_or_default());
+        };
+        Watch::spawn(jobs_api(ns).await, observe, |_| {}).await
     }
 
     pub fn count(&self, batch: &str, stage: &str) -> usize {
-        self.uids.lock().unwrap().get(&(batch.to_string(), stage.to_string())).map_or(0, |s| s.len())
+        self.record.lock().unwrap().get(&(batch.to_string(), stage.to_string())).map_or(0, |s| s.len())
     }
 
     pub fn max_per_stage(&self) -> usize {
-        self.uids.lock().unwrap().values().map(|s| s.len()).max().unwrap_or(0)
-    }
-}
-
-impl Drop for MultiJobWatch {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.record.lock().unwrap().values().map(|s| s.len()).max().unwrap_or(0)
     }
 }
