@@ -102,6 +102,16 @@ spec:
     )
 }
 
+/// Waits until the batch's MirrorSynced condition has `status`; the batch.
+fn wait_mirror_synced(ns: &str, name: &str, ctl: &Controller, status: &str, what: &str, timeout: Duration) -> Value {
+    wait_until(
+        what,
+        timeout,
+        || batch_json(ns, name).filter(|b| condition_object(b, "MirrorSynced").is_some_and(|c| c["status"] == status)),
+        || describe(ns, name, ctl),
+    )
+}
+
 /// Whether the document shows the finished batch exactly.
 fn doc_is_final(d: &StoredDocument, uid: &str, expected: i64) -> bool {
     d.bool("is_complete") == Some(true)
@@ -212,15 +222,7 @@ fn the_document_tracks_a_batch_to_completion_and_deletion() {
     assert!(matches!(doc.get("completed_at"), Some(FieldValue::Time(_))));
 
     // The finalizer is there (mirror on) and MirrorSynced ends True under the mirror's own manager.
-    let b = wait_until(
-        "MirrorSynced=True",
-        Duration::from_secs(15),
-        || {
-            batch_json(ns.name(), name)
-                .filter(|b| condition_object(b, "MirrorSynced").is_some_and(|c| c["status"] == "True"))
-        },
-        || describe(ns.name(), name, &ctl),
-    );
+    let b = wait_mirror_synced(ns.name(), name, &ctl, "True", "MirrorSynced=True", Duration::from_secs(15));
     let finalizers = b["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
     assert!(finalizers.iter().any(|f| f == FINALIZER), "finalizer missing: {finalizers:?}");
     let managed = kubectl_json(&["get", "predictionbatch", name, "-n", ns.name(), "--show-managed-fields"]);
@@ -330,14 +332,13 @@ fn a_firestore_outage_neither_delays_the_batch_nor_loses_the_final_state() {
     assert!(lag < Duration::from_secs(5), "the final document took {lag:?} after Firestore's return");
     assert_eq!(doc.int("completed_players"), Some(10));
 
-    let b = wait_until(
+    let b = wait_mirror_synced(
+        ns.name(),
+        name,
+        &ctl,
+        "True",
         "MirrorSynced=True after the outage",
         Duration::from_secs(15),
-        || {
-            batch_json(ns.name(), name)
-                .filter(|b| condition_object(b, "MirrorSynced").is_some_and(|c| c["status"] == "True"))
-        },
-        || describe(ns.name(), name, &ctl),
     );
     println!("MirrorSynced back True {:.2}s after the emulator's return", back_at.elapsed().as_secs_f64());
     assert_eq!(phase(&b), "Succeeded");
@@ -454,15 +455,7 @@ fn a_controller_behind_the_stored_document_never_overwrites_it() {
     docs.rt.block_on(docs.store.write_unchecked(&future)).unwrap();
     let ctl = with_mirror(ns.name(), &emulator.host(), &[]);
     wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
-    wait_until(
-        "MirrorSynced=True",
-        Duration::from_secs(15),
-        || {
-            batch_json(ns.name(), name)
-                .filter(|b| condition_object(b, "MirrorSynced").is_some_and(|c| c["status"] == "True"))
-        },
-        || describe(ns.name(), name, &ctl),
-    );
+    wait_mirror_synced(ns.name(), name, &ctl, "True", "MirrorSynced=True", Duration::from_secs(15));
     let stored = docs.get(&id).expect("the planted document");
     assert_eq!(stored.int("expected_players"), Some(7), "overwritten: {:#?}", stored.fields);
     assert_eq!(stored.int("status_version"), Some(FUTURE_VERSION as i64));
@@ -492,15 +485,7 @@ fn a_document_left_by_an_earlier_batch_of_the_same_name_is_taken_over() {
         || docs.get(&id).filter(|d| doc_is_final(d, &uid, 8)),
         || format!("{}\n{}", stored_summary(&docs.get(&id)), describe(ns.name(), name, &ctl)),
     );
-    wait_until(
-        "MirrorSynced=True",
-        Duration::from_secs(15),
-        || {
-            batch_json(ns.name(), name)
-                .filter(|b| condition_object(b, "MirrorSynced").is_some_and(|c| c["status"] == "True"))
-        },
-        || describe(ns.name(), name, &ctl),
-    );
+    wait_mirror_synced(ns.name(), name, &ctl, "True", "MirrorSynced=True", Duration::from_secs(15));
 }
 
 /// A second cluster writing the same collection: its batch of the same name, created after ours,

@@ -69,7 +69,7 @@ async fn standby_takes_over_when_the_leader_is_killed() {
         phase(b) == "Succeeded"
     });
     assert_eq!(done["status"]["progress"], "120/120");
-    assert_eq!(jobs.max_per_stage(), 1, "a stage ran twice: {:?}", jobs.uids.lock().unwrap());
+    assert_eq!(jobs.max_per_stage(), 1, "a stage ran twice: {:?}", jobs.snapshot());
     let rec = statuses.snapshot();
     assert!(rec.regressions.is_empty(), "status moved backwards: {:?}", rec.regressions);
 }
@@ -162,7 +162,7 @@ async fn partitioned_leader(prefix: &str, scope: &str) {
         stopped.unwrap_or_else(|| panic!("the cut-off leader never stopped:\n{}", replicas[leader].log_tail()));
     assert!(stopped < acquired, "the old leader stopped at {stopped}, after the standby acquired at {acquired}");
     for stage in ["workers", "consolidation", "export"] {
-        assert_eq!(jobs.count("cut", stage), 1, "{stage}: {:?}", jobs.uids.lock().unwrap());
+        assert_eq!(jobs.count("cut", stage), 1, "{stage}: {:?}", jobs.snapshot());
     }
     let rec = statuses.snapshot();
     assert!(rec.regressions.is_empty(), "status moved backwards: {:?}", rec.regressions);
@@ -234,7 +234,7 @@ async fn two_replicas_without_election_stay_safe() {
     }
     for name in names {
         for stage in ["workers", "consolidation", "export"] {
-            assert_eq!(jobs.count(name, stage), 1, "{name}/{stage}: {:?}", jobs.uids.lock().unwrap());
+            assert_eq!(jobs.count(name, stage), 1, "{name}/{stage}: {:?}", jobs.snapshot());
         }
     }
     let rec = statuses.snapshot();

@@ -203,8 +203,13 @@ impl Controller {
     /// SIGTERM, and the exit status once it exited; SIGKILL (and None) after `timeout`, or None
     /// when it was not running.
     pub fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.child.as_ref()?;
-        self.signal("TERM");
+        let child = self.child.as_mut()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            self.child = None;
+            return Some(status);
+        }
+        // Not `signal`: this also runs from Drop, where a failed kill must not panic.
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let status = self.wait_exit(timeout);
         self.kill();
         status
