@@ -6,6 +6,13 @@
 //! With the layer installed, every write (any method but GET/HEAD/OPTIONS) is logged at debug
 //! level as `api write` (or `api write dropped`), so a test can tell from the log when a replica
 //! last tried to change anything.
+//!
+//! Compiled only with the cargo feature `test-faults`, which nothing that ships enables
+//! (`cargo build --release`, the Dockerfile's hack/build-image-binary, hack/demo). The package
+//! lists itself as a dev-dependency with that feature, so every `cargo test` build (and so
+//! tests/run-all and `.ci/run`) has it, for the library and for the binary the end-to-end tests
+//! spawn. A binary built without it refuses the two flags with an error naming the feature, so a
+//! test that asks for faults can never pass silently without them.
 
 use std::path::PathBuf;
 use std::pin::Pin;

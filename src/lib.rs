@@ -10,6 +10,7 @@ pub mod context;
 pub mod controller;
 pub mod decode;
 pub mod error;
+#[cfg(feature = "test-faults")]
 pub mod faults;
 pub mod http;
 pub mod labels;

@@ -99,11 +99,12 @@ struct RunArgs {
     /// Batches reconciled at once (0 = unbounded).
     #[arg(long, env = "PBC_CONCURRENCY", default_value_t = 0)]
     concurrency: u16,
-    /// Test only: fail this share (0..1) of API requests with 409/429/500/timeouts.
+    /// Test only: fail this share (0..1) of API requests with 409/429/500/timeouts. Needs a build
+    /// with the `test-faults` feature (every `cargo test` build); refused otherwise.
     #[arg(long, hide = true, default_value_t = 0.0)]
     inject_api_faults: f64,
     /// Test only: while this file exists, cut this replica off from the apiserver (every request,
-    /// or only URL paths containing one of the file's lines).
+    /// or only URL paths containing one of the file's lines). Needs the `test-faults` feature too.
     #[arg(long, hide = true)]
     inject_api_partition: Option<std::path::PathBuf>,
     /// Log format.
@@ -213,6 +214,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     init_tracing(args.log_format);
     let lease_renew_deadline = renew_deadline(&args)?;
+    let faults = fault_layer(&args)?;
 
     // Signals first: a SIGTERM at any later moment of the start is a clean shutdown.
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
@@ -231,7 +233,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     });
 
     let client = tokio::select! {
-        client = build_client(args.inject_api_faults, args.inject_api_partition.clone()) => client?,
+        client = build_client(faults) => client?,
         _ = shutdown_rx.wait_for(|s| *s) => {
             info!("stopped before connecting");
             return Ok(());
@@ -315,18 +317,47 @@ fn renew_deadline(args: &RunArgs) -> anyhow::Result<Duration> {
     Ok(deadline)
 }
 
-async fn build_client(fault_rate: f64, partition: Option<std::path::PathBuf>) -> anyhow::Result<kube::Client> {
+async fn build_client(faults: Option<FaultLayer>) -> anyhow::Result<kube::Client> {
     let config = kube::Config::infer().await?;
+    Ok(match faults {
+        None => kube::Client::try_from(config)?,
+        Some(layer) => kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build(),
+    })
+}
+
+/// The test-only fault layer (src/faults.rs) the hidden `--inject-api-*` flags ask for; `None`
+/// when they are unset.
+#[cfg(feature = "test-faults")]
+type FaultLayer = prediction_batch_controller::faults::FaultLayer;
+
+#[cfg(feature = "test-faults")]
+fn fault_layer(args: &RunArgs) -> anyhow::Result<Option<FaultLayer>> {
+    let (fault_rate, partition) = (args.inject_api_faults, args.inject_api_partition.clone());
     if fault_rate <= 0.0 && partition.is_none() {
-        return Ok(kube::Client::try_from(config)?);
+        return Ok(None);
     }
-    tracing::warn!(fault_rate, partition = ?partition, "injecting API faults (test only)");
+    warn!(fault_rate, partition = ?partition, "injecting API faults (test only)");
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-    let mut layer = prediction_batch_controller::faults::FaultLayer::new(fault_rate, seed);
+    let mut layer = FaultLayer::new(fault_rate, seed);
     if let Some(file) = partition {
         layer = layer.with_partition(file);
     }
-    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build())
+    Ok(Some(layer))
+}
+
+/// Without the `test-faults` feature (every shipped build) there is no fault layer, and the
+/// flags are refused rather than ignored: a test that asks for faults must not pass without them.
+#[cfg(not(feature = "test-faults"))]
+type FaultLayer = tower::layer::util::Identity;
+
+#[cfg(not(feature = "test-faults"))]
+fn fault_layer(args: &RunArgs) -> anyhow::Result<Option<FaultLayer>> {
+    anyhow::ensure!(
+        args.inject_api_faults <= 0.0 && args.inject_api_partition.is_none(),
+        "--inject-api-faults and --inject-api-partition are test-only: this binary was built without \
+         the `test-faults` cargo feature (`cargo test` and tests/run-all build the tests' binary with it)"
+    );
+    Ok(None)
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), listened to from the moment they are installed.

@@ -6,16 +6,16 @@
 //! It runs on a cluster of its own (restarting the apiserver must not disturb other tests).
 //! `CHAOS_LONG=1` runs the long version (100 kills) by hand; `CHAOS_SEED` replays a run.
 
-#[path = "support/controller.rs"]
-mod controller;
 mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use controller::{Controller, MultiJobWatch, StatusWatch, apply, batch};
 use serde_json::json;
+use support::batch::{apply, batch};
+use support::controller::Controller;
+use support::watch::{MultiJobWatch, StatusWatch};
 use support::{TestNamespace, ensure_crd, stages};
 
 struct OwnCluster(PathBuf);
@@ -190,7 +190,7 @@ async fn chaos_restarts_never_lose_or_repeat_a_stage() {
     std::thread::sleep(Duration::from_secs(2));
 
     let rec = statuses.snapshot();
-    let uids = jobs.uids.lock().unwrap().clone();
+    let uids = jobs.snapshot();
     let duplicates: Vec<_> = uids.iter().filter(|(_, u)| u.len() > 1).map(|(k, u)| (k.clone(), u.len())).collect();
     println!(
         "chaos figures: {kills} controller kills, {api_restarts} kube-apiserver restarts, {} batches, {} duplicate stage runs, {} status regressions, {} status versions checked, {} relists of the test's own watch, {elapsed:?}",

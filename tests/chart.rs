@@ -7,9 +7,6 @@
 //! Needs a running cluster (`tests/cluster/up`, or `tests/run-all`) and Helm (built from its Go
 //! module by tests/tools/build when not on PATH). Fails, never skips, without them.
 
-#[path = "support/firestore_emulator.rs"]
-mod firestore_emulator;
-mod install;
 mod support;
 
 use std::collections::BTreeSet;
@@ -17,11 +14,18 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use install::{
-    BINARY, CHART_DIR, ControllerProcess, Release, assert_nothing_refused, can_i, controller_lock, helm, of_kind,
-    one_of_kind, render, repo, run_ok, service_account_kubeconfig, set_mode, tool_command, unique, wait_for_phase,
-};
 use serde_json::{Value, json};
+use support::batch::{batch_json, wait_for_phase};
+use support::controller::BINARY;
+use support::controller::Controller;
+use support::firestore_emulator;
+use support::http::get as http_get;
+use support::install;
+use support::install::{
+    CHART_DIR, Release, assert_nothing_refused, can_i, controller_lock, helm, of_kind, one_of_kind, render, run_ok,
+    service_account_kubeconfig, set_mode, tool_command, unique,
+};
+use support::repo;
 use support::{TestNamespace, cluster, ensure_crd, kubectl, kubectl_json, kubectl_output, kubectl_stdin, wait_until};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/batch.yaml");
@@ -659,13 +663,13 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     assert_eq!(run_ok(whoami), sa);
 
     let ns = TestNamespace::new("chart-rbac-batch");
-    let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
+    let mut controller = Controller::spawn(cmd, dir.path().join("controller.log"));
     controller.wait_for_log("acquired leadership", Duration::from_secs(30));
     // The probe and scrape endpoints the chart points at answer.
-    let addr = install::http_addr(&controller.log_text()).expect("the controller logs its HTTP address");
-    assert_eq!(install::http_get(&addr, "/healthz").0, 200, "/healthz");
-    assert_eq!(install::http_get(&addr, "/readyz").0, 200, "/readyz (leader-elected replicas are ready)");
-    let (code, metrics) = install::http_get(&addr, "/metrics");
+    let addr = controller.logged_http_addr().expect("the controller logs its HTTP address");
+    assert_eq!(http_get(&addr, "/healthz").0, 200, "/healthz");
+    assert_eq!(http_get(&addr, "/readyz").0, 200, "/readyz (leader-elected replicas are ready)");
+    let (code, metrics) = http_get(&addr, "/metrics");
     assert!(code == 200 && metrics.contains("# TYPE"), "/metrics: {code}\n{metrics}");
 
     let started = Instant::now();
@@ -691,7 +695,7 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     // The lease in the release namespace is held by this process.
     let lease = kubectl_json(&["get", "lease", &full, "-n", &namespace]);
     assert_eq!(lease["spec"]["holderIdentity"], "chart-rbac-test");
-    let status = controller.terminate(Duration::from_secs(30));
+    let status = controller.stop(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),
         "the controller did not exit cleanly on SIGTERM: {status:?}\n{}",
@@ -804,7 +808,7 @@ fn the_chart_service_account_runs_a_mirrored_batch_with_firestore_enabled() {
     let ns = TestNamespace::new("chart-fs-batch");
     let mut cmd = release.controller_command(dir.path(), "chart-fs-test");
     cmd.args(&mirror_args).env("FIRESTORE_EMULATOR_HOST", emulator.host()).env_remove("GOOGLE_APPLICATION_CREDENTIALS");
-    let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
+    let mut controller = Controller::spawn(cmd, dir.path().join("controller.log"));
     controller.wait_for_log("acquired leadership", Duration::from_secs(30));
 
     let started = Instant::now();
@@ -820,7 +824,7 @@ fn the_chart_service_account_runs_a_mirrored_batch_with_firestore_enabled() {
         Duration::from_secs(30),
         || {
             let d = docs.get(&id)?;
-            let b = install::batch(ns.name(), EXAMPLE_NAME)?;
+            let b = batch_json(ns.name(), EXAMPLE_NAME)?;
             let synced = b["status"]["conditions"]
                 .as_array()?
                 .iter()
@@ -836,12 +840,12 @@ fn the_chart_service_account_runs_a_mirrored_batch_with_firestore_enabled() {
     wait_until(
         "the batch to be gone",
         Duration::from_secs(30),
-        || install::batch(ns.name(), EXAMPLE_NAME).is_none().then_some(()),
+        || batch_json(ns.name(), EXAMPLE_NAME).is_none().then_some(()),
         || controller.log_tail(),
     );
     assert!(deleted_at.elapsed() < Duration::from_secs(30), "the deletion waited for the timeout");
     assert_eq!(docs.get(&id).and_then(|d| d.bool("deleted")), Some(true));
-    let status = controller.terminate(Duration::from_secs(30));
+    let status = controller.stop(Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "no clean exit on SIGTERM: {status:?}\n{}", controller.log_tail());
 
     // Not one request of the account was refused.
@@ -980,7 +984,7 @@ exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all --boundi
     );
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c", &sandbox]).current_dir("/");
-    let mut controller = ControllerProcess::spawn(cmd, log_dir.path().join("controller.log"));
+    let mut controller = Controller::spawn(cmd, log_dir.path().join("controller.log"));
     controller.wait_for_log("acquired leadership", Duration::from_secs(30));
     assert!(controller.log_text().contains("nothing writable"), "{}", controller.log_tail());
 
@@ -1010,7 +1014,7 @@ exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all --boundi
     let batch = wait_for_phase(watched.name(), EXAMPLE_NAME, "Succeeded", Duration::from_secs(180), &controller);
     eprintln!("happy-path batch Succeeded as UID {uid} with nothing writable in {:?}", started.elapsed());
     assert_eq!(batch["status"]["progress"], "120/120");
-    let exit = controller.terminate(Duration::from_secs(30));
+    let exit = controller.stop(Duration::from_secs(30));
     assert!(exit.is_some_and(|s| s.success()), "no clean exit on SIGTERM: {exit:?}\n{}", controller.log_tail());
 }
 

@@ -8,20 +8,22 @@
 //! of this binary change the cluster's CRD and run a controller over a namespace each: they run
 //! one at a time.
 
-#[path = "support/firestore_emulator.rs"]
-mod firestore_emulator;
-mod install;
 mod support;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use install::{
-    BINARY, CHART_DIR, ControllerProcess, Release, controller_lock, helm, of_kind, one_of_kind, output, render, repo,
-    run_ok, service_account_kubeconfig, tool_command, unique, wait_for_phase,
-};
 use serde_json::{Value, json};
+use support::batch::{batch_json, phase, wait_for_phase};
+use support::controller::BINARY;
+use support::controller::Controller;
+use support::firestore_emulator;
+use support::install::{
+    CHART_DIR, Release, controller_lock, helm, of_kind, one_of_kind, output, render, run_ok,
+    service_account_kubeconfig, tool_command, unique,
+};
+use support::repo;
 use support::{TestNamespace, ensure_crd, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
 
 const CRD: &str = "predictionbatches.predictions.dev";
@@ -217,7 +219,7 @@ fn helm_upgrade_from_the_previous_chart_upgrades_the_crd_and_uninstall_keeps_it(
         .env("KUBECONFIG", &support::cluster().controller_kubeconfig)
         .env("RUST_LOG", "info,kube=warn")
         .env("NO_COLOR", "1");
-    let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
+    let mut controller = Controller::spawn(cmd, dir.path().join("controller.log"));
     let batch = wait_for_phase(ns.name(), "with-ttl", "Succeeded", Duration::from_secs(180), &controller);
     assert_eq!(batch["spec"][NEW_FIELD], 0, "{batch:#}");
     wait_until(
@@ -226,13 +228,13 @@ fn helm_upgrade_from_the_previous_chart_upgrades_the_crd_and_uninstall_keeps_it(
         || kubectl(&["get", "jobs", "-n", ns.name(), "-o", "name"]).trim().is_empty().then_some(()),
         || controller.log_tail(),
     );
-    controller.terminate(Duration::from_secs(30));
+    controller.stop(Duration::from_secs(30));
 
     // Uninstall keeps the CRD (resource-policy keep) and so the batch.
     release.uninstall();
     kubectl(&["get", "crd", CRD]);
-    let kept = install::batch(ns.name(), "with-ttl").expect("the batch survives helm uninstall");
-    assert_eq!(install::phase(&kept), "Succeeded");
+    let kept = batch_json(ns.name(), "with-ttl").expect("the batch survives helm uninstall");
+    assert_eq!(phase(&kept), "Succeeded");
     let _ = kubectl_output(&["delete", "namespace", &namespace, "--wait=false"]);
     eprintln!("CRD upgrade test took {:?}", started.elapsed());
 }
@@ -333,7 +335,7 @@ fn after_uninstall_the_release_path_lets_a_namespace_with_mirrored_batches_go() 
         .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
         .env("RUST_LOG", "info,kube=warn")
         .env("NO_COLOR", "1");
-    let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
+    let mut controller = Controller::spawn(cmd, dir.path().join("controller.log"));
     kubectl(&["apply", "-n", ns.name(), "-f", &repo().join("examples/batch.yaml").to_string_lossy()]);
     let mut running: Value =
         serde_yaml::from_str(&std::fs::read_to_string(repo().join("examples/batch.yaml")).unwrap())
@@ -347,7 +349,7 @@ fn after_uninstall_the_release_path_lets_a_namespace_with_mirrored_batches_go() 
         "the running batch's worker Job with the outcome finalizer, and the batch with the mirror's",
         Duration::from_secs(60),
         || {
-            let b = install::batch(ns.name(), "still-running")?;
+            let b = batch_json(ns.name(), "still-running")?;
             let jobs = kubectl_json(&["get", "jobs", "-n", ns.name(), "-l", "predictions.dev/batch=still-running"]);
             let held = jobs["items"].as_array()?.iter().any(|j| finalizers(j).contains(&OUTCOME_FINALIZER.to_string()));
             (held && finalizers(&b).contains(&MIRROR_FINALIZER.to_string())).then_some(())
@@ -355,7 +357,7 @@ fn after_uninstall_the_release_path_lets_a_namespace_with_mirrored_batches_go() 
         || controller.log_tail(),
     );
     // Uninstalled: the controller is gone.
-    let status = controller.terminate(Duration::from_secs(30));
+    let status = controller.stop(Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", controller.log_tail());
 
     // Before the fix: the namespace's deletion hangs on our finalizers. Once the namespace

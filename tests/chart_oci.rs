@@ -8,18 +8,19 @@
 //! Needs a running cluster (`tests/cluster/up`) and the Go-built tools (Helm, Helm 3, the
 //! registry: built on demand). Fails, never skips, without them.
 
-mod install;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use install::{
-    CHART_DIR, ControllerProcess, Release, assert_nothing_refused, http_get, parse_documents, repo, tool_command,
-    unique, wait_for_phase,
-};
 use serde_json::Value;
+use support::batch::wait_for_phase;
+use support::controller::Controller;
+use support::http::get as http_get;
+use support::install;
+use support::install::{CHART_DIR, Release, assert_nothing_refused, parse_documents, tool_command, unique};
+use support::repo;
 use support::{TestNamespace, ensure_crd, kubectl_json};
 
 const CHART: &str = "prediction-batch-controller";
@@ -33,7 +34,7 @@ const EXAMPLE_NAME: &str = "nba-2026-01-02";
 struct Registry {
     /// host:port
     addr: String,
-    _process: ControllerProcess,
+    _process: Controller,
     _dir: tempfile::TempDir,
 }
 
@@ -59,7 +60,7 @@ impl Registry {
                 cmd.env_remove(key);
             }
         }
-        let mut process = ControllerProcess::spawn(cmd, dir.path().join("registry.log"));
+        let mut process = Controller::spawn(cmd, dir.path().join("registry.log"));
         let cannot_start = |why: String, log: String| -> ! {
             panic!(
                 "the OCI registry (CNCF distribution, {}) could not start: {why}\nconfig {}:\n{}\nlog:\n{log}",
@@ -211,7 +212,7 @@ fn the_chart_pushed_to_an_oci_registry_installs_from_it_and_runs_a_batch() {
 
     let dir = temp_dir("chart-oci-controller-");
     let cmd = release.controller_command(dir.path(), "chart-oci-test");
-    let mut controller = ControllerProcess::spawn(cmd, dir.path().join("controller.log"));
+    let mut controller = Controller::spawn(cmd, dir.path().join("controller.log"));
     controller.wait_for_log("acquired leadership", Duration::from_secs(30));
     let ns = TestNamespace::new("chart-oci-batch");
     let batch_started = Instant::now();
@@ -234,7 +235,7 @@ fn the_chart_pushed_to_an_oci_registry_installs_from_it_and_runs_a_batch() {
     let batch = wait_for_phase(ns.name(), EXAMPLE_NAME, "Succeeded", Duration::from_secs(180), &controller);
     eprintln!("batch Succeeded under the release installed from the registry in {:?}", batch_started.elapsed());
     assert_eq!(batch["status"]["progress"], "120/120", "{batch:#}");
-    let exit = controller.terminate(Duration::from_secs(30));
+    let exit = controller.stop(Duration::from_secs(30));
     assert!(exit.is_some_and(|s| s.success()), "no clean exit on SIGTERM: {exit:?}\n{}", controller.log_tail());
     let requests = assert_nothing_refused(&release.service_account(), &controller);
     assert!(requests > 10, "expected the controller's requests in the audit log, found {requests}");

@@ -3,14 +3,14 @@
 //! through the real Job controller, and each test keeps its own watch of the Jobs to count
 //! them by UID.
 
-#[path = "support/controller.rs"]
-mod controller;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use controller::{Controller, JobWatch, apply, batch, batch_json, condition, phase, wait_batch};
 use serde_json::json;
+use support::batch::{apply, batch, batch_json, condition, phase, wait_batch};
+use support::controller::Controller;
+use support::watch::JobWatch;
 use support::{TestNamespace, ensure_crd, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
 
 fn get_pb_row(ns: &str, name: &str) -> String {

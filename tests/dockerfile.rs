@@ -10,14 +10,14 @@
 //! directory, target/docker-builder/target, like the stage's cache mount: cold, it compiles every
 //! dependency once (minutes); afterwards it is incremental.
 
-mod install;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use install::{repo, tool};
+use support::install::{self, tool};
+use support::repo;
 
 fn dockerfile() -> String {
     std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile at the repository root")
@@ -411,6 +411,20 @@ fn the_builder_stage_builds_the_binary_from_the_dockerignore_context() {
     let version = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && version.starts_with("prediction-batch-controller "), "{version}");
     assert!(version.contains(&format!("(revision {revision})")), "GIT_REVISION does not reach --version: {version}");
+
+    // The image's binary has no fault layer (the test-faults feature is for `cargo test` only):
+    // the test-only flags are refused before anything connects, never ignored.
+    let out = Command::new(&binary)
+        .args(["run", "--inject-api-faults", "0.5"])
+        .env("KUBECONFIG", base.join("no-kubeconfig"))
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", binary.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("built without the `test-faults` cargo feature"),
+        "the image's binary accepted --inject-api-faults ({}):\n{stderr}",
+        out.status
+    );
 }
 
 /// This machine's architecture as Docker names platforms (TARGETARCH).

@@ -9,10 +9,6 @@
 //!
 //! docs/api-reference.md has its own drift test (`api::reference`, `cargo test --lib`).
 
-#[path = "support/controller.rs"]
-mod controller;
-#[path = "support/kwok_stage.rs"]
-mod kwok_stage;
 mod support;
 
 use std::collections::BTreeMap;
@@ -20,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use controller::Controller;
-use kwok_stage::TestStage;
 use serde_json::{Value, json};
+use support::controller::Controller;
+use support::kwok_stage::TestStage;
 use support::{TestNamespace, cluster, ensure_crd, kubectl, kubectl_output, kubectl_stdin};
 
 fn repo() -> PathBuf {

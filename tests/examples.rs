@@ -7,20 +7,17 @@
 //!
 //! [`every_example_has_a_test`] lists `examples/` itself: a new example without a test here fails.
 
-#[path = "support/controller.rs"]
-mod controller;
-#[path = "support/firestore_emulator.rs"]
-mod firestore_emulator;
-#[path = "support/kwok_stage.rs"]
-mod kwok_stage;
 mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use controller::{Controller, JobWatch, batch_json, condition, phase, wait_batch};
-use kwok_stage::TestStage;
 use serde_json::{Value, json};
+use support::batch::{batch_json, condition, phase, wait_batch};
+use support::controller::Controller;
+use support::firestore_emulator;
+use support::kwok_stage::TestStage;
+use support::watch::JobWatch;
 use support::{TestNamespace, ensure_crd, kubectl, kubectl_json, kubectl_output, wait_until};
 
 /// The examples with a test below, by file name.

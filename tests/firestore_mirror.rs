@@ -7,120 +7,43 @@
 //! missing. Each test has its own namespace, emulator and controller (watching only that
 //! namespace), so they run in parallel with each other and with the rest of the suite.
 
-#[path = "support/firestore_emulator.rs"]
-mod firestore_emulator;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use firestore_emulator::{Docs, Emulator, PROJECT};
 use k8s_openapi::jiff::Timestamp;
 use prediction_batch_controller::api::PredictionBatch;
 use prediction_batch_controller::mirror::document::{BatchDocument, FieldValue};
 use prediction_batch_controller::mirror::firestore::{DocumentStore, StoredDocument, WriteOutcome};
 use serde_json::{Value, json};
-use support::{TestNamespace, cluster, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
+use support::batch::{batch_json, condition_object, describe, phase, wait_for_phase};
+use support::controller::{Controller, Launch};
+use support::firestore_emulator::{Docs, Emulator, PROJECT};
+use support::{TestNamespace, kubectl, kubectl_json, kubectl_stdin, stages, wait_until};
 
 const FINALIZER: &str = "predictions.dev/firestore-mirror";
 
 // ---------------------------------------------------------------------------------- controller
 
-/// The release controller binary, watching one namespace, logging JSON to a file.
-struct Controller {
-    child: Child,
-    log: PathBuf,
-    namespace: String,
+/// The controller binary watching `ns`, logging JSON, with the emulator as its Firestore; when
+/// dropped it first deletes the test's batches, so their finalizers go with it.
+fn controller(ns: &str, emulator_host: &str, extra: &[&str]) -> Controller {
+    support::ensure_crd();
+    Launch::test(ns, ns)
+        .json_logs()
+        .args(extra)
+        .env("FIRESTORE_EMULATOR_HOST", emulator_host)
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .delete_batches_on_drop(ns)
+        .start()
 }
 
-impl Controller {
-    fn start(ns: &str, emulator_host: &str, extra: &[&str]) -> Controller {
-        Controller::start_with(&cluster().controller_kubeconfig, ns, emulator_host, extra)
-    }
-
-    /// As [`Controller::start`], with the API identity of `kubeconfig`.
-    fn start_with(kubeconfig: &Path, ns: &str, emulator_host: &str, extra: &[&str]) -> Controller {
-        support::ensure_crd();
-        let log = cluster().logs.join(format!("controller-{ns}.log"));
-        let file = std::fs::File::create(&log).expect("create the controller log");
-        let child = Command::new(env!("CARGO_BIN_EXE_prediction-batch-controller"))
-            .args(["run", "--http-addr", "127.0.0.1:0", "--namespace", ns, "--log-format", "json"])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig)
-            .env("FIRESTORE_EMULATOR_HOST", emulator_host)
-            .env("RUST_LOG", "info,prediction_batch_controller=debug,kube=warn")
-            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start the controller binary");
-        Controller { child, log, namespace: ns.to_string() }
-    }
-
-    fn with_mirror(ns: &str, emulator_host: &str, extra: &[&str]) -> Controller {
-        let mut args = vec!["--firestore-project", PROJECT];
-        args.extend_from_slice(extra);
-        Controller::start(ns, emulator_host, &args)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The address of /metrics, from the startup log line.
-    fn http_addr(&self) -> String {
-        wait_until(
-            "the controller's HTTP address in its log",
-            Duration::from_secs(30),
-            || {
-                self.log_text().lines().find_map(|l| {
-                    let v: Value = serde_json::from_str(l).ok()?;
-                    v["fields"]["addr"].as_str().map(String::from)
-                })
-            },
-            || self.log_text(),
-        )
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        self.try_metric(name).unwrap_or_else(|body| panic!("no metric {name} in:\n{body}"))
-    }
-
-    /// The value of `name` (with its labels, if any), or the whole /metrics body when it is absent.
-    fn try_metric(&self, name: &str) -> Result<f64, String> {
-        let body = http_get(&self.http_addr(), "/metrics");
-        body.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok())).ok_or(body)
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            // Delete the test's batches while the controller can still release its finalizer,
-            // so the namespace can go too.
-            let _ = kubectl_output(&["delete", "predictionbatch", "--all", "-n", &self.namespace, "--timeout=60s"]);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("controller log: {}", self.log.display());
-        }
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+/// [`controller`] with the mirror on (`--firestore-project`).
+fn with_mirror(ns: &str, emulator_host: &str, extra: &[&str]) -> Controller {
+    controller(ns, emulator_host, &[&["--firestore-project", PROJECT], extra].concat())
 }
 
 // -------------------------------------------------------------------------------------- batches
@@ -179,39 +102,13 @@ spec:
     )
 }
 
-fn get_batch(ns: &str, name: &str) -> Option<Value> {
-    let out = kubectl_output(&["get", "predictionbatch", name, "-n", ns, "-o", "json", "--ignore-not-found"]);
-    if !out.status.success() || out.stdout.is_empty() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn phase(b: &Value) -> &str {
-    b["status"]["phase"].as_str().unwrap_or("")
-}
-
-fn condition<'a>(b: &'a Value, type_: &str) -> Option<&'a Value> {
-    b["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
-}
-
-fn describe(ns: &str, name: &str, c: &Controller) -> String {
-    let b = kubectl_output(&["get", "predictionbatch", name, "-n", ns, "-o", "yaml"]);
-    let log = c.log_text();
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-    format!(
-        "batch:\n{}\ncontroller log (last lines, newest first):\n{}",
-        String::from_utf8_lossy(&b.stdout),
-        tail.join("\n")
-    )
-}
-
-fn wait_for_phase(ns: &str, name: &str, want: &str, timeout: Duration, c: &Controller) -> Value {
+/// Waits until the batch's MirrorSynced condition has `status`; the batch.
+fn wait_mirror_synced(ns: &str, name: &str, ctl: &Controller, status: &str, what: &str, timeout: Duration) -> Value {
     wait_until(
-        &format!("batch {ns}/{name} phase {want}"),
+        what,
         timeout,
-        || get_batch(ns, name).filter(|b| phase(b) == want),
-        || describe(ns, name, c),
+        || batch_json(ns, name).filter(|b| condition_object(b, "MirrorSynced").is_some_and(|c| c["status"] == status)),
+        || describe(ns, name, ctl),
     )
 }
 
@@ -276,7 +173,7 @@ fn the_document_tracks_a_batch_to_completion_and_deletion() {
     let emulator = Emulator::start(0);
     let docs = Docs::new(&emulator.host());
     let ns = TestNamespace::new("fs-e2e");
-    let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &[]);
+    let ctl = with_mirror(ns.name(), &emulator.host(), &[]);
     let name = "nba-2026-01-02";
     let id = format!("{}.{name}", ns.name());
     kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 120, 4, 10, &[]));
@@ -292,7 +189,7 @@ fn the_document_tracks_a_batch_to_completion_and_deletion() {
                 seen.push(state);
             }
         }
-        let batch = get_batch(ns.name(), name);
+        let batch = batch_json(ns.name(), name);
         if let (Some(d), Some(b)) = (&d, &batch) {
             let uid = b["metadata"]["uid"].as_str().unwrap_or("");
             if phase(b) == "Succeeded" && doc_is_final(d, uid, 120) {
@@ -325,12 +222,7 @@ fn the_document_tracks_a_batch_to_completion_and_deletion() {
     assert!(matches!(doc.get("completed_at"), Some(FieldValue::Time(_))));
 
     // The finalizer is there (mirror on) and MirrorSynced ends True under the mirror's own manager.
-    let b = wait_until(
-        "MirrorSynced=True",
-        Duration::from_secs(15),
-        || get_batch(ns.name(), name).filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "True")),
-        || describe(ns.name(), name, &ctl),
-    );
+    let b = wait_mirror_synced(ns.name(), name, &ctl, "True", "MirrorSynced=True", Duration::from_secs(15));
     let finalizers = b["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
     assert!(finalizers.iter().any(|f| f == FINALIZER), "finalizer missing: {finalizers:?}");
     let managed = kubectl_json(&["get", "predictionbatch", name, "-n", ns.name(), "--show-managed-fields"]);
@@ -354,7 +246,7 @@ fn the_document_tracks_a_batch_to_completion_and_deletion() {
     wait_until(
         "the batch to be gone",
         Duration::from_secs(20),
-        || get_batch(ns.name(), name).is_none().then_some(()),
+        || batch_json(ns.name(), name).is_none().then_some(()),
         || describe(ns.name(), name, &ctl),
     );
     assert_eq!(ctl.metric("prediction_batch_mirror_failures_total"), 0.0);
@@ -368,7 +260,7 @@ fn a_firestore_outage_neither_delays_the_batch_nor_loses_the_final_state() {
     let port = emulator.port;
     let host = emulator.host();
     let ns = TestNamespace::new("fs-outage");
-    let ctl = Controller::with_mirror(ns.name(), &host, &[]);
+    let ctl = with_mirror(ns.name(), &host, &[]);
     let name = "outage";
     let id = format!("{}.{name}", ns.name());
     // 10 shards that all run 20 s: the batch is mid-run when Firestore goes away.
@@ -394,8 +286,8 @@ fn a_firestore_outage_neither_delays_the_batch_nor_loses_the_final_state() {
         "the batch to succeed while Firestore is down",
         Duration::from_secs(55),
         || {
-            let b = get_batch(ns.name(), name)?;
-            if let Some(c) = condition(&b, "MirrorSynced").filter(|c| c["status"] == "False") {
+            let b = batch_json(ns.name(), name)?;
+            if let Some(c) = condition_object(&b, "MirrorSynced").filter(|c| c["status"] == "False") {
                 saw_false.get_or_insert_with(|| c.clone());
             }
             (phase(&b) == "Succeeded").then_some(b)
@@ -411,8 +303,8 @@ fn a_firestore_outage_neither_delays_the_batch_nor_loses_the_final_state() {
     let synced_false = match saw_false {
         Some(c) => c,
         None => {
-            let b = get_batch(ns.name(), name).unwrap();
-            condition(&b, "MirrorSynced").cloned().filter(|c| c["status"] == "False").unwrap_or_else(|| {
+            let b = batch_json(ns.name(), name).unwrap();
+            condition_object(&b, "MirrorSynced").cloned().filter(|c| c["status"] == "False").unwrap_or_else(|| {
                 panic!("MirrorSynced never went False during the outage\n{}", describe(ns.name(), name, &ctl))
             })
         }
@@ -440,11 +332,13 @@ fn a_firestore_outage_neither_delays_the_batch_nor_loses_the_final_state() {
     assert!(lag < Duration::from_secs(5), "the final document took {lag:?} after Firestore's return");
     assert_eq!(doc.int("completed_players"), Some(10));
 
-    let b = wait_until(
+    let b = wait_mirror_synced(
+        ns.name(),
+        name,
+        &ctl,
+        "True",
         "MirrorSynced=True after the outage",
         Duration::from_secs(15),
-        || get_batch(ns.name(), name).filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "True")),
-        || describe(ns.name(), name, &ctl),
     );
     println!("MirrorSynced back True {:.2}s after the emulator's return", back_at.elapsed().as_secs_f64());
     assert_eq!(phase(&b), "Succeeded");
@@ -553,20 +447,15 @@ fn a_controller_behind_the_stored_document_never_overwrites_it() {
     // The batch exists before its controller starts, so the planted document can carry its UID.
     support::ensure_crd();
     kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
-    let batch = get_batch(ns.name(), name).expect("the batch");
+    let batch = batch_json(ns.name(), name).expect("the batch");
     let uid = batch["metadata"]["uid"].as_str().unwrap();
     let created: Timestamp = batch["metadata"]["creationTimestamp"].as_str().unwrap().parse().unwrap();
     // Far ahead of any resourceVersion (and exact in the emulator's JavaScript numbers).
     let future = document(ns.name(), name, uid, created, FUTURE_VERSION, "Succeeded", (7, 7));
     docs.rt.block_on(docs.store.write_unchecked(&future)).unwrap();
-    let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &[]);
+    let ctl = with_mirror(ns.name(), &emulator.host(), &[]);
     wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
-    wait_until(
-        "MirrorSynced=True",
-        Duration::from_secs(15),
-        || get_batch(ns.name(), name).filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "True")),
-        || describe(ns.name(), name, &ctl),
-    );
+    wait_mirror_synced(ns.name(), name, &ctl, "True", "MirrorSynced=True", Duration::from_secs(15));
     let stored = docs.get(&id).expect("the planted document");
     assert_eq!(stored.int("expected_players"), Some(7), "overwritten: {:#?}", stored.fields);
     assert_eq!(stored.int("status_version"), Some(FUTURE_VERSION as i64));
@@ -586,7 +475,7 @@ fn a_document_left_by_an_earlier_batch_of_the_same_name_is_taken_over() {
     let before: Timestamp = "2025-06-01T00:00:00Z".parse().unwrap();
     let left = document(ns.name(), name, "uid-before-the-restore", before, 1_000_000_000_000, "Succeeded", (7, 7));
     docs.rt.block_on(docs.store.write_unchecked(&left)).unwrap();
-    let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &[]);
+    let ctl = with_mirror(ns.name(), &emulator.host(), &[]);
     kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
     let batch = wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
     let uid = batch["metadata"]["uid"].as_str().unwrap().to_string();
@@ -596,12 +485,7 @@ fn a_document_left_by_an_earlier_batch_of_the_same_name_is_taken_over() {
         || docs.get(&id).filter(|d| doc_is_final(d, &uid, 8)),
         || format!("{}\n{}", stored_summary(&docs.get(&id)), describe(ns.name(), name, &ctl)),
     );
-    wait_until(
-        "MirrorSynced=True",
-        Duration::from_secs(15),
-        || get_batch(ns.name(), name).filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "True")),
-        || describe(ns.name(), name, &ctl),
-    );
+    wait_mirror_synced(ns.name(), name, &ctl, "True", "MirrorSynced=True", Duration::from_secs(15));
 }
 
 /// A second cluster writing the same collection: its batch of the same name, created after ours,
@@ -620,7 +504,7 @@ fn a_newer_batch_of_the_same_name_elsewhere_keeps_its_document_and_mirror_synced
         let theirs = document(ns.name(), name, &format!("uid-elsewhere-{name}"), later, version, "Running", (7, 3));
         docs.rt.block_on(docs.store.write_unchecked(&theirs)).unwrap();
     }
-    let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &[]);
+    let ctl = with_mirror(ns.name(), &emulator.host(), &[]);
     for (name, _) in cases {
         kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
     }
@@ -630,8 +514,8 @@ fn a_newer_batch_of_the_same_name_elsewhere_keeps_its_document_and_mirror_synced
             &format!("MirrorSynced=False on {name}"),
             Duration::from_secs(20),
             || {
-                get_batch(ns.name(), name)
-                    .filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "False"))
+                batch_json(ns.name(), name)
+                    .filter(|b| condition_object(b, "MirrorSynced").is_some_and(|c| c["status"] == "False"))
             },
             || {
                 format!(
@@ -641,7 +525,7 @@ fn a_newer_batch_of_the_same_name_elsewhere_keeps_its_document_and_mirror_synced
                 )
             },
         );
-        let c = condition(&b, "MirrorSynced").unwrap();
+        let c = condition_object(&b, "MirrorSynced").unwrap();
         println!("{name}: MirrorSynced {}: {}", c["reason"], c["message"]);
         assert_eq!(c["reason"], "DocumentOfAnotherBatch", "{c}");
         let stored = docs.get(&format!("{}.{name}", ns.name())).expect("their document");
@@ -657,11 +541,11 @@ fn a_newer_batch_of_the_same_name_elsewhere_keeps_its_document_and_mirror_synced
 fn deletion_is_bounded_when_firestore_stays_down() {
     let mut emulator = Emulator::start(0);
     let ns = TestNamespace::new("fs-delete");
-    let ctl = Controller::with_mirror(ns.name(), &emulator.host(), &["--firestore-delete-timeout", "5"]);
+    let ctl = with_mirror(ns.name(), &emulator.host(), &["--firestore-delete-timeout", "5"]);
     let name = "bounded";
     kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 4, 4, 1, &[]));
     wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
-    let b = get_batch(ns.name(), name).unwrap();
+    let b = batch_json(ns.name(), name).unwrap();
     assert!(b["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|f| f == FINALIZER)));
     emulator.stop();
     let deleted_at = Instant::now();
@@ -669,7 +553,7 @@ fn deletion_is_bounded_when_firestore_stays_down() {
     wait_until(
         "the batch to be gone despite Firestore being down",
         Duration::from_secs(30),
-        || get_batch(ns.name(), name).is_none().then_some(()),
+        || batch_json(ns.name(), name).is_none().then_some(()),
         || describe(ns.name(), name, &ctl),
     );
     let took = deleted_at.elapsed();
@@ -714,26 +598,15 @@ fn with_the_mirror_off_nothing_reaches_firestore() {
         }
     });
     let ns = TestNamespace::new("fs-off");
-    let ctl = Controller::start(ns.name(), &host, &[]);
+    let ctl = controller(ns.name(), &host, &[]);
     let name = "mirror-off";
     kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
     let b = wait_for_phase(ns.name(), name, "Succeeded", Duration::from_secs(90), &ctl);
     assert!(b["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty()), "a finalizer was added: {b:#}");
-    assert!(condition(&b, "MirrorSynced").is_none(), "MirrorSynced was written: {b:#}");
+    assert!(condition_object(&b, "MirrorSynced").is_none(), "MirrorSynced was written: {b:#}");
     kubectl(&["delete", "predictionbatch", name, "-n", ns.name(), "--wait=true", "--timeout=30s"]);
     assert_eq!(connections.load(Ordering::SeqCst), 0, "the controller connected to FIRESTORE_EMULATOR_HOST");
     assert_eq!(ctl.metric("prediction_batch_mirror_failures_total"), 0.0);
-}
-
-/// A kubeconfig for `user`: the admin's, impersonating it (so it may do only what RBAC grants).
-fn impersonating(user: &str) -> PathBuf {
-    let mut kubeconfig: Value = serde_yaml::from_str(&std::fs::read_to_string(&cluster().kubeconfig).unwrap()).unwrap();
-    for u in kubeconfig["users"].as_array_mut().unwrap() {
-        u["user"]["as"] = json!(user);
-    }
-    let path = cluster().logs.join(format!("kubeconfig-{user}"));
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
-    path
 }
 
 /// Grants `user` in `ns` what the controller needs to run batches (the chart's rules without
@@ -776,7 +649,14 @@ fn a_broken_mirror_never_holds_up_a_batch() {
     grant_all_but_the_mirror_finalizer(ns.name(), &user);
     // A port nobody listens on.
     let unreachable = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let ctl = Controller::start_with(&impersonating(&user), ns.name(), &unreachable, &["--firestore-project", PROJECT]);
+    let ctl = Launch::test(ns.name(), ns.name())
+        .json_logs()
+        .kubeconfig(&support::impersonating_kubeconfig(&user))
+        .args(["--firestore-project", PROJECT])
+        .env("FIRESTORE_EMULATOR_HOST", &unreachable)
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .delete_batches_on_drop(ns.name())
+        .start();
     let name = "broken-mirror";
     let started = Instant::now();
     kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &batch_yaml(name, 8, 4, 2, &[]));
@@ -790,10 +670,13 @@ fn a_broken_mirror_never_holds_up_a_batch() {
     let b = wait_until(
         "MirrorSynced=False",
         Duration::from_secs(30),
-        || get_batch(ns.name(), name).filter(|b| condition(b, "MirrorSynced").is_some_and(|c| c["status"] == "False")),
+        || {
+            batch_json(ns.name(), name)
+                .filter(|b| condition_object(b, "MirrorSynced").is_some_and(|c| c["status"] == "False"))
+        },
         || describe(ns.name(), name, &ctl),
     );
-    let c = condition(&b, "MirrorSynced").unwrap();
+    let c = condition_object(&b, "MirrorSynced").unwrap();
     println!("MirrorSynced False {}: {}", c["reason"], c["message"]);
     assert!(c["reason"].as_str().is_some_and(|r| r.starts_with("Firestore")), "{c}");
     let refused = "prediction_batch_mirror_reconcile_errors_total{kind=\"client\"}";

@@ -7,7 +7,6 @@
 //! Needs Go (to build tests/tools/kstatus and tests/tools/argocd-lua once) and a running cluster
 //! (`tests/cluster/up`). Fails, never skips, without them.
 
-mod install;
 mod support;
 
 use std::collections::BTreeMap;
@@ -16,8 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use install::{ControllerProcess, repo, run_ok, tool, wait_for_phase};
 use serde_json::Value;
+use support::batch::wait_for_phase;
+use support::controller::BINARY;
+use support::controller::Controller;
+use support::install::{run_ok, tool};
+use support::repo;
 use support::{TestNamespace, cluster, ensure_crd, kubectl, kubectl_stdin};
 
 fn argocd_dir() -> PathBuf {
@@ -225,12 +228,12 @@ fn kstatus_and_argo_cd_health_of_live_batches_in_every_phase() {
     let kstatus = tool("kstatus");
     let ns = TestNamespace::new("gitops-phases");
     let log_dir = tempfile::Builder::new().prefix("gitops-").tempdir_in(repo().join("target")).unwrap();
-    let mut cmd = Command::new(install::BINARY);
+    let mut cmd = Command::new(BINARY);
     cmd.args(["run", "--namespace", ns.name(), "--http-addr", "127.0.0.1:0"])
         .env("KUBECONFIG", &cluster().controller_kubeconfig)
         .env("RUST_LOG", "info,kube=warn")
         .env("NO_COLOR", "1");
-    let mut controller = ControllerProcess::spawn(cmd, log_dir.path().join("controller.log"));
+    let mut controller = Controller::spawn(cmd, log_dir.path().join("controller.log"));
     controller.wait_for_log("starting", Duration::from_secs(30));
 
     // (name, manifest, phase, kstatus, Argo CD health)
@@ -294,7 +297,7 @@ fn kstatus_and_argo_cd_health_of_live_batches_in_every_phase() {
 
     // A spec change the controller has not observed yet is InProgress for kstatus and Progressing
     // for Argo CD: stop the controller, change the succeeded batch, look.
-    assert!(controller.terminate(Duration::from_secs(30)).is_some_and(|s| s.success()), "{}", controller.log_tail());
+    assert!(controller.stop(Duration::from_secs(30)).is_some_and(|s| s.success()), "{}", controller.log_tail());
     kubectl(&[
         "patch",
         "predictionbatches.predictions.dev",

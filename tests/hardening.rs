@@ -3,14 +3,14 @@
 //! suspending a one-shot stage, templates the apiserver refuses, deadlines at both ends of the
 //! admitted range. Each test names the behaviour it pins down.
 
-#[path = "support/controller.rs"]
-mod controller;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use controller::{Controller, JobWatch, apply, batch, batch_json, condition, phase, wait_batch};
 use serde_json::json;
+use support::batch::{apply, batch, batch_json, condition, phase, wait_batch};
+use support::controller::Controller;
+use support::watch::JobWatch;
 use support::{TestNamespace, ensure_crd, kubectl, kubectl_json, kubectl_output, kubectl_stdin, stages, wait_until};
 
 fn stalled_reason(b: &serde_json::Value) -> String {

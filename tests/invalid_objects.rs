@@ -8,55 +8,22 @@
 //!
 //! Needs a running cluster (`tests/cluster/up`, or `tests/run-all`); fails, never skips, without one.
 
-#[path = "support/controller.rs"]
-mod controller;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::Duration;
 
-use controller::{Controller, apply, batch, batch_json, condition, phase, wait_batch};
 use serde_json::{Value, json};
-use support::{TestNamespace, cluster, ensure_crd, kubectl, kubectl_output, kubectl_stdin, wait_until};
+use support::batch::{apply, batch, batch_json, condition, phase, wait_batch};
+use support::controller::{Controller, Launch};
+use support::http::{get as http_get, metric};
+use support::{TestNamespace, ensure_crd, kubectl, kubectl_output, kubectl_stdin, wait_until};
 
 const CRD: &str = "predictionbatches.predictions.dev";
 const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/predictions.dev_predictionbatches.yaml");
 const BEYOND_INT32: i64 = 99_999_999_999;
 
 // ------------------------------------------------------------------------------------ helpers
-
-/// `(status code, body)` of a plain HTTP GET.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
-
-/// The address the controller logged at startup (`--http-addr 127.0.0.1:0`).
-fn http_addr(log: &std::path::Path) -> String {
-    wait_until(
-        "the controller's HTTP address in its log",
-        Duration::from_secs(30),
-        || {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            text.lines()
-                .filter(|l| l.contains("serving /metrics"))
-                .find_map(|l| l.split("addr=").nth(1).map(|a| a.split_whitespace().next().unwrap_or("").to_string()))
-        },
-        || std::fs::read_to_string(log).unwrap_or_default(),
-    )
-}
-
-/// The value of one sample (`name` including its labels), if the controller exports it.
-fn metric(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')?.trim().parse().ok()))
-}
 
 fn resource_version(ns: &str, name: &str) -> String {
     batch_json(ns, name).expect("the batch exists")["metadata"]["resourceVersion"].as_str().unwrap().to_string()
@@ -191,7 +158,7 @@ fn patch_shards_beyond_u32(ns: &str, name: &str) {
 }
 
 fn metrics_of(ctl: &Controller) -> (String, String) {
-    let addr = http_addr(&ctl.log);
+    let addr = ctl.http_addr();
     let metrics = http_get(&addr, "/metrics").1;
     (addr, metrics)
 }
@@ -289,7 +256,7 @@ async fn undecodable_batches_are_marked_and_counted_and_the_others_run_across_a_
     let versions: Vec<String> = fields.iter().map(|(name, _)| resource_version(ns, name)).collect();
     ctl.kill();
     ctl.restart();
-    let addr = http_addr(&ctl.log);
+    let addr = ctl.http_addr();
     wait_until(
         "the restarted controller to be ready and count the 4 undecodable batches",
         Duration::from_secs(60),
@@ -336,42 +303,8 @@ async fn undecodable_batches_are_marked_and_counted_and_the_others_run_across_a_
 }
 
 /// Runs the controller as `user` (admin impersonating it), who may do only what the test grants.
-struct ImpersonatingController {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl ImpersonatingController {
-    fn start(ns: &str, user: &str) -> Self {
-        let mut kubeconfig: Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&cluster().kubeconfig).unwrap()).unwrap();
-        for u in kubeconfig["users"].as_array_mut().unwrap() {
-            u["user"]["as"] = json!(user);
-        }
-        let dir = cluster().logs.clone();
-        let config = dir.join(format!("kubeconfig-{user}"));
-        std::fs::write(&config, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
-        let log = dir.join(format!("controller-{user}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_prediction-batch-controller"))
-            .args(["run", "--namespace", ns, "--http-addr", "127.0.0.1:0"])
-            .env("KUBECONFIG", &config)
-            .env("RUST_LOG", "info,prediction_batch_controller=debug,kube=warn")
-            .env("NO_COLOR", "1")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("start the controller binary");
-        ImpersonatingController { child, log }
-    }
-}
-
-impl Drop for ImpersonatingController {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn impersonating_controller(ns: &str, user: &str) -> Controller {
+    Launch::test(user, ns).kubeconfig(&support::impersonating_kubeconfig(user)).start()
 }
 
 fn grant(ns: &str, user: &str, resources: &str) {
@@ -401,8 +334,8 @@ async fn a_watch_that_keeps_failing_shows_on_readyz_and_in_the_metrics() {
     let user = format!("pbc-test-{ns}");
     // Jobs may be watched, PredictionBatches may not: the batch watch fails on every attempt.
     grant(ns, &user, "jobs.batch");
-    let ctl = ImpersonatingController::start(ns, &user);
-    let addr = http_addr(&ctl.log);
+    let ctl = impersonating_controller(ns, &user);
+    let addr = ctl.http_addr();
     let log_tail = || {
         let text = std::fs::read_to_string(&ctl.log).unwrap_or_default();
         text.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")

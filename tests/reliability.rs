@@ -2,17 +2,16 @@
 //! off from the apiserver, graceful shutdown, two replicas without election, and injected API
 //! faults.
 
-#[path = "support/controller.rs"]
-mod controller;
-mod install;
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use controller::{Controller, MultiJobWatch, StatusWatch, apply, batch, lease_holder, log_time, phase, wait_batch};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
+use support::batch::{apply, batch, phase, wait_batch};
+use support::controller::{Controller, lease_holder, log_time};
+use support::watch::{MultiJobWatch, StatusWatch};
 use support::{TestNamespace, ensure_crd, kubectl_json, stages, wait_until};
 
 /// The default identity is `<hostname>-<pid>`: find which replica holds the lease.
@@ -70,7 +69,7 @@ async fn standby_takes_over_when_the_leader_is_killed() {
         phase(b) == "Succeeded"
     });
     assert_eq!(done["status"]["progress"], "120/120");
-    assert_eq!(jobs.max_per_stage(), 1, "a stage ran twice: {:?}", jobs.uids.lock().unwrap());
+    assert_eq!(jobs.max_per_stage(), 1, "a stage ran twice: {:?}", jobs.snapshot());
     let rec = statuses.snapshot();
     assert!(rec.regressions.is_empty(), "status moved backwards: {:?}", rec.regressions);
 }
@@ -91,8 +90,8 @@ fn first_logged(log: &str, what: &str) -> Option<Timestamp> {
 
 /// `prediction_batch_leader` of a running replica, from its /metrics.
 fn leader_gauge(replica: &Controller) -> Option<u64> {
-    let addr = install::http_addr(&replica.log_text())?;
-    let (code, body) = install::http_get(&addr, "/metrics");
+    let addr = replica.logged_http_addr()?;
+    let (code, body) = support::http::get(&addr, "/metrics");
     assert_eq!(code, 200, "{body}");
     body.lines().find_map(|l| l.strip_prefix("prediction_batch_leader ")?.trim().parse().ok())
 }
@@ -163,7 +162,7 @@ async fn partitioned_leader(prefix: &str, scope: &str) {
         stopped.unwrap_or_else(|| panic!("the cut-off leader never stopped:\n{}", replicas[leader].log_tail()));
     assert!(stopped < acquired, "the old leader stopped at {stopped}, after the standby acquired at {acquired}");
     for stage in ["workers", "consolidation", "export"] {
-        assert_eq!(jobs.count("cut", stage), 1, "{stage}: {:?}", jobs.uids.lock().unwrap());
+        assert_eq!(jobs.count("cut", stage), 1, "{stage}: {:?}", jobs.snapshot());
     }
     let rec = statuses.snapshot();
     assert!(rec.regressions.is_empty(), "status moved backwards: {:?}", rec.regressions);
@@ -235,7 +234,7 @@ async fn two_replicas_without_election_stay_safe() {
     }
     for name in names {
         for stage in ["workers", "consolidation", "export"] {
-            assert_eq!(jobs.count(name, stage), 1, "{name}/{stage}: {:?}", jobs.uids.lock().unwrap());
+            assert_eq!(jobs.count(name, stage), 1, "{name}/{stage}: {:?}", jobs.snapshot());
         }
     }
     let rec = statuses.snapshot();

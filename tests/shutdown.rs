@@ -7,8 +7,6 @@
 //! fault flags: `--inject-api-faults 1` (every list fails, so the caches never sync) and
 //! `--inject-api-partition FILE` (requests to the paths in FILE get no answer).
 
-#[path = "support/controller.rs"]
-mod controller;
 mod support;
 
 use std::os::unix::process::ExitStatusExt;
@@ -16,8 +14,9 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use controller::{Controller, apply, batch, lease_holder};
 use serde_json::json;
+use support::batch::{apply, batch};
+use support::controller::{Controller, lease_holder};
 use support::{TestNamespace, ensure_crd, wait_until};
 
 /// What "promptly" means here: no drain is needed at these moments.

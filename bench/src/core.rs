@@ -1,6 +1,5 @@
-//! The measuring core of the benchmark, shared by the `pbc-bench` binary and the CI
-//! guard `tests/bench_smoke.rs` (which includes this file with `#[path]`, so it must only use
-//! crates the controller package depends on).
+//! The measuring core of the benchmark, shared by the `pbc-bench` binary and the CI guard
+//! `bench/tests/smoke.rs`.
 //!
 //! One *mode run* = one workload of B batches × S shards in a fresh namespace, driven either by
 //! - `Baseline`: the bench creates one Indexed worker Job per batch and a minimal watch-based
@@ -14,7 +13,6 @@
 //!
 //! All latencies come from the receive times of ONE watch on the namespace's Jobs in the bench
 //! process (`Instant`, sub-millisecond), never from the second-granular timestamps in objects.
-#![allow(dead_code)] // the CI test uses a subset
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -45,7 +43,6 @@ pub const BASELINE_MANAGER: &str = "pbc-bench-baseline";
 /// The controller's client identity (`$CLUSTER_DIR/controller.kubeconfig`); the baseline driver
 /// uses it too, so the audit log counts both the same way.
 pub const CONTROLLER_USER: &str = "pbc-controller";
-const STAGES: [Stage; 3] = [Stage::Workers, Stage::Consolidation, Stage::Export];
 /// Creates in flight while the bench submits a workload (same in both modes).
 const SUBMIT_CONCURRENCY: usize = 16;
 
@@ -624,6 +621,30 @@ pub struct Env {
     /// Scope controller and driver to the run's namespace (`--namespace`); otherwise they watch
     /// the whole cluster, as deployed.
     pub scope_namespace: bool,
+}
+
+impl Env {
+    /// The cluster tests/cluster/up made in `dir` (kubeconfig, controller.kubeconfig, logs/).
+    pub async fn for_cluster(
+        dir: &Path,
+        controller_bin: PathBuf,
+        driver: DriverKind,
+        scope_namespace: bool,
+    ) -> Result<Env> {
+        if !controller_bin.exists() {
+            bail!("no controller binary at {} (cargo build --release)", controller_bin.display());
+        }
+        Ok(Env {
+            admin: client_from(&dir.join("kubeconfig")).await?,
+            controller_kubeconfig: dir.join("controller.kubeconfig"),
+            controller_bin,
+            logs: dir.join("logs"),
+            audit_log: Some(dir.join("logs/audit.log")).filter(|p| p.exists()),
+            cluster_dir: Some(dir.to_path_buf()),
+            driver,
+            scope_namespace,
+        })
+    }
 }
 
 /// How the baseline driver runs.

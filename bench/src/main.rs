@@ -5,7 +5,7 @@
 //! own, runs this and tears the cluster down. `pbc-bench baseline-driver` is the baseline's
 //! minimal watch-based driver, run as a process of its own so it is measured like the controller.
 
-mod core;
+use pbc_bench::core;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::core::{DriverKind, Env, MemoryResult, Mode, ModeOptions, ModeResult, Workload};
+use pbc_bench::core::{DriverKind, Env, MemoryResult, Mode, ModeOptions, ModeResult, Workload};
 
 #[derive(Parser, Debug)]
 #[command(name = "pbc-bench", about = "prediction-batch-controller against a bare-Jobs baseline")]
@@ -230,19 +230,8 @@ impl Bench {
 
 async fn run(args: RunArgs) -> Result<()> {
     let dir = std::path::absolute(&args.cluster_dir)?;
-    let env = Env {
-        admin: core::client_from(&dir.join("kubeconfig")).await?,
-        controller_kubeconfig: dir.join("controller.kubeconfig"),
-        controller_bin: std::path::absolute(&args.controller_bin)?,
-        logs: dir.join("logs"),
-        audit_log: Some(dir.join("logs/audit.log")).filter(|p| p.exists()),
-        cluster_dir: Some(dir.clone()),
-        driver: DriverKind::Subprocess(std::env::current_exe()?),
-        scope_namespace: args.scope_namespace,
-    };
-    if !env.controller_bin.exists() {
-        bail!("no controller binary at {} (cargo build --release)", env.controller_bin.display());
-    }
+    let driver = DriverKind::Subprocess(std::env::current_exe()?);
+    let env = Env::for_cluster(&dir, std::path::absolute(&args.controller_bin)?, driver, args.scope_namespace).await?;
     let results =
         Results { machine: machine(), command: std::env::args().collect::<Vec<_>>().join(" "), ..Default::default() };
     let presets = args.preset.clone();

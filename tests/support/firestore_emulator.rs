@@ -1,13 +1,10 @@
 //! The Firestore emulator of the mirror tests: the npm `@firestore-emulator/server` (pinned in
 //! tests/firestore-emulator/package-lock.json; `npm ci` there first), started on 127.0.0.1 with a
-//! free port, and a reader/writer of its documents. Included by tests/firestore_mirror.rs and
-//! tests/chart.rs with `#[path = "support/firestore_emulator.rs"] mod firestore_emulator;`.
+//! free port, and a reader/writer of its documents.
 //!
 //! Fails, never skips, when node or the installed emulator package is missing.
-#![allow(dead_code)] // each test crate uses a different subset
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -16,10 +13,6 @@ use prediction_batch_controller::mirror::firestore::{FirestoreOptions, Firestore
 
 pub const PROJECT: &str = "test-project";
 pub const COLLECTION: &str = "prediction_batches";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -34,7 +27,7 @@ pub struct Emulator {
 impl Emulator {
     /// Starts on `port` (0: a free one) and waits until it listens.
     pub fn start(port: u16) -> Emulator {
-        let dir = repo_root().join("tests/firestore-emulator");
+        let dir = super::repo().join("tests/firestore-emulator");
         let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
         assert!(
             node_ok,

@@ -1,12 +1,10 @@
 //! kwok Stages of one test: copies of a Stage of tests/cluster/stages/ that act only on the worker
 //! pods of the test's namespace (kwok runs with `--enable-crds=Stage`, so tests can add their own).
-//! They let a test make the pods of an unmodified manifest (an example) fail or straggle. Included
-//! with `#[path = "support/kwok_stage.rs"]`.
-#![allow(dead_code)]
+//! They let a test make the pods of an unmodified manifest (an example) fail or straggle.
 
 use serde_json::{Value, json};
 
-use super::support::{kubectl_output, kubectl_stdin};
+use super::{kubectl_output, kubectl_stdin};
 
 /// A kwok Stage of one test, deleted when dropped: a copy of one of tests/cluster/stages/ that
 /// acts only on the worker pods of `ns` with one of `indexes`.

@@ -7,7 +7,26 @@
 //! it: it never skips.
 //!
 //! Every test works in its own namespace ([`TestNamespace`]), so tests can run in parallel.
-#![allow(dead_code)] // each test crate uses a different subset
+//!
+//! The one test support of the suite: every test binary declares `mod support;` and nothing else
+//! (no `#[path]` includes). The submodules:
+//! - [`controller`]: the controller binary (or any server a test runs) as a child process: start
+//!   with the tests' identity or the chart's, extra env, JSON logs, SIGTERM/SIGKILL/restart, its log;
+//! - [`batch`]: PredictionBatch manifests, reading one back (phase, conditions), waiting for it;
+//! - [`watch`]: watches of a test's own on Jobs and batch statuses, recording what they saw;
+//! - [`http`]: one plain HTTP GET and a Prometheus sample reader, for /metrics, /readyz, registries;
+//! - [`install`]: Helm, the Go tools of tests/tools, ServiceAccount kubeconfigs (install tests);
+//! - [`firestore_emulator`], [`kwok_stage`]: the Firestore emulator and per-test kwok Stages.
+// Each test binary uses a different subset of the support; unused items are expected.
+#![allow(dead_code)]
+
+pub mod batch;
+pub mod controller;
+pub mod firestore_emulator;
+pub mod http;
+pub mod install;
+pub mod kwok_stage;
+pub mod watch;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,8 +79,18 @@ pub struct Cluster {
     pub audit_log: PathBuf,
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The repository's root (the controller package's manifest directory).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `CLUSTER_DIR` (relative to the repository), default `<repo>/target/test-cluster`; whether a
+/// cluster runs there is [`cluster`]'s business.
+pub fn cluster_dir() -> PathBuf {
+    std::env::var_os("CLUSTER_DIR")
+        .map(PathBuf::from)
+        .map(|d| if d.is_absolute() { d } else { repo().join(d) })
+        .unwrap_or_else(|| repo().join("target/test-cluster"))
 }
 
 /// The cluster of `CLUSTER_DIR` (default `<repo>/target/test-cluster`). Panics, naming
@@ -69,10 +98,7 @@ fn repo_root() -> PathBuf {
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let dir = std::env::var_os("CLUSTER_DIR")
-            .map(PathBuf::from)
-            .map(|d| if d.is_absolute() { d } else { repo_root().join(d) })
-            .unwrap_or_else(|| repo_root().join("target/test-cluster"));
+        let dir = cluster_dir();
         let c = Cluster {
             kubeconfig: dir.join("kubeconfig"),
             controller_kubeconfig: dir.join("controller.kubeconfig"),
@@ -284,4 +310,17 @@ pub fn wait_crd_established(crd: &str) {
         },
         String::new,
     );
+}
+
+/// A kubeconfig for `user`: the tests' admin one, impersonating `user` (who may then do only
+/// what RBAC grants it).
+pub fn impersonating_kubeconfig(user: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&cluster().kubeconfig).expect("read the cluster's kubeconfig");
+    let mut kubeconfig: serde_json::Value = serde_yaml::from_str(&text).expect("a YAML kubeconfig");
+    for u in kubeconfig["users"].as_array_mut().into_iter().flatten() {
+        u["user"]["as"] = serde_json::json!(user);
+    }
+    let path = cluster().logs.join(format!("kubeconfig-{user}"));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig).expect("serialize")).expect("write the kubeconfig");
+    path
 }

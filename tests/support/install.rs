@@ -1,31 +1,22 @@
 //! Helpers of the install tests (tests/chart.rs, tests/chart_oci.rs, tests/gitops.rs,
 //! tests/dockerfile.rs): the Go tools of tests/tools (built on demand into the cache, like the
 //! cluster binaries), Helm against the test cluster, ServiceAccount kubeconfigs, and the release
-//! binary (or another tool, such as the OCI registry) as a child process.
-//! Included with `mod install;` after `mod support;`.
+//! chart's identity for the release binary ([`Release::controller_command`]).
 //!
 //! Nothing here skips: a missing tool, Go toolchain or cluster is a failure that says what to do.
-#![allow(dead_code)] // each test crate uses a different subset
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{cluster, kubectl, kubectl_output, wait_until};
+use super::controller::{Controller, chart_command};
+use super::{cluster, cluster_dir, kubectl, kubectl_output, repo};
 
 pub const CHART_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/prediction-batch-controller");
-/// The binary cargo built for this test run (release under `cargo test --release`): the same
-/// flags as the image's `cargo build --release --locked`.
-pub const BINARY: &str = env!("CARGO_BIN_EXE_prediction-batch-controller");
-
-pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Path of a tool of tests/tools/build (`helm`, `helm3`, `kstatus`, `dockerfile-lint`,
 /// `argocd-lua`, `registry`), building it into the cache when missing (Helm: about 2.5 minutes,
@@ -72,7 +63,8 @@ pub fn tool_command(name: &str) -> Command {
         cmd.env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_CONFIG_HOME", home.join("config"))
             .env("HELM_DATA_HOME", home.join("data"))
-            .env("KUBECONFIG", cluster_kubeconfig_if_running());
+            // `helm template` and `helm lint` need no cluster; install/upgrade do (they call `cluster()`).
+            .env("KUBECONFIG", cluster_dir().join("kubeconfig"));
     }
     cmd.stdin(Stdio::null());
     cmd
@@ -85,15 +77,6 @@ fn helm_home() -> &'static PathBuf {
         std::fs::create_dir_all(&dir).expect("create target/helm-home");
         dir
     })
-}
-
-/// `helm template` and `helm lint` need no cluster; install/upgrade do (they call `cluster()`).
-fn cluster_kubeconfig_if_running() -> PathBuf {
-    let dir = std::env::var_os("CLUSTER_DIR")
-        .map(PathBuf::from)
-        .map(|d| if d.is_absolute() { d } else { repo().join(d) })
-        .unwrap_or_else(|| repo().join("target/test-cluster"));
-    dir.join("kubeconfig")
 }
 
 /// Runs a command and returns its Output, panicking only when it cannot be started.
@@ -197,28 +180,22 @@ impl Release {
         format!("system:serviceaccount:{}:{}", self.namespace, self.fullname())
     }
 
-    /// The release binary run as this release's Deployment runs it (leader election on the
-    /// chart's Lease in the release namespace), but as a local process: the cluster's kwok nodes
-    /// run no containers. It authenticates only with a token of the chart's ServiceAccount,
-    /// written to `dir/kubeconfig`, so it has exactly the rights the chart grants. Add flags and
-    /// env, then `ControllerProcess::spawn` it.
+    /// The release binary run as this release's Deployment runs it ([`chart_command`]: leader
+    /// election on the chart's Lease in the release namespace), but as a local process: the
+    /// cluster's kwok nodes run no containers. It authenticates only with a token of the chart's
+    /// ServiceAccount, written to `dir/kubeconfig`, so it has exactly the rights the chart grants.
+    /// Add flags and env, then `Controller::spawn` it.
     pub fn controller_command(&self, dir: &Path, identity: &str) -> Command {
         let full = self.fullname();
         let kubeconfig = dir.join("kubeconfig");
         service_account_kubeconfig(&self.namespace, &full, &kubeconfig);
-        let mut cmd = Command::new(BINARY);
-        cmd.args(["run", "--http-addr", "127.0.0.1:0", "--leader-elect", "--lease-namespace", &self.namespace])
-            .args(["--lease-name", &full, "--identity", identity])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
-            .env("NO_COLOR", "1");
-        cmd
+        chart_command(&kubeconfig, &self.namespace, &full, identity)
     }
 }
 
 /// Asserts that the audit log holds no request of `user` refused by RBAC (403) and that the
 /// controller logged nothing forbidden; returns how many requests of `user` it holds.
-pub fn assert_nothing_refused(user: &str, controller: &ControllerProcess) -> usize {
+pub fn assert_nothing_refused(user: &str, controller: &Controller) -> usize {
     let audit = std::fs::read_to_string(&cluster().audit_log).expect("audit log");
     let mine: Vec<Value> = audit
         .lines()
@@ -312,146 +289,11 @@ pub fn can_i(user: &str, verb: &str, resource: &str, namespace: Option<&str>) ->
     }
 }
 
-/// The release binary as a child process; SIGTERMed (then SIGKILLed) when dropped.
-pub struct ControllerProcess {
-    child: Option<Child>,
-    pub log: PathBuf,
-}
-
-impl ControllerProcess {
-    /// Starts `cmd` (a command running the binary), logging to `log`.
-    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
-        let out = File::create(&log).expect("controller log file");
-        let child = cmd
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
-        ControllerProcess { child: Some(child), log }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The exit status if the process has exited (without waiting).
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut()?.try_wait().ok().flatten()
-    }
-
-    pub fn log_tail(&self) -> String {
-        let text = self.log_text();
-        let lines: Vec<&str> = text.lines().collect();
-        format!("--- last lines of {} ---\n{}", self.log.display(), lines[lines.len().saturating_sub(40)..].join("\n"))
-    }
-
-    /// Waits until the log contains `needle` (and the process still runs).
-    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
-        let log = self.log.clone();
-        let child = self.child.as_mut().expect("running");
-        wait_until(
-            &format!("controller log line containing {needle:?}"),
-            timeout,
-            || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "the controller exited ({status}) before logging {needle:?}:\n{}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                }
-                std::fs::read_to_string(&log).unwrap_or_default().contains(needle).then_some(())
-            },
-            String::new,
-        );
-    }
-
-    /// SIGTERM, and the exit status once it exited (SIGKILL after `timeout`).
-    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.terminate(Duration::from_secs(5));
-    }
-}
-
-/// The batch as JSON, if it exists.
-pub fn batch(ns: &str, name: &str) -> Option<Value> {
-    let out = kubectl_output(&["get", "predictionbatches.predictions.dev", name, "-n", ns, "-o", "json"]);
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("batch JSON"))
-}
-
-pub fn phase(batch: &Value) -> &str {
-    batch["status"]["phase"].as_str().unwrap_or("")
-}
-
-/// Waits for `status.phase == want`, panicking early if it ends in another terminal phase.
-pub fn wait_for_phase(ns: &str, name: &str, want: &str, timeout: Duration, controller: &ControllerProcess) -> Value {
-    wait_until(
-        &format!("PredictionBatch {ns}/{name} phase {want}"),
-        timeout,
-        || {
-            let b = batch(ns, name)?;
-            let p = phase(&b);
-            if p == want {
-                return Some(b);
-            }
-            if (p == "Succeeded" || p == "Failed") && p != want {
-                panic!("batch {ns}/{name} ended {p}, expected {want}:\n{b:#}\n{}", controller.log_tail());
-            }
-            None
-        },
-        || {
-            format!(
-                "{}\n{}",
-                String::from_utf8_lossy(
-                    &kubectl_output(&["get", "predictionbatches,jobs", "-n", ns, "-o", "yaml"]).stdout
-                ),
-                controller.log_tail()
-            )
-        },
-    )
-}
-
 /// Serialises the tests of one binary that run a controller over all namespaces, so two
 /// controllers never reconcile the same batch.
 pub fn controller_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The address the controller's HTTP server bound (from its "serving /metrics" log line).
-pub fn http_addr(log: &str) -> Option<String> {
-    let line = log.lines().find(|l| l.contains("serving /metrics"))?;
-    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-    Some(addr.trim_matches('"').to_string())
-}
-
-/// A plain HTTP/1.1 GET (no client dependency): (status code, body).
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let code = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
 }
 
 /// The chart's copy of the CRD (files/crds/, rendered by templates/crds.yaml) cannot drift from
