@@ -109,11 +109,6 @@ impl StallReason {
             Stage::Export => StallReason::ExportFailed,
         }
     }
-
-    /// The reason named `name`, if it is one.
-    pub fn from_name(name: &str) -> Option<StallReason> {
-        StallReason::ALL.into_iter().find(|r| r.as_str() == name)
-    }
 }
 
 /// `status` of a condition.
@@ -241,14 +236,6 @@ mod tests {
                 "ExportFailed"
             ]
         );
-    }
-
-    #[test]
-    fn every_stall_reason_is_found_by_its_name() {
-        for r in StallReason::ALL {
-            assert_eq!(StallReason::from_name(r.as_str()), Some(r));
-        }
-        assert_eq!(StallReason::from_name("Progressing"), None);
     }
 
     #[test]

@@ -81,10 +81,6 @@ pub struct StageMap<T> {
 }
 
 impl<T> StageMap<T> {
-    pub fn from_fn(mut f: impl FnMut(Stage) -> T) -> Self {
-        StageMap { workers: f(Stage::Workers), consolidation: f(Stage::Consolidation), export: f(Stage::Export) }
-    }
-
     pub fn get(&self, stage: Stage) -> &T {
         match stage {
             Stage::Workers => &self.workers,
@@ -99,11 +95,6 @@ impl<T> StageMap<T> {
             Stage::Consolidation => &mut self.consolidation,
             Stage::Export => &mut self.export,
         }
-    }
-
-    /// `(stage, value)` in pipeline order.
-    pub fn iter(&self) -> impl Iterator<Item = (Stage, &T)> {
-        Stage::ALL.into_iter().map(move |s| (s, self.get(s)))
     }
 }
 

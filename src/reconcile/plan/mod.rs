@@ -39,7 +39,6 @@ use super::observed::Observed;
 use super::shards::ShardLayout;
 use crate::api::{EventReason, PredictionBatch, PredictionBatchStatus, Stage, StageState, StageStatus, StallReason};
 
-pub use crate::api::{CONDITION_DEGRADED, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED};
 pub use workers::STOP_TIMEOUT_SECS;
 
 /// What to do to the cluster after the status has been written.

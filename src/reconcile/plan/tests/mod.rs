@@ -17,8 +17,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::api::{
-    CompletionSpec, Phase, PredictionBatch, PredictionBatchSpec, PredictionBatchStatus, Stage, StageSpec, StageState,
-    StageStatus, WorkerSpec,
+    CONDITION_DEGRADED, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, CompletionSpec, Phase,
+    PredictionBatch, PredictionBatchSpec, PredictionBatchStatus, Stage, StageSpec, StageState, StageStatus, WorkerSpec,
 };
 use crate::reconcile::observed::{JobOutcome, JobView, Observed};
 
