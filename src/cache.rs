@@ -88,7 +88,7 @@ mod tests {
         trim_batch(&mut done);
         assert!(done.spec.worker.template.get().is_none());
         // Only the templates go: what status and the planner read stays.
-        assert_eq!(done.spec.target_count, 4);
+        assert_eq!(done.spec.target_count, Some(4));
         assert_eq!(done.status.unwrap().phase, Some(Phase::Succeeded));
     }
 

@@ -149,6 +149,7 @@ impl Metrics {
     pub fn set_phases(&self, counts: &[(Phase, i64)]) {
         for phase in [
             Phase::Pending,
+            Phase::Loading,
             Phase::Running,
             Phase::Consolidating,
             Phase::Exporting,

@@ -311,7 +311,12 @@ fn full_example_sets_every_field_and_the_rust_types_keep_them() {
     let example = read_yaml(&repo().join(FULL_EXAMPLE));
     let mut missing = Vec::new();
     missing_fields(schema, &example["spec"], "spec", &mut missing);
-    assert!(missing.is_empty(), "{FULL_EXAMPLE} does not set {missing:?}");
+    // The one field it cannot set: a loader excludes targetCount (examples/batch-loader.yaml has one).
+    assert_eq!(missing, ["spec.loader"], "{FULL_EXAMPLE} does not set {missing:?}");
+    let loader = read_yaml(&repo().join("examples/batch-loader.yaml"));
+    let mut missing = Vec::new();
+    missing_fields(&schema["properties"]["loader"], &loader["spec"]["loader"], "spec.loader", &mut missing);
+    assert!(missing.is_empty(), "examples/batch-loader.yaml does not set {missing:?}");
 
     // The controller's types read all of it and write it back unchanged.
     let batch: PredictionBatch =
@@ -569,6 +574,30 @@ fn updates() -> Vec<Update> {
             pointer: "/spec/completion",
             edit: |v| set(v, "/spec/completion/minSucceededPercent", json!(90)),
             refused_with: Some("spec.completion.minSucceededPercent is immutable"),
+        },
+        Update {
+            what: "change completion.onNoItems",
+            base: Base::Full,
+            pointer: "/spec/completion",
+            edit: |v| set(v, "/spec/completion/onNoItems", json!("RunStages")),
+            refused_with: Some("spec.completion.onNoItems is immutable"),
+        },
+        Update {
+            what: "add a loader",
+            base: Base::Minimal,
+            pointer: "/spec/loader",
+            edit: |v| set(v, "/spec/loader", a_stage()),
+            refused_with: Some("spec.loader cannot be added or removed after creation"),
+        },
+        Update {
+            what: "swap targetCount for a loader",
+            base: Base::Minimal,
+            pointer: "/spec/loader",
+            edit: |v| {
+                remove(v, "/spec/targetCount");
+                set(v, "/spec/loader", a_stage());
+            },
+            refused_with: Some("spec.targetCount cannot be added or removed after creation"),
         },
         Update {
             what: "change completion.graceSeconds",

@@ -28,6 +28,7 @@ const TESTED: &[&str] = &[
     "batch-deadline.yaml",
     "batch-suspended.yaml",
     "batch-firestore.yaml",
+    "batch-loader.yaml",
 ];
 
 fn examples_dir() -> PathBuf {
@@ -133,6 +134,31 @@ async fn batch_yaml_succeeds_with_every_item() {
     assert_promise(FILE, out.status.success(), &format!("kubectl wait Ready failed\n{}", ex.ctl.log_tail()));
     let b = batch_json(ex.ns(), &ex.name).unwrap();
     assert_promise(FILE, phase(&b) == "Succeeded" && b["status"]["progress"] == "120/120", &format!("{}", b["status"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_loader_yaml_runs_the_count_the_loader_reports() {
+    const FILE: &str = "batch-loader.yaml";
+    let message = r#"{"targetCount": 38, "itemsRef": "gs://nba-predictions/2026-01-01/players.json"}"#;
+    let ex = Example::start("ex-loader", FILE, |ns| Some(TestStage::loader_output(ns, message)));
+    let b = ex.wait(Duration::from_secs(120), "Succeeded", |b| phase(b) == "Succeeded");
+    let st = &b["status"];
+    assert_promise(
+        FILE,
+        st["progress"] == "38/38" && st["items"]["target"] == 38 && st["shards"]["total"] == 10,
+        &format!("{st:#}"),
+    );
+    assert_promise(FILE, st["itemsRef"] == "gs://nba-predictions/2026-01-01/players.json", &format!("{st:#}"));
+
+    let empty =
+        Example::start("ex-loader-empty", FILE, |ns| Some(TestStage::loader_output(ns, r#"{"targetCount": 0}"#)));
+    let b = empty.wait(Duration::from_secs(90), "Succeeded", |b| phase(b) == "Succeeded");
+    assert_promise(FILE, reason(&b, "Ready") == "True/NoItems", &format!("{:#}", b["status"]));
+    assert_promise(FILE, jobs_in(empty.ns()) == [format!("{}-loader", empty.name)], "only the loader ran");
+
+    let bad = Example::start("ex-loader-bad", FILE, |ns| Some(TestStage::loader_output(ns, "38")));
+    let b = bad.wait(Duration::from_secs(90), "Failed", |b| phase(b) == "Failed");
+    assert_promise(FILE, reason(&b, "Stalled") == "True/LoaderOutputInvalid", &format!("{:#}", b["status"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,11 +154,13 @@ pub fn job_finish(job: &Job) -> Option<Finish> {
     }
 }
 
-fn stage_index(stage: Stage) -> usize {
+/// Index of a stage the bench times (its batches have no loader).
+fn stage_index(stage: Stage) -> Option<usize> {
     match stage {
-        Stage::Workers => 0,
-        Stage::Consolidation => 1,
-        Stage::Export => 2,
+        Stage::Loader => None,
+        Stage::Workers => Some(0),
+        Stage::Consolidation => Some(1),
+        Stage::Export => Some(2),
     }
 }
 
@@ -195,7 +197,7 @@ impl Record {
         else {
             return;
         };
-        let i = stage_index(stage);
+        let Some(i) = stage_index(stage) else { return };
         let r = self.batches.entry(batch.clone()).or_default();
         r.seen[i].get_or_insert(now);
         if let Some(f) = job_finish(job)

@@ -27,6 +27,10 @@ pub enum StallReason {
     DeadlineExceeded,
     /// More than `worker.maxFailedShards` shards failed.
     MaxFailedShardsExceeded,
+    /// The loader Job failed (after its retries).
+    LoaderFailed,
+    /// The loader finished but its termination message is missing, malformed or out of range.
+    LoaderOutputInvalid,
     /// The worker Job failed for another reason.
     WorkersFailed,
     /// The consolidation Job failed.
@@ -48,11 +52,13 @@ pub enum StallReason {
 }
 
 impl StallReason {
-    pub const ALL: [StallReason; 13] = [
+    pub const ALL: [StallReason; 15] = [
         StallReason::QuorumNotMet,
         StallReason::QuorumUnreachable,
         StallReason::DeadlineExceeded,
         StallReason::MaxFailedShardsExceeded,
+        StallReason::LoaderFailed,
+        StallReason::LoaderOutputInvalid,
         StallReason::WorkersFailed,
         StallReason::ConsolidationFailed,
         StallReason::ExportFailed,
@@ -70,6 +76,8 @@ impl StallReason {
             StallReason::QuorumUnreachable => "QuorumUnreachable",
             StallReason::DeadlineExceeded => "DeadlineExceeded",
             StallReason::MaxFailedShardsExceeded => "MaxFailedShardsExceeded",
+            StallReason::LoaderFailed => "LoaderFailed",
+            StallReason::LoaderOutputInvalid => "LoaderOutputInvalid",
             StallReason::WorkersFailed => "WorkersFailed",
             StallReason::ConsolidationFailed => "ConsolidationFailed",
             StallReason::ExportFailed => "ExportFailed",
@@ -104,6 +112,7 @@ impl StallReason {
     /// The reason of a stage whose Job failed.
     pub const fn stage_failed(stage: Stage) -> StallReason {
         match stage {
+            Stage::Loader => StallReason::LoaderFailed,
             Stage::Workers => StallReason::WorkersFailed,
             Stage::Consolidation => StallReason::ConsolidationFailed,
             Stage::Export => StallReason::ExportFailed,
@@ -134,13 +143,15 @@ impl ConditionStatus {
 pub enum Reason {
     /// The batch failed or is stuck (on all of `Ready`, `Reconciling` and `Stalled`).
     Stalled(StallReason),
-    /// In progress: the phase's name (`Pending`, `Running`, `Consolidating`, `Exporting`) on
+    /// In progress: the phase's name (`Pending`, `Loading`, `Running`, `Consolidating`, `Exporting`) on
     /// `Ready` and `Reconciling`.
     InProgress(Phase),
     /// `Stalled=False` while the batch is in progress.
     Progressing,
     /// The batch succeeded.
     Succeeded,
+    /// The batch succeeded with nothing to do: its target count (from the spec or the loader) was 0.
+    NoItems,
     /// `spec.suspend` holds the batch.
     Suspended,
     /// `Degraded=True`: some shards failed.
@@ -156,6 +167,7 @@ impl Reason {
             Reason::InProgress(p) => p.as_str(),
             Reason::Progressing => "Progressing",
             Reason::Succeeded => "Succeeded",
+            Reason::NoItems => "NoItems",
             Reason::Suspended => "Suspended",
             Reason::ShardsFailed => "ShardsFailed",
             Reason::NoFailedShards => "NoFailedShards",
@@ -225,6 +237,9 @@ mod tests {
         assert_eq!(
             names,
             [
+                "LoaderStarted",
+                "LoaderSucceeded",
+                "LoaderFailed",
                 "WorkersStarted",
                 "WorkersSucceeded",
                 "WorkersFailed",

@@ -85,13 +85,14 @@ fn apply_spec_rules(spec: &mut Value) {
     set(spec, &["gameDate"], "pattern", json!("^[0-9]{4}-[0-9]{2}-[0-9]{2}$"));
     set(spec, &["gameDate"], "maxLength", json!(10));
     for (path, min, max) in [
-        (&["targetCount"][..], 1, Some(100_000)),
+        (&["targetCount"][..], 0, Some(100_000)),
         (&["itemsPerShard"], 1, Some(100_000)),
         (&["parallelism"], 1, Some(1000)),
         (&["worker", "backoffLimitPerShard"], 0, Some(1000)),
         (&["worker", "maxFailedShards"], 0, Some(MAX_SHARDS as i64)),
         (&["completion", "minSucceededPercent"], 1, Some(100)),
         (&["completion", "graceSeconds"], 0, Some(7 * 24 * 3600)),
+        (&["loader", "backoffLimit"], 0, Some(1000)),
         (&["consolidation", "backoffLimit"], 0, Some(1000)),
         (&["export", "backoffLimit"], 0, Some(1000)),
         (&["ttlSecondsAfterFinished"], 0, None),
@@ -109,9 +110,16 @@ fn apply_spec_rules(spec: &mut Value) {
     set(spec, &["completion", "completeBy"], "maxLength", json!(64));
 
     // Immutability: only suspend, parallelism and completion.completeBy may change after creation.
-    for field in
-        ["gameDate", "targetCount", "itemsPerShard", "worker", "consolidation", "export", "ttlSecondsAfterFinished"]
-    {
+    for field in [
+        "gameDate",
+        "targetCount",
+        "loader",
+        "itemsPerShard",
+        "worker",
+        "consolidation",
+        "export",
+        "ttlSecondsAfterFinished",
+    ] {
         rules(spec, &[field], json!([immutable(&format!("spec.{field}"))]));
     }
     // Workers restart only through the Job: with OnFailure a failing shard restarts inside its pod,
@@ -129,12 +137,19 @@ fn apply_spec_rules(spec: &mut Value) {
     );
     rules(spec, &["completion", "minSucceededPercent"], json!([immutable("spec.completion.minSucceededPercent")]));
     rules(spec, &["completion", "graceSeconds"], json!([immutable("spec.completion.graceSeconds")]));
+    rules(spec, &["completion", "onNoItems"], json!([immutable("spec.completion.onNoItems")]));
 
     // Cross-field rules, and transition rules for optional fields (a per-field rule only runs when
     // the field exists both before and after, so adding or removing one is checked here).
     spec["x-kubernetes-validations"] = json!([
         {
-            "rule": format!("self.targetCount <= self.itemsPerShard * {MAX_SHARDS}"),
+            // The count is known when the batch is written, or the loader finds it on the day.
+            "rule": "has(self.targetCount) != has(self.loader)",
+            "message": "exactly one of spec.targetCount and spec.loader must be set: the count is either known when the batch is written or found by the loader",
+            "fieldPath": ".targetCount"
+        },
+        {
+            "rule": format!("!has(self.targetCount) || self.targetCount <= self.itemsPerShard * {MAX_SHARDS}"),
             "message": format!("spec.itemsPerShard: too many shards: ceil(targetCount / itemsPerShard) must be at most {MAX_SHARDS}"),
             "fieldPath": ".itemsPerShard"
         },
@@ -142,9 +157,20 @@ fn apply_spec_rules(spec: &mut Value) {
             // The worker Job's maxFailedIndexes must not exceed its completions (the shard count),
             // or the apiserver refuses the Job and the batch fails. Without division:
             // m <= ceil(t / p)  <=>  (m - 1) * p < t.
-            "rule": "!has(self.worker.maxFailedShards) || (self.worker.maxFailedShards - 1) * self.itemsPerShard < self.targetCount",
+            // A loaded count is only known on the day; the controller then caps it at the shard count.
+            "rule": "!has(self.worker.maxFailedShards) || !has(self.targetCount) || self.targetCount == 0 || (self.worker.maxFailedShards - 1) * self.itemsPerShard < self.targetCount",
             "message": "spec.worker.maxFailedShards must be at most the number of shards, ceil(targetCount / itemsPerShard)",
             "fieldPath": ".worker.maxFailedShards"
+        },
+        {
+            "rule": "has(self.targetCount) == has(oldSelf.targetCount)",
+            "message": "spec.targetCount cannot be added or removed after creation",
+            "fieldPath": ".targetCount"
+        },
+        {
+            "rule": "has(self.loader) == has(oldSelf.loader)",
+            "message": "spec.loader cannot be added or removed after creation",
+            "fieldPath": ".loader"
         },
         {
             "rule": "has(self.consolidation) == has(oldSelf.consolidation)",
@@ -266,9 +292,9 @@ mod tests {
         let (mut ports, mut problems) = (0, Vec::new());
         walk(String::new(), &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], &mut ports, &mut problems);
         assert!(problems.is_empty(), "integers not bounded to their types:\n{}", problems.join("\n"));
-        // httpGet and tcpSocket of 3 probes and 2 lifecycle handlers, in containers, init containers
-        // and ephemeral containers, in 3 templates.
-        assert_eq!(ports, 3 * 3 * 5 * 2, "IntOrString ports found");
+        // httpGet and tcpSocket of 3 probes and 2 lifecycle handlers, in containers and init
+        // containers (a template has no ephemeral containers), in 4 templates.
+        assert_eq!(ports, 4 * 2 * 5 * 2, "IntOrString ports found");
         let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
         assert_eq!(status["properties"]["shards"]["properties"]["total"]["maximum"], json!(f64::from(u32::MAX)));
     }

@@ -8,6 +8,8 @@
 
 use serde::Deserialize;
 
+use super::{PredictionBatch, PredictionBatchStatus, StageState};
+
 /// Most work items a loader may report (as `spec.targetCount` admits).
 pub const MAX_LOADED_ITEMS: u64 = 100_000;
 /// Longest `itemsRef`, in bytes.
@@ -29,6 +31,20 @@ struct Wire {
     target_count: Option<serde_json::Value>,
     #[serde(default)]
     items_ref: Option<serde_json::Value>,
+}
+
+impl PredictionBatch {
+    /// How many work items the batch has: `spec.targetCount`, or the count the loader reported
+    /// once its outcome is in the status; `None` while the loader has not reported.
+    pub fn items_target(&self) -> Option<u32> {
+        self.spec.target_count.or_else(|| self.status.as_ref().and_then(loaded_count))
+    }
+}
+
+/// The count a loader reported, recorded with its stage's success.
+pub fn loaded_count(status: &PredictionBatchStatus) -> Option<u32> {
+    let loaded = status.loader.as_ref().is_some_and(|l| l.state == StageState::Succeeded);
+    loaded.then(|| status.items.as_ref().map(|i| i.target)).flatten()
 }
 
 /// Reads a loader's termination message. `Err` is the reason, ready for a condition message.

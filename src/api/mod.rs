@@ -2,6 +2,7 @@
 
 pub mod conditions;
 pub mod crd;
+pub mod env;
 pub mod loader;
 pub mod reference;
 mod spec;

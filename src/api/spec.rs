@@ -29,13 +29,13 @@ pub const MAX_SHARDS: u64 = 10_000;
     namespaced,
     status = "PredictionBatchStatus",
     derive = "PartialEq",
-    doc = "PredictionBatch runs one batch prediction pipeline: an Indexed Job of worker shards, then a consolidation Job, then an export Job. Progress lives in .status.",
+    doc = "PredictionBatch runs one batch prediction pipeline: an optional loader Job that counts the day's items, an Indexed Job of worker shards, then a consolidation Job, then an export Job. Progress lives in .status.",
     printcolumn(name = "Date", type_ = "string", json_path = ".spec.gameDate", description = "Game date of the batch"),
     printcolumn(
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
-        description = "Pending, Running, Consolidating, Exporting, Succeeded, Failed or Suspended"
+        description = "Pending, Loading, Running, Consolidating, Exporting, Succeeded, Failed or Suspended"
     ),
     printcolumn(
         name = "Progress",
@@ -70,8 +70,13 @@ pub struct PredictionBatchSpec {
     /// Game date this batch predicts, as YYYY-MM-DD. Immutable.
     pub game_date: String,
 
-    /// Number of work items (e.g. players) to predict, 1..100000. Immutable.
-    pub target_count: u32,
+    /// Number of work items (e.g. players) to predict, 0..100000 (0: a day with nothing to do, see completion.onNoItems). Exactly one of targetCount and loader. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_count: Option<u32>,
+
+    /// The loader step, run first as one Job when the count is only known on the day: its first container writes {"targetCount": N, "itemsRef": "..."} to its termination message (/dev/termination-log); the controller records status.items.target and status.itemsRef from it, and every later stage gets TARGET_COUNT and ITEMS_REF. Its containers get PREDICTION_BATCH and GAME_DATE. Exactly one of targetCount and loader. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loader: Option<StageSpec>,
 
     /// Work items per worker shard (default 1). Shards = ceil(targetCount / itemsPerShard), at most 10000. Immutable.
     #[serde(default = "default_items_per_shard")]
@@ -137,19 +142,38 @@ pub struct CompletionSpec {
     /// RFC 3339 time (e.g. tip-off) at which waiting stops: consolidate if the quorum is met, fail otherwise. May be changed while the batch runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complete_by: Option<String>,
+
+    /// A day with no items (target count 0): SkipStages (default) ends the batch Succeeded (reason NoItems) without running anything more; RunStages still runs consolidation and export (with no succeeded shards). No worker pod runs either way. Immutable.
+    #[serde(default)]
+    pub on_no_items: NoItemsPolicy,
 }
 
 impl Default for CompletionSpec {
     fn default() -> Self {
-        Self { min_succeeded_percent: default_min_succeeded_percent(), grace_seconds: 0, complete_by: None }
+        Self {
+            min_succeeded_percent: default_min_succeeded_percent(),
+            grace_seconds: 0,
+            complete_by: None,
+            on_no_items: NoItemsPolicy::default(),
+        }
     }
 }
 
-/// A single-pod stage (consolidation or export).
+/// What a batch with no items does after the workers (which have nothing to run).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum NoItemsPolicy {
+    /// Succeed at once (reason NoItems): consolidation and export do not run.
+    #[default]
+    SkipStages,
+    /// Run consolidation and export anyway (e.g. to publish an empty day).
+    RunStages,
+}
+
+/// A single-pod stage (loader, consolidation or export).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageSpec {
-    /// Pod template of the stage. Its containers get the worker env plus SUCCEEDED_SHARDS, FAILED_SHARDS and SUCCEEDED_ITEMS.
+    /// Pod template of the stage. Consolidation and export containers get the worker env (without SHARD_INDEX) plus SUCCEEDED_SHARDS, FAILED_SHARDS and SUCCEEDED_ITEMS; loader containers get PREDICTION_BATCH and GAME_DATE.
     #[schemars(schema_with = "super::template_schema::pod_template")]
     pub template: PodTemplate,
 

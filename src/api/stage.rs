@@ -10,6 +10,8 @@ use super::{PodTemplate, PredictionBatchSpec, PredictionBatchStatus, StageSpec, 
 /// A stage of the pipeline; each runs as exactly one Job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {
+    /// Optional: finds the day's work items and reports their count (see [`super::loader`]).
+    Loader,
     Workers,
     Consolidation,
     Export,
@@ -21,7 +23,7 @@ pub const MAX_JOB_NAME: usize = 52;
 
 impl Stage {
     /// In pipeline order.
-    pub const ALL: [Stage; 3] = [Stage::Workers, Stage::Consolidation, Stage::Export];
+    pub const ALL: [Stage; 4] = [Stage::Loader, Stage::Workers, Stage::Consolidation, Stage::Export];
 
     /// The one-shot stages after the workers, in order.
     pub const AFTER_WORKERS: [Stage; 2] = [Stage::Consolidation, Stage::Export];
@@ -29,6 +31,7 @@ impl Stage {
     /// Value of the `predictions.dev/stage` label.
     pub fn label(self) -> &'static str {
         match self {
+            Stage::Loader => "loader",
             Stage::Workers => "workers",
             Stage::Consolidation => "consolidation",
             Stage::Export => "export",
@@ -38,6 +41,7 @@ impl Stage {
     /// The stage's name in Event reasons (`WorkersStarted`, `ConsolidationFailed`, ...).
     pub fn title(self) -> &'static str {
         match self {
+            Stage::Loader => "Loader",
             Stage::Workers => "Workers",
             Stage::Consolidation => "Consolidation",
             Stage::Export => "Export",
@@ -50,13 +54,14 @@ impl Stage {
 
     fn suffix(self) -> &'static str {
         match self {
+            Stage::Loader => "loader",
             Stage::Workers => "workers",
             Stage::Consolidation => "consolidate",
             Stage::Export => "export",
         }
     }
 
-    /// `<batch>-workers`, `<batch>-consolidate`, `<batch>-export`; a batch name too long for that
+    /// `<batch>-loader`, `<batch>-workers`, `<batch>-consolidate`, `<batch>-export`; a batch name too long for that
     /// is cut and given a hash of the full name, so names stay unique and stable.
     pub fn job_name(self, batch: &str) -> String {
         let suffix = self.suffix();
@@ -75,6 +80,7 @@ impl Stage {
 /// One value per stage, reached by [`Stage`] instead of a `match` at every use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StageMap<T> {
+    pub loader: T,
     pub workers: T,
     pub consolidation: T,
     pub export: T,
@@ -83,6 +89,7 @@ pub struct StageMap<T> {
 impl<T> StageMap<T> {
     pub fn get(&self, stage: Stage) -> &T {
         match stage {
+            Stage::Loader => &self.loader,
             Stage::Workers => &self.workers,
             Stage::Consolidation => &self.consolidation,
             Stage::Export => &self.export,
@@ -91,6 +98,7 @@ impl<T> StageMap<T> {
 
     pub fn get_mut(&mut self, stage: Stage) -> &mut T {
         match stage {
+            Stage::Loader => &mut self.loader,
             Stage::Workers => &mut self.workers,
             Stage::Consolidation => &mut self.consolidation,
             Stage::Export => &mut self.export,
@@ -102,6 +110,7 @@ impl PredictionBatchStatus {
     /// The status of `stage` (`None` until the stage was planned).
     pub fn stage(&self, stage: Stage) -> &Option<StageStatus> {
         match stage {
+            Stage::Loader => &self.loader,
             Stage::Workers => &self.workers,
             Stage::Consolidation => &self.consolidation,
             Stage::Export => &self.export,
@@ -110,6 +119,7 @@ impl PredictionBatchStatus {
 
     pub fn stage_mut(&mut self, stage: Stage) -> &mut Option<StageStatus> {
         match stage {
+            Stage::Loader => &mut self.loader,
             Stage::Workers => &mut self.workers,
             Stage::Consolidation => &mut self.consolidation,
             Stage::Export => &mut self.export,
@@ -122,6 +132,7 @@ impl PredictionBatchSpec {
     /// spec does not ask for.
     pub fn one_shot(&self, stage: Stage) -> Option<&StageSpec> {
         match stage {
+            Stage::Loader => self.loader.as_ref(),
             Stage::Workers => None,
             Stage::Consolidation => self.consolidation.as_ref(),
             Stage::Export => self.export.as_ref(),
@@ -136,9 +147,21 @@ impl PredictionBatchSpec {
         }
     }
 
-    /// The spec asks for `stage` (workers always; consolidation and export when set).
+    /// The spec asks for `stage` (workers always; the loader, consolidation and export when set).
     pub fn has_stage(&self, stage: Stage) -> bool {
         self.template(stage).is_some()
+    }
+
+    /// The stages of this spec after the first: the ones a dry run checks before the first Job is
+    /// created, so a bad template fails the batch before anything runs.
+    pub fn later_stages(&self) -> Vec<Stage> {
+        let first = self.first_stage();
+        Stage::ALL.into_iter().filter(|s| *s > first && self.has_stage(*s)).collect()
+    }
+
+    /// The stage whose Job is created first: the loader when there is one, else the workers.
+    pub fn first_stage(&self) -> Stage {
+        if self.loader.is_some() { Stage::Loader } else { Stage::Workers }
     }
 }
 
@@ -165,6 +188,7 @@ mod tests {
 
     #[test]
     fn plain_names() {
+        assert_eq!(Stage::Loader.job_name("nba-2026-01-02"), "nba-2026-01-02-loader");
         assert_eq!(Stage::Workers.job_name("nba-2026-01-02"), "nba-2026-01-02-workers");
         assert_eq!(Stage::Consolidation.job_name("b"), "b-consolidate");
         assert_eq!(Stage::Export.job_name("b"), "b-export");

@@ -19,7 +19,7 @@ pub struct PredictionBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Pending, Running, Consolidating, Exporting, Succeeded, Failed or Suspended.
+    /// Pending, Loading, Running, Consolidating, Exporting, Succeeded, Failed or Suspended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
@@ -27,9 +27,13 @@ pub struct PredictionBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<ShardCounts>,
 
-    /// Item counts (items of succeeded / failed shards).
+    /// Item counts (items of succeeded / failed shards). With a loader, target is the count it reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<ItemCounts>,
+
+    /// The opaque reference to the list of items the loader wrote (its itemsRef), passed to every later stage as ITEMS_REF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_ref: Option<String>,
 
     /// Succeeded items / target items, e.g. "112/120".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,6 +50,10 @@ pub struct PredictionBatchStatus {
     /// When the quorum (completion.minSucceededPercent) was first met; the grace period counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_time: Option<Time>,
+
+    /// The loader stage (one Job), when spec.loader is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loader: Option<StageStatus>,
 
     /// The worker stage (one Indexed Job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,10 +89,11 @@ pub struct PredictionBatchStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// Lifecycle phase of a batch. Phases only move forward, except Suspended, which returns to the phase it interrupted.
+/// Lifecycle phase of a batch (Loading only with a loader). Phases only move forward, except Suspended, which returns to the phase it interrupted.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 pub enum Phase {
     Pending,
+    Loading,
     Running,
     Consolidating,
     Exporting,
@@ -101,6 +110,7 @@ impl Phase {
     pub const fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "Pending",
+            Phase::Loading => "Loading",
             Phase::Running => "Running",
             Phase::Consolidating => "Consolidating",
             Phase::Exporting => "Exporting",
@@ -127,7 +137,7 @@ pub struct ShardCounts {
 /// Item counts.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct ItemCounts {
-    /// spec.targetCount.
+    /// spec.targetCount, or the count the loader reported.
     pub target: u32,
     /// Items of succeeded shards.
     pub succeeded: u32,

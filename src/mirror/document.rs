@@ -150,7 +150,7 @@ impl BatchDocument {
         let items = status.items.clone().unwrap_or_default();
         let shards = status.shards.clone().unwrap_or_default();
         let phase = status.phase.unwrap_or(Phase::Pending);
-        let expected = if status.items.is_some() { items.target } else { batch.spec.target_count };
+        let expected = if status.items.is_some() { items.target } else { batch.spec.target_count.unwrap_or(0) };
         let message =
             status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.message.clone()).filter(|m| !m.is_empty());
         Ok(BatchDocument {

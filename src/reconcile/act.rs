@@ -63,8 +63,8 @@ pub async fn act(
             patch_job(api, uid, Stage::Workers, &job_name, patch, learned).await?;
         }
         Action::Validate => {
-            for stage in Stage::AFTER_WORKERS {
-                let Some(job) = jobs::build(batch, stage) else { continue };
+            for stage in batch.spec.later_stages() {
+                let Some(job) = jobs::build_for_dry_run(batch, stage) else { continue };
                 let job_name = stage.job_name(&name);
                 let pp = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
                 match api.create(&pp, &job).await {

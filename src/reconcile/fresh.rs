@@ -26,19 +26,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::reflector::ObjectRef;
 use tracing::debug;
 
 use super::jobs;
-use super::observed::{JobView, Observed};
+use super::observed::{JobOutcome, JobView, Observed, loader_message};
 use crate::api::{PredictionBatch, Stage, StageMap};
 use crate::cache::trim_batch;
 use crate::context::{Context, Written};
 use crate::error::Error;
 
+/// The label the Job controller puts on a Job's pods: the Job's UID, so a list finds this Job's
+/// pods only, not those of a same-named Job before it.
+const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 /// A status write that meets a 409 re-reads the batch and plans again, this often per pass,
 /// before the pass fails and backs off.
 pub const MAX_CONFLICT_REREADS: u32 = 2;
@@ -124,7 +128,26 @@ impl<'l> View<'l> {
             };
             observed.set_job(stage, view);
         }
+        observed.loader_message = self.read_loader_output(ctx, &observed).await?;
         Ok(observed)
+    }
+
+    /// The loader's termination message, read from its pods (a direct list, not a cache: it is
+    /// read once per batch) only between the loader Job's success and the status recording it.
+    async fn read_loader_output(&self, ctx: &Context, observed: &Observed) -> Result<Option<String>, Error> {
+        let unrecorded =
+            self.batch.status.as_ref().and_then(|s| s.loader.as_ref()).is_none_or(|l| !l.state.is_finished());
+        let Some(job) = observed.job(Stage::Loader).filter(|j| j.owned && unrecorded) else { return Ok(None) };
+        if !matches!(job.outcome, JobOutcome::Succeeded { .. }) {
+            return Ok(None);
+        }
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &self.batch.namespace().unwrap_or_default());
+        let selector = format!("{JOB_UID_LABEL}={}", job.uid);
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| Error::kube(format!("list pods of Job {}", job.name), e))?;
+        Ok(loader_message(&list.items))
     }
 
     /// A status write met 409: our view was stale (another writer, or a cache behind a write we

@@ -13,7 +13,7 @@ use kube::Resource;
 use super::ranges::IndexSet;
 use super::shards::ShardLayout;
 use crate::api::stage::batch_label_value;
-use crate::api::{PodTemplate, PredictionBatch, PredictionBatchStatus, Stage};
+use crate::api::{PodTemplate, PredictionBatch, PredictionBatchSpec, PredictionBatchStatus, Stage, env};
 use crate::labels::{BATCH_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OUTCOME_FINALIZER, STAGE_LABEL};
 
 /// Annotation the Job controller puts on Indexed Job pods.
@@ -40,71 +40,49 @@ pub fn template_dropped(batch: &PredictionBatch, stage: Stage) -> bool {
 }
 
 /// The Job for `stage`, or `None` when the spec has no such stage, this copy of the batch lacks
-/// its template ([`template_dropped`]) or the batch has no UID yet.
+/// its template ([`template_dropped`]), the batch has no UID yet, or the stage needs the item
+/// count and the loader has not reported it (or reported none: no worker Job on an empty day).
 pub fn build(batch: &PredictionBatch, stage: Stage) -> Option<Job> {
+    build_for(batch, stage, batch.items_target())
+}
+
+/// The Job for a server-side dry run before the first Job is created: a stage whose count the
+/// loader has not reported yet is checked as if there were one item.
+pub fn build_for_dry_run(batch: &PredictionBatch, stage: Stage) -> Option<Job> {
+    build_for(batch, stage, Some(batch.items_target().unwrap_or(1).max(1)))
+}
+
+fn build_for(batch: &PredictionBatch, stage: Stage, target: Option<u32>) -> Option<Job> {
     let spec = &batch.spec;
     let name = batch.metadata.name.clone()?;
     let owner = batch.controller_owner_ref(&())?;
-    let layout = ShardLayout::new(spec.target_count, spec.items_per_shard)?;
-    let shards = layout.shard_count();
     let labels = child_labels(batch, stage);
+    let status = batch.status.clone().unwrap_or_default();
 
-    let mut env = vec![
-        env("PREDICTION_BATCH", &name),
-        env("GAME_DATE", &spec.game_date),
-        env("TARGET_COUNT", &spec.target_count.to_string()),
-        env("SHARD_COUNT", &shards.to_string()),
-        env("ITEMS_PER_SHARD", &spec.items_per_shard.to_string()),
-    ];
+    let mut vars = vec![var(env::PREDICTION_BATCH, &name), var(env::GAME_DATE, &spec.game_date)];
     let user = user_template(batch, stage)?.get()?;
-    let job_spec = match stage {
-        Stage::Workers => {
-            env.push(EnvVar {
-                name: "SHARD_INDEX".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: format!("metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-            let template = pod_template(user, &labels, &env);
-            let never = template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Never");
-            JobSpec {
-                completion_mode: Some("Indexed".into()),
-                completions: Some(shards as i32),
-                parallelism: Some(spec.parallelism.min(shards) as i32),
-                backoff_limit_per_index: Some(spec.worker.backoff_limit_per_shard),
-                max_failed_indexes: spec.worker.max_failed_shards,
-                // Evictions and preemptions are not the shard's fault: don't spend its retries on them.
-                // (A pod failure policy requires restartPolicy Never.)
-                pod_failure_policy: never.then(|| PodFailurePolicy {
-                    rules: vec![PodFailurePolicyRule {
-                        action: "Ignore".into(),
-                        on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
-                            type_: "DisruptionTarget".into(),
-                            status: Some("True".into()),
-                        }]),
-                        ..Default::default()
-                    }],
-                }),
-                template,
-                ..Default::default()
-            }
+    let job_spec = if stage == Stage::Loader {
+        one_shot_job(spec.one_shot(stage)?.backoff_limit, pod_template(user, &labels, &vars))
+    } else {
+        // A zero count is a layout with no shards (only consolidation and export may run).
+        let layout = ShardLayout { target: target?, per_shard: spec.items_per_shard.max(1) };
+        let shards = layout.shard_count();
+        vars.extend([
+            var(env::TARGET_COUNT, &layout.target.to_string()),
+            var(env::SHARD_COUNT, &shards.to_string()),
+            var(env::ITEMS_PER_SHARD, &spec.items_per_shard.to_string()),
+        ]);
+        if let Some(items_ref) = &status.items_ref {
+            vars.push(var(env::ITEMS_REF, items_ref));
         }
-        _ => {
-            let backoff_limit = spec.one_shot(stage)?.backoff_limit;
-            let status = batch.status.clone().unwrap_or_default();
-            env.extend(result_env(&status, layout));
-            JobSpec {
-                completions: Some(1),
-                parallelism: Some(1),
-                backoff_limit: Some(backoff_limit),
-                template: pod_template(user, &labels, &env),
-                ..Default::default()
+        if stage == Stage::Workers {
+            if shards == 0 {
+                return None;
             }
+            worker_job(spec, shards, user, &labels, vars)
+        } else {
+            vars.extend(result_env(&status, layout));
+            one_shot_job(spec.one_shot(stage)?.backoff_limit, pod_template(user, &labels, &vars))
         }
     };
     Some(Job {
@@ -123,18 +101,76 @@ pub fn build(batch: &PredictionBatch, stage: Stage) -> Option<Job> {
     })
 }
 
+/// The worker stage: one Indexed Job, a completion index per shard.
+fn worker_job(
+    spec: &PredictionBatchSpec,
+    shards: u32,
+    user: &PodTemplateSpec,
+    labels: &BTreeMap<String, String>,
+    mut vars: Vec<EnvVar>,
+) -> JobSpec {
+    vars.push(EnvVar {
+        name: env::SHARD_INDEX.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: format!("metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let template = pod_template(user, labels, &vars);
+    let never = template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Never");
+    let shards = i32::try_from(shards).unwrap_or(i32::MAX);
+    JobSpec {
+        completion_mode: Some("Indexed".into()),
+        completions: Some(shards),
+        parallelism: Some(i32::try_from(spec.parallelism).unwrap_or(i32::MAX).min(shards)),
+        backoff_limit_per_index: Some(spec.worker.backoff_limit_per_shard),
+        // Admission can only bound it by a count known when the batch is written; a loaded count
+        // may be smaller, and more failed shards than there are is the same as no limit.
+        max_failed_indexes: spec.worker.max_failed_shards.map(|m| m.min(shards)),
+        // Evictions and preemptions are not the shard's fault: don't spend its retries on them.
+        // (A pod failure policy requires restartPolicy Never.)
+        pod_failure_policy: never.then(|| PodFailurePolicy {
+            rules: vec![PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: Some("True".into()),
+                }]),
+                ..Default::default()
+            }],
+        }),
+        template,
+        ..Default::default()
+    }
+}
+
+/// A stage that runs one pod once (retried up to `backoff_limit` times).
+fn one_shot_job(backoff_limit: i32, template: PodTemplateSpec) -> JobSpec {
+    JobSpec {
+        completions: Some(1),
+        parallelism: Some(1),
+        backoff_limit: Some(backoff_limit),
+        template,
+        ..Default::default()
+    }
+}
+
 /// SUCCEEDED_SHARDS / FAILED_SHARDS / SUCCEEDED_ITEMS: the fixed result of the worker stage.
 fn result_env(status: &PredictionBatchStatus, layout: ShardLayout) -> Vec<EnvVar> {
     let succeeded = IndexSet::parse_opt(status.succeeded_shards.as_deref()).unwrap_or_default();
     let failed = succeeded.complement(layout.shard_count());
     vec![
-        env("SUCCEEDED_SHARDS", &succeeded.to_string()),
-        env("FAILED_SHARDS", &failed.to_string()),
-        env("SUCCEEDED_ITEMS", &layout.items_in(&succeeded).to_string()),
+        var(env::SUCCEEDED_SHARDS, &succeeded.to_string()),
+        var(env::FAILED_SHARDS, &failed.to_string()),
+        var(env::SUCCEEDED_ITEMS, &layout.items_in(&succeeded).to_string()),
     ]
 }
 
-fn env(name: &str, value: &str) -> EnvVar {
+fn var(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
 
@@ -161,7 +197,7 @@ fn pod_template(user: &PodTemplateSpec, labels: &BTreeMap<String, String>, env_v
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{PredictionBatchSpec, StageSpec, WorkerSpec};
+    use crate::api::{StageSpec, WorkerSpec};
 
     fn template(image: &str) -> PodTemplateSpec {
         serde_json::from_value(serde_json::json!({

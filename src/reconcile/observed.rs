@@ -2,6 +2,7 @@
 //! Building these views is pure too, so the planner can be fed arbitrary (even nonsensical) input.
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{Stage, StageMap};
@@ -88,6 +89,18 @@ impl JobView {
     }
 }
 
+/// The loader's output: the termination message of the first container of the Job's succeeded
+/// pod (the pod named first, should a retry have left two). `None` when there is no such pod, or
+/// its container wrote nothing.
+pub fn loader_message(pods: &[Pod]) -> Option<String> {
+    let succeeded = |p: &&Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded");
+    let pod = pods.iter().filter(succeeded).min_by(|a, b| a.metadata.name.cmp(&b.metadata.name))?;
+    let first = pod.spec.as_ref()?.containers.first()?.name.as_str();
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let terminated = statuses.iter().find(|c| c.name == first)?.state.as_ref()?.terminated.as_ref()?;
+    terminated.message.clone()
+}
+
 /// Everything one pass observed about a batch besides the batch itself.
 #[derive(Clone, Debug)]
 pub struct Observed {
@@ -95,12 +108,15 @@ pub struct Observed {
     pub jobs: StageMap<Option<JobView>>,
     /// Creates the apiserver refused as invalid in this pass (e.g. a bad pod template), with its message.
     pub rejected: Vec<(Stage, String)>,
+    /// The termination message of the loader's succeeded pod, read once the loader Job succeeded
+    /// and until its outcome is recorded (`None`: no such pod or no message).
+    pub loader_message: Option<String>,
     pub now: Timestamp,
 }
 
 impl Observed {
     pub fn new(now: Timestamp) -> Self {
-        Observed { jobs: StageMap::default(), rejected: Vec::new(), now }
+        Observed { jobs: StageMap::default(), rejected: Vec::new(), loader_message: None, now }
     }
 
     pub fn job(&self, stage: Stage) -> Option<&JobView> {

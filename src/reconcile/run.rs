@@ -17,7 +17,7 @@ use super::act::{act, release_jobs_of};
 use super::fresh::{Learned, Reread, View};
 use super::plan::{Action, plan};
 use super::record::{Recording, record};
-use crate::api::{PredictionBatch, Stage};
+use crate::api::PredictionBatch;
 use crate::context::Context;
 use crate::error::Error;
 
@@ -100,7 +100,7 @@ pub(super) async fn reconcile_inner(
         for action in recorded.actions() {
             let needs = match *action {
                 Action::Create(stage) => vec![stage],
-                Action::Validate => Stage::AFTER_WORKERS.to_vec(),
+                Action::Validate => view.batch.spec.later_stages(),
                 _ => vec![],
             };
             match view.fill_templates(&batches, needs).await? {

@@ -16,13 +16,30 @@ impl TestStage {
     /// `base` (a Stage of `stages_file`) renamed, restricted to pods of `ns` whose completion index
     /// is in `indexes`, its spec then changed by `edit`.
     pub fn new(stages_file: &str, base: &str, ns: &str, indexes: &[&str], edit: impl FnOnce(&mut Value)) -> TestStage {
+        let index = json!({
+            "key": ".metadata.annotations[\"batch.kubernetes.io/job-completion-index\"]",
+            "operator": "In",
+            "values": indexes,
+        });
+        TestStage::selecting(stages_file, base, &format!("{base}-{ns}"), ns, index, edit)
+    }
+
+    /// `base` renamed to `name`, restricted to pods of `ns` that match `select` (a kwok
+    /// selector expression), its spec then changed by `edit`.
+    fn selecting(
+        stages_file: &str,
+        base: &str,
+        name: &str,
+        ns: &str,
+        select: Value,
+        edit: impl FnOnce(&mut Value),
+    ) -> TestStage {
         let path = format!("{}/tests/cluster/stages/{stages_file}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let mut stage: Value = serde_yaml::Deserializer::from_str(&text)
             .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("a YAML document"))
             .find(|s| s["metadata"]["name"] == base)
             .unwrap_or_else(|| panic!("no Stage {base} in {path}"));
-        let name = format!("{base}-{ns}");
         stage["metadata"] = json!({ "name": name });
         // Keep "not being deleted" and "Running"; drop the base's own pod selection.
         let keep = [".metadata.deletionTimestamp", ".status.phase"];
@@ -34,16 +51,31 @@ impl TestStage {
             .cloned()
             .collect();
         exprs.push(json!({ "key": ".metadata.namespace", "operator": "In", "values": [ns] }));
-        exprs.push(json!({
-            "key": ".metadata.annotations[\"batch.kubernetes.io/job-completion-index\"]",
-            "operator": "In",
-            "values": indexes,
-        }));
+        exprs.push(select);
         stage["spec"]["selector"]["matchExpressions"] = Value::Array(exprs);
         stage["spec"]["weight"] = json!(100);
         edit(&mut stage["spec"]);
         kubectl_stdin(&["apply", "-f", "-"], &stage.to_string());
-        TestStage { name }
+        TestStage { name: name.to_string() }
+    }
+
+    /// Loader pods of `ns` succeed with `message` as their termination message, as a loader
+    /// container that wrote it to /dev/termination-log.
+    pub fn loader_output(ns: &str, message: &str) -> TestStage {
+        let select =
+            json!({ "key": ".metadata.labels[\"predictions.dev/stage\"]", "operator": "In", "values": ["loader"] });
+        TestStage::selecting("pod-complete.yaml", "pod-complete", &format!("loader-output-{ns}"), ns, select, |spec| {
+            let template = spec["next"]["statusTemplate"].as_str().unwrap().to_string();
+            let lookup = template
+                .lines()
+                .find(|l| l.contains("termination-message"))
+                .expect("pod-complete writes a termination message")
+                .trim()
+                .to_string();
+            // A Go template raw string holds the JSON as it is.
+            let literal = format!("message: {{{{ `{message}` | Quote }}}}");
+            spec["next"]["statusTemplate"] = json!(template.replace(&lookup, &literal));
+        })
     }
 
     /// Worker pods of `ns` with these completion indexes fail on every attempt.

@@ -57,6 +57,9 @@ pub mod stages {
     /// Annotation (any value): once deleted, the pod is never confirmed gone, as on a dead node
     /// (stage `pod-delete-never`; force-delete such pods when done).
     pub const NEVER_TERMINATE: &str = "test.predictions.dev/never-terminate";
+    /// Annotation: every container of the pod terminates with this message, as if written to
+    /// `/dev/termination-log` (stage `pod-complete`): a loader's output.
+    pub const TERMINATION_MESSAGE: &str = "test.predictions.dev/termination-message";
     /// Label of every fake node.
     pub const NODE_SELECTOR: &str = "type=kwok";
 }

@@ -143,10 +143,11 @@ pub struct StatusRecord {
 fn phase_rank(p: &str) -> Option<u8> {
     Some(match p {
         "Pending" => 0,
-        "Running" => 1,
-        "Consolidating" => 2,
-        "Exporting" => 3,
-        "Succeeded" | "Failed" => 4,
+        "Loading" => 1,
+        "Running" => 2,
+        "Consolidating" => 3,
+        "Exporting" => 4,
+        "Succeeded" | "Failed" => 5,
         _ => return None,
     })
 }
@@ -171,7 +172,7 @@ impl StatusRecord {
             let mut bad = |what: String| self.regressions.push(format!("{name}: {what}"));
             let (pp, np) = (prev["phase"].as_str().unwrap_or(""), status["phase"].as_str().unwrap_or(""));
             if let (Some(a), Some(b)) = (phase_rank(pp), phase_rank(np))
-                && (b < a || (a == 4 && pp != np))
+                && (b < a || (a == 5 && pp != np))
             {
                 bad(format!("phase {pp} -> {np}"));
             }
@@ -183,7 +184,7 @@ impl StatusRecord {
                     bad(format!("{}.{} {a} -> {b}", path[0], path[1]));
                 }
             }
-            for stage in ["workers", "consolidation", "export"] {
+            for stage in ["loader", "workers", "consolidation", "export"] {
                 let (a, b) = (&prev[stage], &status[stage]);
                 if a.is_object() && !b.is_object() {
                     bad(format!("{stage} status disappeared"));

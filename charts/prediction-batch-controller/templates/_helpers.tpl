@@ -78,6 +78,12 @@ Role (controller.watchNamespace). No Secrets, no Pods, no wildcards.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The loader's result: its count is the termination message of the loader Job's finished pod,
+# read once (a list by the Job's controller-uid label) when the loader Job has succeeded. Read
+# only: the controller never creates, changes or deletes a pod (the Job controller does).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
 # Kubernetes events about batches (kube-runtime's Recorder: events.k8s.io/v1 create, and patch
 # to count repeats; core/v1 for older tooling).
 - apiGroups: ["events.k8s.io"]

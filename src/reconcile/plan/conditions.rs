@@ -49,11 +49,12 @@ impl Lifecycle {
         }
     }
 
-    fn succeeded(message: String) -> Self {
+    /// `reason` is `Succeeded`, or `NoItems` for a batch that had nothing to do.
+    fn succeeded(reason: Reason, message: String) -> Self {
         Lifecycle {
-            ready: wanted(CONDITION_READY, True, Reason::Succeeded, message.clone()),
-            reconciling: wanted(CONDITION_RECONCILING, False, Reason::Succeeded, message),
-            stalled: wanted(CONDITION_STALLED, False, Reason::Succeeded, String::new()),
+            ready: wanted(CONDITION_READY, True, reason, message.clone()),
+            reconciling: wanted(CONDITION_RECONCILING, False, reason, message),
+            stalled: wanted(CONDITION_STALLED, False, reason, String::new()),
         }
     }
 
@@ -96,14 +97,19 @@ impl Planner<'_> {
                 let message = self.prev.conditions.iter().find(stalled).map(|c| c.message.clone()).unwrap_or_default();
                 Lifecycle::stalled(reason.unwrap_or(StallReason::Failed.as_str()), message)
             }
+            Phase::Succeeded if layout.target == 0 => {
+                let source = if self.batch.spec.loader.is_some() { "the loader found" } else { "spec.targetCount is" };
+                Lifecycle::succeeded(Reason::NoItems, format!("no items to predict: {source} 0"))
+            }
             Phase::Succeeded if items.succeeded == layout.target => {
-                Lifecycle::succeeded(format!("{progress} succeeded"))
+                Lifecycle::succeeded(Reason::Succeeded, format!("{progress} succeeded"))
             }
             Phase::Succeeded => {
                 let coverage = f64::from(items.succeeded) * 100.0 / f64::from(layout.target.max(1));
-                Lifecycle::succeeded(format!("{progress} succeeded ({coverage:.1}% coverage)"))
+                Lifecycle::succeeded(Reason::Succeeded, format!("{progress} succeeded ({coverage:.1}% coverage)"))
             }
             Phase::Suspended => Lifecycle::suspended(format!("suspended at {progress}")),
+            Phase::Loading => Lifecycle::in_progress(Phase::Loading, "Loading: the loader is finding the items".into()),
             p => {
                 let active = self.st.shards.as_ref().map_or(0, |s| s.active);
                 Lifecycle::in_progress(p, format!("{}: {progress}, {active} shards active", p.as_str()))

@@ -57,6 +57,8 @@ impl Planner<'_> {
             Phase::Consolidating
         } else if self.st.workers.as_ref().is_some_and(|w| w.job_uid.is_some()) {
             Phase::Running
+        } else if self.st.loader.as_ref().is_some_and(|l| l.job_uid.is_some()) {
+            Phase::Loading
         } else {
             Phase::Pending
         };

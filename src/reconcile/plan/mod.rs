@@ -5,14 +5,16 @@
 //! One pass of [`plan`] runs the rules in pipeline order, each in its own module:
 //! 1. [`validate`]: a spec the planner cannot use stalls the batch (`InvalidSpec`); templates the
 //!    apiserver refused and a `completeBy` already past before any worker fail it early;
-//! 2. [`workers`]: the worker Job's shards are counted and recorded (counts never shrink), and
+//! 2. [`loader`]: the optional loader Job runs first and its output, read and checked once,
+//!    becomes the item count in the status; a count of 0 ends the pipeline early (`NoItems`);
+//! 3. [`workers`]: the worker Job's shards are counted and recorded (counts never shrink), and
 //!    [`quorum`] decides when the stage ends: quorum, grace period, `completeBy`, early stop;
-//! 3. [`stages`]: each later stage's Job is created, adopted or found in conflict ([`stages`]'s
+//! 4. [`stages`]: each later stage's Job is created, adopted or found in conflict ([`stages`]'s
 //!    `attach`) once the stage before it succeeded, in [`Stage::ALL`] order;
-//! 4. [`failure`]: a stage that failed fails the batch and stops the pods left running;
-//! 5. [`finish`]: the phase, the TTL of a finished batch's Jobs, the finalizers to release and
+//! 5. [`failure`]: a stage that failed fails the batch and stops the pods left running;
+//! 6. [`finish`]: the phase, the TTL of a finished batch's Jobs, the finalizers to release and
 //!    when to look again;
-//! 6. [`conditions`] and [`events`]: the standard conditions and the Events of what changed.
+//! 7. [`conditions`] and [`events`]: the standard conditions and the Events of what changed.
 //!
 //! Invariants the rest of the controller relies on (property-tested in `tests`):
 //! - a stage's Job is planned for creation only while its status says it was never created;
@@ -26,6 +28,7 @@ mod conditions;
 mod events;
 mod failure;
 mod finish;
+mod loader;
 mod quorum;
 mod stages;
 mod validate;
@@ -37,7 +40,10 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::observed::Observed;
 use super::shards::ShardLayout;
-use crate::api::{EventReason, PredictionBatch, PredictionBatchStatus, Stage, StageState, StageStatus, StallReason};
+use crate::api::loader::loaded_count;
+use crate::api::{
+    EventReason, NoItemsPolicy, PredictionBatch, PredictionBatchStatus, Stage, StageState, StageStatus, StallReason,
+};
 
 pub use workers::STOP_TIMEOUT_SECS;
 
@@ -111,12 +117,24 @@ struct Planner<'a> {
     actions: Vec<Action>,
     requeue: Option<Duration>,
     stop: Option<Stop>,
+    /// The item count is known and is 0: no worker runs (see `completion.onNoItems`).
+    no_items: bool,
 }
 
 impl<'a> Planner<'a> {
     fn new(batch: &'a PredictionBatch, obs: &'a Observed) -> Self {
         let prev = batch.status.clone().unwrap_or_default();
-        Planner { batch, obs, now: obs.now, st: prev.clone(), prev, actions: Vec::new(), requeue: None, stop: None }
+        Planner {
+            batch,
+            obs,
+            now: obs.now,
+            st: prev.clone(),
+            prev,
+            actions: Vec::new(),
+            requeue: None,
+            stop: None,
+            no_items: false,
+        }
     }
 
     fn name(&self) -> &str {
@@ -128,11 +146,11 @@ impl<'a> Planner<'a> {
         // A finished batch stays finished, whatever its spec says now.
         if self.st.phase.is_some_and(crate::api::Phase::is_terminal) {
             self.finished_batch();
-            let layout = self.any_layout();
+            let layout = self.layout();
             return self.finish(layout);
         }
-        let (layout, complete_by) = match self.usable_spec() {
-            Ok(usable) => usable,
+        let complete_by = match self.usable_spec() {
+            Ok(complete_by) => complete_by,
             Err(message) => return self.invalid_spec(message),
         };
         self.track_suspension();
@@ -141,7 +159,15 @@ impl<'a> Planner<'a> {
             self.deadline_before_start(complete_by);
         }
         if self.stop.is_none() {
-            self.workers(layout, complete_by);
+            self.loader(complete_by);
+        }
+        let layout = self.layout();
+        if self.stop.is_none() && self.done_or_skipped(Stage::Loader) {
+            if layout.target == 0 {
+                self.no_items(layout);
+            } else {
+                self.workers(layout, complete_by);
+            }
         }
         for stage in Stage::AFTER_WORKERS {
             if self.stop.is_some() || !self.done_or_skipped(previous(stage)) {
@@ -153,12 +179,12 @@ impl<'a> Planner<'a> {
         self.finish(layout)
     }
 
-    /// The shard layout of a spec that may not be usable (a finished or invalid batch's
-    /// conditions still report its counts).
-    fn any_layout(&self) -> ShardLayout {
+    /// The shard layout of the batch's item count (from the spec, or from the loader once its
+    /// outcome is recorded; 0 items until then, which nothing acts on before the loader is done).
+    fn layout(&self) -> ShardLayout {
         let spec = &self.batch.spec;
-        ShardLayout::new(spec.target_count, spec.items_per_shard)
-            .unwrap_or(ShardLayout { target: spec.target_count.max(1), per_shard: 1 })
+        let target = spec.target_count.or_else(|| loaded_count(&self.st)).unwrap_or(0);
+        ShardLayout { target, per_shard: spec.items_per_shard.max(1) }
     }
 
     /// The spec asks for `stage`, and it succeeded.
@@ -166,9 +192,22 @@ impl<'a> Planner<'a> {
         stage_done(self.st.stage(stage))
     }
 
-    /// Succeeded, or not asked for: the pipeline may go past `stage`.
+    /// Succeeded, or not asked for, or skipped on a day with no items: the pipeline may go past
+    /// `stage`.
     fn done_or_skipped(&self, stage: Stage) -> bool {
-        !self.batch.spec.has_stage(stage) || self.done(stage)
+        self.skipped_for_no_items(stage) || !self.batch.spec.has_stage(stage) || self.done(stage)
+    }
+
+    /// A day with no items runs no worker, and consolidation and export only if asked to.
+    fn skipped_for_no_items(&self, stage: Stage) -> bool {
+        self.no_items
+            && match stage {
+                Stage::Loader => false,
+                Stage::Workers => true,
+                Stage::Consolidation | Stage::Export => {
+                    self.batch.spec.completion.on_no_items == NoItemsPolicy::SkipStages
+                }
+            }
     }
 
     fn wake_at(&mut self, t: Timestamp) {

@@ -1,6 +1,6 @@
 //! A stage's Job and its status: `attach` connects them (plans the create, adopts a Job we made
 //! but did not record, refuses a Job we do not own, notices a Job deleted before its outcome was
-//! recorded), and the one-shot stages (consolidation, export) record their Job's outcome.
+//! recorded), and the one-shot stages (loader, consolidation, export) record their Job's outcome.
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 impl<'a> Planner<'a> {
     /// A stage that runs one pod once, after the stage before it succeeded.
     pub(super) fn one_shot_stage(&mut self, stage: Stage) {
-        if !self.batch.spec.has_stage(stage) {
+        if !self.batch.spec.has_stage(stage) || self.skipped_for_no_items(stage) {
             return;
         }
         let Some(job) = self.attach(stage) else { return };
@@ -25,11 +25,16 @@ impl<'a> Planner<'a> {
         }
         match &job.outcome {
             JobOutcome::Succeeded { at } => {
+                if stage == Stage::Loader && !self.record_loader_output() {
+                    return;
+                }
                 let at = Time(at.unwrap_or(self.now));
                 if let Some(s) = self.st.stage_mut(stage).as_mut() {
                     s.state = StageState::Succeeded;
                     s.completion_time = Some(at);
-                    s.message = None;
+                    if stage != Stage::Loader {
+                        s.message = None;
+                    }
                 }
             }
             JobOutcome::Failed { reason, message, .. } => {
@@ -120,7 +125,7 @@ impl<'a> Planner<'a> {
         let job_name = stage.job_name(self.name());
         *self.st.stage_mut(stage) = Some(StageStatus { job_name, state: StageState::Pending, ..Default::default() });
         if !self.batch.spec.suspend {
-            if stage == Stage::Workers {
+            if stage == self.batch.spec.first_stage() {
                 self.actions.push(Action::Validate);
             }
             self.actions.push(Action::Create(stage));

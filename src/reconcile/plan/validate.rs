@@ -10,23 +10,27 @@ use crate::reconcile::deadline::parse_complete_by;
 use crate::reconcile::shards::ShardLayout;
 
 impl Planner<'_> {
-    /// The shard layout and the parsed `completeBy`, or why the spec cannot be planned.
-    pub(super) fn usable_spec(&self) -> Result<(ShardLayout, Option<Timestamp>), String> {
+    /// The parsed `completeBy`, or why the spec cannot be planned (a `targetCount` that does not
+    /// give 0..=[`MAX_SHARDS`] shards; a loader's count is checked when it reports).
+    pub(super) fn usable_spec(&self) -> Result<Option<Timestamp>, String> {
         let spec = &self.batch.spec;
-        let layout = ShardLayout::new(spec.target_count, spec.items_per_shard)
-            .filter(|l| u64::from(l.shard_count()) <= MAX_SHARDS);
         let complete_by = match spec.completion.complete_by.as_deref().map(parse_complete_by) {
             Some(Ok(t)) => Some(t),
             Some(Err(e)) => return Err(format!("spec.completion.completeBy is {e}")),
             None => None,
         };
-        let layout = layout.ok_or_else(|| {
-            format!(
-                "spec.targetCount {} with spec.itemsPerShard {} does not give 1..{MAX_SHARDS} shards",
-                spec.target_count, spec.items_per_shard
-            )
-        })?;
-        Ok((layout, complete_by))
+        let shards = spec.target_count.map(|t| ShardLayout { target: t, per_shard: spec.items_per_shard.max(1) });
+        if spec.items_per_shard == 0 || shards.is_some_and(|l| u64::from(l.shard_count()) > MAX_SHARDS) {
+            return Err(format!(
+                "spec.targetCount {} with spec.itemsPerShard {} does not give 0..{MAX_SHARDS} shards",
+                spec.target_count.unwrap_or_default(),
+                spec.items_per_shard
+            ));
+        }
+        if spec.target_count.is_some() == spec.loader.is_some() {
+            return Err("exactly one of spec.targetCount and spec.loader must be set".into());
+        }
+        Ok(complete_by)
     }
 
     /// Stalls the batch until its spec changes; nothing is created or touched.
@@ -35,14 +39,14 @@ impl Planner<'_> {
         if self.st.phase.is_none() {
             self.st.phase = Some(Phase::Pending);
         }
-        let layout = ShardLayout { target: self.batch.spec.target_count, per_shard: 1 };
+        let layout = self.layout();
         self.finish(layout)
     }
 
-    /// A consolidation or export template the apiserver refused in the dry run that comes with
-    /// the worker Job's create: fail now, before any worker runs (the spec is immutable).
+    /// A template of a later stage the apiserver refused in the dry run that comes with the first
+    /// Job's create: fail now, before anything runs (the spec is immutable).
     pub(super) fn refuse_rejected_templates(&mut self) {
-        for stage in Stage::AFTER_WORKERS {
+        for stage in Stage::ALL {
             let created = self.st.stage(stage).as_ref().is_some_and(|s| s.job_uid.is_some());
             if let Some(message) = self.obs.rejection(stage).filter(|_| !created) {
                 let message = format!("the apiserver rejected the {} Job: {message}", stage.label());

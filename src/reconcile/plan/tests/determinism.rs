@@ -52,7 +52,7 @@ fn replanning_failed_and_stalled_batches_is_a_fixpoint() {
     let foreign = JobView { owned: false, ..job(Stage::Workers) };
     assert_fixpoints(batch(spec(), None), &[obs_with(0, &[foreign.clone()]), obs_with(10, &[foreign])]);
     // Invalid spec.
-    assert_fixpoints(batch(spec_with(|s| s.target_count = 0), None), &[observed(0), observed(10)]);
+    assert_fixpoints(batch(spec_with(|s| s.target_count = None), None), &[observed(0), observed(10)]);
     // Degraded success.
     let s = spec_with(|s| s.completion.min_succeeded_percent = 90);
     let mut sim = Sim::new(s, failed(workers_job(ALL_BUT_3_7, "3,7", 0), "FailedIndexes", 90), 100);
@@ -98,7 +98,7 @@ fn observed_generation_is_on_status_and_every_condition() {
         assert_eq!(c.last_transition_time, Time(t(0)), "{}", c.type_);
     }
     // Invalid spec too.
-    let mut bad = batch(spec_with(|s| s.target_count = 0), None);
+    let mut bad = batch(spec_with(|s| s.target_count = None), None);
     bad.metadata.generation = Some(9);
     let p = plan(&bad, &observed(0));
     assert_eq!(p.status.observed_generation, Some(9));
@@ -123,10 +123,10 @@ fn foreign_conditions_are_kept() {
 #[test]
 fn invalid_spec_stalls_without_actions() {
     let cases = [
-        spec_with(|s| s.target_count = 0),
+        spec_with(|s| s.target_count = None),
         spec_with(|s| s.items_per_shard = 0),
         spec_with(|s| {
-            s.target_count = 100_000;
+            s.target_count = Some(100_000);
             s.items_per_shard = 1;
         }),
         spec_with(|s| s.completion.complete_by = Some("tomorrow".into())),

@@ -39,7 +39,8 @@ fn stage_spec() -> StageSpec {
 fn spec() -> PredictionBatchSpec {
     PredictionBatchSpec {
         game_date: "2026-01-02".into(),
-        target_count: 120,
+        target_count: Some(120),
+        loader: None,
         items_per_shard: 4,
         parallelism: 10,
         worker: WorkerSpec {
@@ -245,6 +246,7 @@ fn assert_condition_generations(st: &PredictionBatchStatus) {
 }
 
 mod determinism;
+mod loader;
 mod lost_jobs;
 mod pipeline;
 mod properties;

@@ -169,6 +169,8 @@ fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
                             active,
                         }),
                         items: None,
+                        items_ref: None,
+                        loader: None,
                         progress: None,
                         succeeded_shards: None,
                         failed_shards: failed,
@@ -197,39 +199,61 @@ fn arb_spec() -> impl Strategy<Value = PredictionBatchSpec> {
         ],
         (any::<bool>(), any::<bool>(), any::<bool>()),
         proptest::option::of(prop_oneof![-10i64..100, Just(i64::MAX), Just(i64::MIN)]),
+        (any::<bool>(), any::<bool>()),
     )
-        .prop_map(|((target, per, par), (pct, grace), complete_by, (cons, exp, suspend), ttl)| {
-            spec_with(|s| {
-                s.target_count = target;
-                s.items_per_shard = per;
-                s.parallelism = par;
-                s.completion = CompletionSpec { min_succeeded_percent: pct, grace_seconds: grace, complete_by };
-                if !cons {
-                    s.consolidation = None;
-                }
-                if !exp {
-                    s.export = None;
-                }
-                s.suspend = suspend;
-                s.ttl_seconds_after_finished = ttl;
-            })
-        })
+        .prop_map(
+            |((target, per, par), (pct, grace), complete_by, (cons, exp, suspend), ttl, (loader, run_empty))| {
+                spec_with(|s| {
+                    s.target_count = Some(target);
+                    if loader {
+                        s.target_count = None;
+                        s.loader = Some(stage_spec());
+                    }
+                    s.items_per_shard = per;
+                    s.parallelism = par;
+                    let on_no_items = if run_empty { NoItemsPolicy::RunStages } else { NoItemsPolicy::SkipStages };
+                    s.completion =
+                        CompletionSpec { min_succeeded_percent: pct, grace_seconds: grace, complete_by, on_no_items };
+                    if !cons {
+                        s.consolidation = None;
+                    }
+                    if !exp {
+                        s.export = None;
+                    }
+                    s.suspend = suspend;
+                    s.ttl_seconds_after_finished = ttl;
+                })
+            },
+        )
 }
 
 fn arb_observed() -> impl Strategy<Value = Observed> {
     (
+        (
+            proptest::option::of(arb_job(Stage::Loader)),
+            proptest::option::of(prop_oneof![
+                Just(r#"{"targetCount": 38, "itemsRef": "gs://b/players.json"}"#.to_string()),
+                Just(r#"{"targetCount": 0}"#.to_string()),
+                Just(r#"{"targetCount": 100000}"#.to_string()),
+                ".{0,40}",
+            ]),
+        ),
         proptest::option::of(arb_job(Stage::Workers)),
         proptest::option::of(arb_job(Stage::Consolidation)),
         proptest::option::of(arb_job(Stage::Export)),
         proptest::collection::vec(
-            (prop_oneof![Just(Stage::Workers), Just(Stage::Consolidation), Just(Stage::Export)], ".{0,10}"),
+            (
+                prop_oneof![Just(Stage::Loader), Just(Stage::Workers), Just(Stage::Consolidation), Just(Stage::Export)],
+                ".{0,10}",
+            ),
             0..2,
         ),
         arb_time(),
     )
-        .prop_map(|(workers, consolidation, export, rejected, now)| Observed {
-            jobs: crate::api::StageMap { workers, consolidation, export },
+        .prop_map(|((loader, loader_message), workers, consolidation, export, rejected, now)| Observed {
+            jobs: crate::api::StageMap { loader, workers, consolidation, export },
             rejected,
+            loader_message,
             now,
         })
 }

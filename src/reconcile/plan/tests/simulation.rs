@@ -40,10 +40,11 @@ fn arb_event() -> impl Strategy<Value = Event> {
 fn rank(p: Phase) -> Option<u8> {
     match p {
         Phase::Pending => Some(0),
-        Phase::Running => Some(1),
-        Phase::Consolidating => Some(2),
-        Phase::Exporting => Some(3),
-        Phase::Succeeded | Phase::Failed => Some(4),
+        Phase::Loading => Some(1),
+        Phase::Running => Some(2),
+        Phase::Consolidating => Some(3),
+        Phase::Exporting => Some(4),
+        Phase::Succeeded | Phase::Failed => Some(5),
         Phase::Suspended => None,
     }
 }
@@ -65,7 +66,8 @@ fn simulate(
     (chaos, events): (bool, Vec<Vec<Event>>),
     strict: bool,
 ) -> Result<(), TestCaseError> {
-    let layout = crate::reconcile::shards::ShardLayout::new(spec.target_count, spec.items_per_shard).unwrap();
+    let layout =
+        crate::reconcile::shards::ShardLayout::new(spec.target_count.unwrap_or(0), spec.items_per_shard).unwrap();
     let n = layout.shard_count();
     let pct = spec.completion.min_succeeded_percent;
     let mut b = batch(spec, None);
@@ -97,7 +99,11 @@ fn simulate(
         for s in creates(&p) {
             let basis = if strict { prev.as_ref() } else { Some(st) };
             match s {
-                Stage::Workers => {}
+                Stage::Loader => {}
+                Stage::Workers => {
+                    let loaded = b.spec.loader.is_none() || stage_succeeded(basis, Stage::Loader);
+                    prop_assert!(loaded, "workers before the loader succeeded\n{}", ctx());
+                }
                 Stage::Consolidation => {
                     prop_assert!(
                         stage_succeeded(basis, Stage::Workers),
@@ -313,13 +319,14 @@ fn arb_sim_spec() -> impl Strategy<Value = PredictionBatchSpec> {
     )
         .prop_map(|((target, per), pct, grace, complete_by, (cons, exp), ttl, par)| {
             spec_with(|s| {
-                s.target_count = target;
+                s.target_count = Some(target);
                 s.items_per_shard = per;
                 s.parallelism = par;
                 s.completion = CompletionSpec {
                     min_succeeded_percent: pct,
                     grace_seconds: grace,
                     complete_by: complete_by.map(|c| t(c).to_string()),
+                    ..CompletionSpec::default()
                 };
                 if !cons {
                     s.consolidation = None;
