@@ -576,6 +576,20 @@ fn updates() -> Vec<Update> {
             refused_with: Some("spec.completion.minSucceededPercent is immutable"),
         },
         Update {
+            what: "change rerun.token",
+            base: Base::Full,
+            pointer: "/spec/rerun",
+            edit: |v| set(v, "/spec/rerun/token", json!("2")),
+            refused_with: None,
+        },
+        Update {
+            what: "rerun from a stage the batch does not have",
+            base: Base::Minimal,
+            pointer: "/spec/rerun",
+            edit: |v| set(v, "/spec/rerun", json!({"token": "1", "from": "Export"})),
+            refused_with: Some("spec.rerun.from is Export, but the batch has no export stage"),
+        },
+        Update {
             what: "change completion.onNoItems",
             base: Base::Full,
             pointer: "/spec/completion",

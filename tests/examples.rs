@@ -29,6 +29,7 @@ const TESTED: &[&str] = &[
     "batch-suspended.yaml",
     "batch-firestore.yaml",
     "batch-loader.yaml",
+    "batch-rerun.yaml",
 ];
 
 fn examples_dir() -> PathBuf {
@@ -159,6 +160,38 @@ async fn batch_loader_yaml_runs_the_count_the_loader_reports() {
     let bad = Example::start("ex-loader-bad", FILE, |ns| Some(TestStage::loader_output(ns, "38")));
     let b = bad.wait(Duration::from_secs(90), "Failed", |b| phase(b) == "Failed");
     assert_promise(FILE, reason(&b, "Stalled") == "True/LoaderOutputInvalid", &format!("{:#}", b["status"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_rerun_yaml_runs_the_export_again_on_a_new_token() {
+    const FILE: &str = "batch-rerun.yaml";
+    let ex = Example::start("ex-rerun", FILE, |_| None);
+    let b = ex.wait(Duration::from_secs(120), "Succeeded", |b| phase(b) == "Succeeded");
+    assert_promise(
+        FILE,
+        b["status"]["attempts"].is_null() && b["status"]["rerunToken"] == "1",
+        &format!("{:#}", b["status"]),
+    );
+    let patch = r#"{"spec":{"rerun":{"token":"2"}}}"#;
+    kubectl(&["patch", "pb", &ex.name, "-n", ex.ns(), "--type=merge", "-p", patch]);
+    let b = ex.wait(Duration::from_secs(90), "attempt 2 Succeeded", |b| {
+        phase(b) == "Succeeded" && b["status"]["attempts"][1]["outcome"] == "Succeeded"
+    });
+    let st = &b["status"];
+    assert_promise(
+        FILE,
+        st["export"]["jobName"] == format!("{}-r2-export", ex.name) && st["progress"] == "120/120",
+        &format!("{st:#}"),
+    );
+    let mut jobs = jobs_in(ex.ns());
+    jobs.sort();
+    let want: Vec<String> =
+        ["consolidate", "export", "r2-export", "workers"].iter().map(|s| format!("{}-{s}", ex.name)).collect();
+    assert_promise(FILE, jobs == want, &format!("Jobs {jobs:?}"));
+    // The same token again: nothing.
+    kubectl(&["patch", "pb", &ex.name, "-n", ex.ns(), "--type=merge", "-p", patch]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_promise(FILE, jobs_in(ex.ns()).len() == 4, "the same token ran something");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

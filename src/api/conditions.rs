@@ -195,6 +195,10 @@ pub enum EventReason {
     BatchFailed,
     /// The batch became stuck (a recoverable [`StallReason`]).
     Stalled(StallReason),
+    /// A new `spec.rerun.token` started an attempt.
+    RerunStarted,
+    /// A new `spec.rerun.token` asked for a rerun that cannot run (Warning).
+    RerunRefused,
 }
 
 impl EventReason {
@@ -207,6 +211,8 @@ impl EventReason {
             EventReason::BatchSucceeded => "BatchSucceeded".into(),
             EventReason::BatchFailed => "BatchFailed".into(),
             EventReason::Stalled(r) => r.as_str().into(),
+            EventReason::RerunStarted => "RerunStarted".into(),
+            EventReason::RerunRefused => "RerunRefused".into(),
         }
     }
 }

@@ -105,6 +105,10 @@ pub struct PredictionBatchSpec {
     #[serde(default)]
     pub suspend: bool,
 
+    /// Runs the end of a finished batch again, in place: change rerun.token (any new value) to start a new attempt from rerun.from. Applying the same token again does nothing; a token set when the batch is created, or changed while it runs, starts nothing until it has finished. May be changed at any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun: Option<RerunSpec>,
+
     /// Once the batch has finished, delete its Jobs (and their pods) after this many seconds. The batch itself is kept. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds_after_finished: Option<i64>,
@@ -157,6 +161,26 @@ impl Default for CompletionSpec {
             on_no_items: NoItemsPolicy::default(),
         }
     }
+}
+
+/// A request to run the end of a finished batch again (a new attempt).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RerunSpec {
+    /// Opaque; a value different from the one the latest attempt answered starts a new attempt (e.g. a date, a ticket id, a counter).
+    pub token: String,
+
+    /// The stage the new attempt starts from; it and every later stage run again, as new Jobs (<batch>-r<attempt>-<stage>). Every stage before it must have succeeded.
+    pub from: RerunFrom,
+}
+
+/// Where a rerun starts.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub enum RerunFrom {
+    /// Consolidation, then export.
+    Consolidation,
+    /// Only the export.
+    Export,
 }
 
 /// What a batch with no items does after the workers (which have nothing to run).

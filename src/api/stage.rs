@@ -64,7 +64,14 @@ impl Stage {
     /// `<batch>-loader`, `<batch>-workers`, `<batch>-consolidate`, `<batch>-export`; a batch name too long for that
     /// is cut and given a hash of the full name, so names stay unique and stable.
     pub fn job_name(self, batch: &str) -> String {
-        let suffix = self.suffix();
+        self.job_name_in(batch, 1)
+    }
+
+    /// The stage's Job in `attempt`: as [`Stage::job_name`] for the first, `<batch>-r<attempt>-<stage>`
+    /// for a rerun, so every attempt's Jobs have names of their own.
+    pub fn job_name_in(self, batch: &str, attempt: u32) -> String {
+        let suffix = if attempt <= 1 { self.suffix().to_string() } else { format!("r{attempt}-{}", self.suffix()) };
+        let suffix = suffix.as_str();
         let plain = format!("{batch}-{suffix}");
         if plain.len() <= MAX_JOB_NAME {
             return plain;
@@ -103,6 +110,14 @@ impl<T> StageMap<T> {
             Stage::Consolidation => &mut self.consolidation,
             Stage::Export => &mut self.export,
         }
+    }
+}
+
+impl super::PredictionBatch {
+    /// The name of `stage`'s Job in the batch's current attempt.
+    pub fn job_name(&self, stage: Stage) -> String {
+        let attempt = self.status.as_ref().map_or(1, PredictionBatchStatus::attempt);
+        stage.job_name_in(self.metadata.name.as_deref().unwrap_or_default(), attempt)
     }
 }
 
@@ -192,6 +207,8 @@ mod tests {
         assert_eq!(Stage::Workers.job_name("nba-2026-01-02"), "nba-2026-01-02-workers");
         assert_eq!(Stage::Consolidation.job_name("b"), "b-consolidate");
         assert_eq!(Stage::Export.job_name("b"), "b-export");
+        assert_eq!(Stage::Export.job_name_in("b", 1), "b-export");
+        assert_eq!(Stage::Export.job_name_in("b", 2), "b-r2-export");
     }
 
     proptest! {
@@ -202,6 +219,9 @@ mod tests {
                 prop_assert!(job.len() <= MAX_JOB_NAME, "{}", job);
                 prop_assert_eq!(&job, &stage.job_name(&name));
                 prop_assert!(job.ends_with(stage.suffix()));
+                let rerun = stage.job_name_in(&name, 12);
+                prop_assert!(rerun.len() <= MAX_JOB_NAME && rerun.ends_with(&format!("r12-{}", stage.suffix())), "{}", rerun);
+                prop_assert_ne!(&rerun, &job);
                 prop_assert!(!job.starts_with('-'));
                 prop_assert!(!job.contains("--") || name.contains("--"));
             }

@@ -83,10 +83,56 @@ pub struct PredictionBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
+    /// The spec.rerun.token the latest attempt answers (the one the batch was created with, then each rerun's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_token: Option<String>,
+
+    /// The batch's attempts, oldest first, once it has been rerun (the last is the current one; at most 10 are kept). The counts and stages above always describe the whole batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub attempts: Vec<AttemptStatus>,
+
     /// Ready, Reconciling, Stalled and Degraded (the conditions kstatus, Argo CD and kubectl wait read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "super::crd::conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// One attempt of a batch: the first run, or a rerun.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptStatus {
+    /// 1 for the first run, then 2, 3, ... Rerun Jobs are named <batch>-r<attempt>-<stage>.
+    pub attempt: u32,
+    /// The spec.rerun.token this attempt answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The stage it started from (absent for the first run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<super::RerunFrom>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Succeeded or Failed once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Phase>,
+    /// The reason of the batch's Ready (succeeded) or Stalled (failed) condition when it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Items of succeeded shards when it ended.
+    #[serde(default)]
+    pub succeeded_items: u32,
+    /// Items of failed shards when it ended.
+    #[serde(default)]
+    pub failed_items: u32,
+}
+
+impl PredictionBatchStatus {
+    /// The current attempt: 1 until the batch is rerun.
+    pub fn attempt(&self) -> u32 {
+        self.attempts.last().map_or(1, |a| a.attempt.max(1))
+    }
 }
 
 /// Lifecycle phase of a batch (Loading only with a loader). Phases only move forward, except Suspended, which returns to the phase it interrupted.

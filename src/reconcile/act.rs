@@ -27,11 +27,10 @@ pub async fn act(
     action: Cleared<'_>,
     learned: &mut Learned,
 ) -> Result<(), Error> {
-    let name = batch.name_any();
     match *action {
         Action::Create(stage) => {
             let Some(job) = jobs::build(batch, stage) else { return Ok(()) };
-            let job_name = stage.job_name(&name);
+            let job_name = batch.job_name(stage);
             let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
             match api.create(&pp, &job).await {
                 Ok(created) => {
@@ -52,20 +51,20 @@ pub async fn act(
             }
         }
         Action::Suspend { stage, suspend } => {
-            let job_name = stage.job_name(&name);
+            let job_name = batch.job_name(stage);
             let patch = json!({ "spec": { "suspend": suspend } });
             patch_job(api, uid, stage, &job_name, patch, learned).await?;
             info!(job = job_name, suspend, "set Job suspension");
         }
         Action::Parallelism(n) => {
-            let job_name = Stage::Workers.job_name(&name);
+            let job_name = batch.job_name(Stage::Workers);
             let patch = json!({ "spec": { "parallelism": n } });
             patch_job(api, uid, Stage::Workers, &job_name, patch, learned).await?;
         }
         Action::Validate => {
             for stage in batch.spec.later_stages() {
                 let Some(job) = jobs::build_for_dry_run(batch, stage) else { continue };
-                let job_name = stage.job_name(&name);
+                let job_name = batch.job_name(stage);
                 let pp = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
                 match api.create(&pp, &job).await {
                     Ok(_) => {}
@@ -80,12 +79,12 @@ pub async fn act(
             }
         }
         Action::Release { stage, uid: ref job_uid, index } => {
-            let job_name = stage.job_name(&name);
+            let job_name = batch.job_name(stage);
             let view = release(api, &job_name, job_uid, index).await?;
             learned.job_written(stage, view.map(|j| JobView::from_job(&j, uid)));
         }
         Action::Delete { stage, uid: ref job_uid } => {
-            let job_name = stage.job_name(&name);
+            let job_name = batch.job_name(stage);
             let dp = DeleteParams {
                 propagation_policy: Some(PropagationPolicy::Background),
                 preconditions: Some(Preconditions { uid: Some(job_uid.clone()), resource_version: None }),

@@ -101,12 +101,11 @@ impl<'l> View<'l> {
     /// was deleted: the cache may simply not have caught up with a Job we just created.
     pub async fn observe(&self, ctx: &Context, api: &Api<Job>, uid: &str) -> Result<Observed, Error> {
         let ns = self.batch.namespace().unwrap_or_default();
-        let name = self.batch.name_any();
         let status = self.batch.status.clone().unwrap_or_default();
         let mut observed = Observed::new(Timestamp::now());
         observed.rejected = self.learned.rejected.clone();
         for stage in Stage::ALL {
-            let job_name = stage.job_name(&name);
+            let job_name = self.batch.job_name(stage);
             let view = match self.learned.overlay.get(stage) {
                 Some(written) => written.clone(),
                 None => {

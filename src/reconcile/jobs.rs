@@ -87,7 +87,7 @@ fn build_for(batch: &PredictionBatch, stage: Stage, target: Option<u32>) -> Opti
     };
     Some(Job {
         metadata: ObjectMeta {
-            name: Some(stage.job_name(&name)),
+            name: Some(batch.job_name(stage)),
             namespace: batch.metadata.namespace.clone(),
             labels: Some(labels),
             owner_references: Some(vec![owner]),

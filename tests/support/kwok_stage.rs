@@ -59,6 +59,14 @@ impl TestStage {
         TestStage { name: name.to_string() }
     }
 
+    /// Pods of `ns` of one stage (`predictions.dev/stage` label, e.g. "export") fail on every
+    /// attempt, as while a service the stage needs is down.
+    pub fn fail_stage(ns: &str, stage: &str) -> TestStage {
+        let select =
+            json!({ "key": ".metadata.labels[\"predictions.dev/stage\"]", "operator": "In", "values": [stage] });
+        TestStage::selecting("pod-fail.yaml", "pod-fail-shards-3-7", &format!("fail-{stage}-{ns}"), ns, select, |_| {})
+    }
+
     /// Loader pods of `ns` succeed with `message` as their termination message, as a loader
     /// container that wrote it to /dev/termination-log.
     pub fn loader_output(ns: &str, message: &str) -> TestStage {

@@ -168,7 +168,11 @@ impl StatusRecord {
             return;
         }
         *self.versions.entry(name.to_string()).or_default() += 1;
-        if let Some(prev) = self.last.get(name) {
+        // A rerun starts a new attempt: its phases and stages start over.
+        let attempt = |s: &serde_json::Value| {
+            s["attempts"].as_array().and_then(|a| a.last()).and_then(|a| a["attempt"].as_u64()).unwrap_or(1)
+        };
+        if let Some(prev) = self.last.get(name).filter(|prev| attempt(prev) == attempt(status)) {
             let mut bad = |what: String| self.regressions.push(format!("{name}: {what}"));
             let (pp, np) = (prev["phase"].as_str().unwrap_or(""), status["phase"].as_str().unwrap_or(""));
             if let (Some(a), Some(b)) = (phase_rank(pp), phase_rank(np))

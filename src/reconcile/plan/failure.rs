@@ -9,7 +9,7 @@ use crate::reconcile::observed::JobOutcome;
 
 impl Planner<'_> {
     pub(super) fn fail(&mut self, stage: Stage, reason: StallReason, message: String) {
-        let job_name = stage.job_name(self.name());
+        let job_name = self.job_name(stage);
         let entry = self.st.stage_mut(stage).get_or_insert_with(|| StageStatus { job_name, ..Default::default() });
         entry.state = StageState::Failed;
         entry.completion_time.get_or_insert(Time(self.now));

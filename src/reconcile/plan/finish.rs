@@ -62,7 +62,8 @@ impl Planner<'_> {
         } else {
             Phase::Pending
         };
-        let prev = self.prev.phase.filter(|p| *p != Phase::Suspended);
+        // A stored terminal phase means a rerun just started: its phases start over.
+        let prev = self.prev.phase.filter(|p| *p != Phase::Suspended && !p.is_terminal());
         self.st.phase = Some(match prev {
             Some(p) if phase != Phase::Suspended && p > phase => p,
             _ => phase,
@@ -74,7 +75,9 @@ impl Planner<'_> {
         self.st.observed_generation = generation;
         let wanted = self.conditions(layout);
         self.st.conditions = merge_conditions(&self.prev.conditions, wanted, generation, self.now);
-        let events = transition_events(&self.prev, &self.st, self.stop.as_ref());
+        self.close_attempt();
+        let mut events = std::mem::take(&mut self.notes);
+        events.extend(transition_events(&self.prev, &self.st, self.stop.as_ref()));
         let mut actions = self.releases();
         actions.append(&mut self.actions);
         Plan { status: self.st, actions, requeue_after: self.requeue, events }

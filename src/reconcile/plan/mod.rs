@@ -3,6 +3,8 @@
 //! rules live and where most tests go.
 //!
 //! One pass of [`plan`] runs the rules in pipeline order, each in its own module:
+//! 0. [`rerun`]: a finished batch stays finished, unless a new `spec.rerun.token` starts an
+//!    attempt, which clears the stages it reruns and is then planned like a running batch;
 //! 1. [`validate`]: a spec the planner cannot use stalls the batch (`InvalidSpec`); templates the
 //!    apiserver refused and a `completeBy` already past before any worker fail it early;
 //! 2. [`loader`]: the optional loader Job runs first and its output, read and checked once,
@@ -30,6 +32,7 @@ mod failure;
 mod finish;
 mod loader;
 mod quorum;
+mod rerun;
 mod stages;
 mod validate;
 mod workers;
@@ -119,6 +122,8 @@ struct Planner<'a> {
     stop: Option<Stop>,
     /// The item count is known and is 0: no worker runs (see `completion.onNoItems`).
     no_items: bool,
+    /// Events beyond the status transitions (a rerun started or refused).
+    notes: Vec<EventNote>,
 }
 
 impl<'a> Planner<'a> {
@@ -134,6 +139,7 @@ impl<'a> Planner<'a> {
             requeue: None,
             stop: None,
             no_items: false,
+            notes: Vec::new(),
         }
     }
 
@@ -141,10 +147,16 @@ impl<'a> Planner<'a> {
         self.batch.metadata.name.as_deref().unwrap_or_default()
     }
 
+    /// The name of `stage`'s Job in the attempt being planned.
+    fn job_name(&self, stage: Stage) -> String {
+        stage.job_name_in(self.name(), self.st.attempt())
+    }
+
     /// The rules in pipeline order (see the module doc).
     fn run(mut self) -> Plan {
-        // A finished batch stays finished, whatever its spec says now.
-        if self.st.phase.is_some_and(crate::api::Phase::is_terminal) {
+        self.record_initial_token();
+        // A finished batch stays finished, whatever its spec says now, unless a rerun starts.
+        if self.st.phase.is_some_and(crate::api::Phase::is_terminal) && !self.start_requested_attempt() {
             self.finished_batch();
             let layout = self.layout();
             return self.finish(layout);

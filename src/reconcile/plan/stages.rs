@@ -56,7 +56,8 @@ impl<'a> Planner<'a> {
     /// deleted before its outcome was recorded. Returns the Job only once status has its UID.
     pub(super) fn attach(&mut self, stage: Stage) -> Option<&'a JobView> {
         let obs: &'a Observed = self.obs;
-        let job = obs.job(stage);
+        // Only this attempt's Job: a rerun's first pass still sees the previous attempt's.
+        let job = obs.job(stage).filter(|j| j.name == self.job_name(stage));
         let status = self.st.stage(stage).clone();
         let recorded = status.as_ref().and_then(|s| s.job_uid.clone());
         match (recorded, job) {
@@ -92,7 +93,7 @@ impl<'a> Planner<'a> {
     }
 
     fn job_deleted(&mut self, stage: Stage, when: &str) {
-        let message = format!("{} Job {} was deleted {when}", stage.label(), stage.job_name(self.name()));
+        let message = format!("{} Job {} was deleted {when}", stage.label(), self.job_name(stage));
         self.fail(stage, StallReason::JobDeleted, message);
     }
 
@@ -122,7 +123,7 @@ impl<'a> Planner<'a> {
             let message = format!("the apiserver rejected the {} Job: {message}", stage.label());
             return self.fail(stage, StallReason::JobRejected, message);
         }
-        let job_name = stage.job_name(self.name());
+        let job_name = self.job_name(stage);
         *self.st.stage_mut(stage) = Some(StageStatus { job_name, state: StageState::Pending, ..Default::default() });
         if !self.batch.spec.suspend {
             if stage == self.batch.spec.first_stage() {

@@ -52,6 +52,7 @@ fn spec() -> PredictionBatchSpec {
         consolidation: Some(stage_spec()),
         export: Some(stage_spec()),
         suspend: false,
+        rerun: None,
         ttl_seconds_after_finished: None,
     }
 }
@@ -251,6 +252,7 @@ mod lost_jobs;
 mod pipeline;
 mod properties;
 mod quorum;
+mod rerun;
 mod simulation;
 mod suspend_ttl;
 

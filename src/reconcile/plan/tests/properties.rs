@@ -180,6 +180,8 @@ fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
                         export,
                         start_time: start.map(Time),
                         completion_time: done.map(Time),
+                        rerun_token: suspended.map(|_| "a".to_string()),
+                        attempts: Vec::new(),
                         conditions,
                     }
                 },

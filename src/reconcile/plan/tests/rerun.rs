@@ -1,0 +1,144 @@
+//! Reruns: a new token on a finished batch starts an attempt from the chosen stage, with Jobs of
+//! its own; the same token again does nothing; the history is bounded; a rerun that cannot run
+//! is refused once.
+
+use super::*;
+use crate::api::{EventReason, RerunFrom, RerunSpec};
+
+fn with_rerun(b: &PredictionBatch, token: &str, from: RerunFrom) -> PredictionBatch {
+    let mut b = b.clone();
+    b.spec.rerun = Some(RerunSpec { token: token.into(), from });
+    b.metadata.generation = Some(b.metadata.generation.unwrap_or(0) + 1);
+    b
+}
+
+/// The example batch run to the end, its export failed; returns the batch and what was observed.
+fn export_failed() -> (PredictionBatch, Observed) {
+    let mut sim = Sim::new(spec(), succeeded(workers_job("0-29", "", 0), 90), 100);
+    sim.stage_outcome = JobOutcome::Failed { reason: "BackoffLimitExceeded".into(), message: "503".into(), at: None };
+    sim.run(20);
+    assert_eq!(sim.status().phase, Some(Phase::Failed));
+    assert_eq!(cond(sim.status(), CONDITION_STALLED).reason, "ConsolidationFailed", "the sim fails every one-shot");
+    (sim.batch.clone(), sim.obs.clone())
+}
+
+fn succeeded_sim() -> Sim {
+    let mut sim = Sim::new(spec(), succeeded(workers_job("0-29", "", 0), 90), 100);
+    sim.run(20);
+    assert_eq!(sim.status().phase, Some(Phase::Succeeded));
+    sim
+}
+
+#[test]
+fn a_new_token_reruns_the_export_as_a_new_job_and_the_same_token_does_nothing() {
+    let sim = succeeded_sim();
+    let b = with_rerun(&sim.batch, "front-end-back", RerunFrom::Export);
+    let (p, b) = step(&b, &sim.obs);
+    assert_eq!(creates(&p), [Stage::Export]);
+    assert_eq!(p.status.phase, Some(Phase::Exporting));
+    assert_eq!(stage_of(&p.status, Stage::Export).unwrap().job_name, format!("{NAME}-r2-export"));
+    assert_eq!(stage_state(&p.status, Stage::Consolidation), Some(StageState::Succeeded), "kept");
+    assert_eq!(p.status.rerun_token.as_deref(), Some("front-end-back"));
+    let attempts: Vec<(u32, Option<Phase>)> = p.status.attempts.iter().map(|a| (a.attempt, a.outcome)).collect();
+    assert_eq!(attempts, [(1, Some(Phase::Succeeded)), (2, None)]);
+    assert_eq!(p.status.attempts[0].succeeded_items, 120);
+    assert!(p.events.iter().any(|e| e.reason == EventReason::RerunStarted), "{:?}", p.events);
+    assert_eq!(p.status.progress.as_deref(), Some("120/120"), "counts describe the whole batch");
+
+    // The old export Job is still observed by its name: never adopted as the new attempt's.
+    let export = JobView { name: format!("{NAME}-r2-export"), uid: "uid-r2-export".into(), ..job(Stage::Export) };
+    let mut obs = sim.obs.clone();
+    obs.set_job(Stage::Export, Some(export.clone()));
+    let (p, b) = step(&b, &obs);
+    assert_eq!(stage_of(&p.status, Stage::Export).unwrap().job_uid.as_deref(), Some("uid-r2-export"));
+    obs.set_job(Stage::Export, Some(succeeded(export, 200)));
+    let (p, b) = step(&b, &obs);
+    assert_eq!(p.status.phase, Some(Phase::Succeeded));
+    let last = p.status.attempts.last().unwrap();
+    assert_eq!((last.attempt, last.outcome, last.reason.as_deref()), (2, Some(Phase::Succeeded), Some("Succeeded")));
+    assert!(last.completion_time.is_some());
+    // Applying the same token again (or anything else) changes nothing.
+    let again = plan(&b, &obs);
+    assert_eq!(again.status, p.status);
+    assert!(again.actions.is_empty() && again.events.is_empty(), "{:?} {:?}", again.actions, again.events);
+}
+
+#[test]
+fn a_failed_export_reruns_and_the_batch_ends_succeeded() {
+    let (b, obs) = export_failed();
+    let b = with_rerun(&b, "t1", RerunFrom::Consolidation);
+    let (p, b) = step(&b, &obs);
+    assert_eq!(creates(&p), [Stage::Consolidation]);
+    assert_eq!(p.status.phase, Some(Phase::Consolidating));
+    assert!(p.status.completion_time.is_none());
+    assert_eq!(cond(&p.status, CONDITION_STALLED).status, "False");
+    assert_eq!(cond(&p.status, CONDITION_RECONCILING).status, "True");
+    assert_eq!(p.status.attempts[0].outcome, Some(Phase::Failed));
+    assert_eq!(p.status.attempts[0].reason.as_deref(), Some("ConsolidationFailed"));
+    let mut obs = obs;
+    let c = JobView { name: format!("{NAME}-r2-consolidate"), ..succeeded(job(Stage::Consolidation), 300) };
+    obs.set_job(Stage::Consolidation, Some(c));
+    let (p, b) = step(&b, &obs);
+    assert_eq!(creates(&p), [Stage::Export]);
+    let e = JobView { name: format!("{NAME}-r2-export"), ..succeeded(job(Stage::Export), 310) };
+    obs.set_job(Stage::Export, Some(e));
+    let (p, _) = step(&b, &obs);
+    assert_eq!(p.status.phase, Some(Phase::Succeeded));
+    assert_eq!(cond(&p.status, CONDITION_READY).status, "True");
+}
+
+#[test]
+fn a_token_the_batch_was_created_with_starts_nothing() {
+    let s = spec_with(|s| s.rerun = Some(RerunSpec { token: "v1".into(), from: RerunFrom::Export }));
+    let mut sim = Sim::new(s, succeeded(workers_job("0-29", "", 0), 90), 100);
+    // Sim starts from a running status: record the token as the first pass would have.
+    sim.batch.status.as_mut().unwrap().rerun_token = Some("v1".into());
+    sim.run(20);
+    assert_eq!(sim.status().phase, Some(Phase::Succeeded));
+    assert_eq!(sim.all_creates().iter().filter(|s| **s == Stage::Export).count(), 1);
+    let (p, _) = step(&batch(sim.batch.spec.clone(), None), &observed(0));
+    assert_eq!(p.status.rerun_token.as_deref(), Some("v1"), "recorded on the first pass");
+}
+
+#[test]
+fn a_rerun_whose_earlier_stages_did_not_succeed_is_refused_once() {
+    // Failed below quorum: consolidation never ran, so a rerun of the export cannot run.
+    let b = batch(spec(), Some(running_status(&spec())));
+    let (_, b) = step(&b, &obs_with(100, &[failed(workers_job("0-5", "6", 0), "BackoffLimitExceeded", 99)]));
+    assert_eq!(b.status.as_ref().unwrap().phase, Some(Phase::Failed));
+    let b = with_rerun(&b, "t", RerunFrom::Export);
+    let (p, b) = step(&b, &observed(200));
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    assert!(p.actions.is_empty());
+    assert!(p.status.attempts.is_empty());
+    let refused: Vec<_> = p.events.iter().filter(|e| e.reason == EventReason::RerunRefused).collect();
+    assert_eq!(refused.len(), 1, "{:?}", p.events);
+    assert!(refused[0].warning && refused[0].note.contains("workers did not succeed"), "{:?}", refused[0]);
+    let again = plan(&b, &observed(300));
+    assert!(again.events.is_empty(), "refused once: {:?}", again.events);
+}
+
+#[test]
+fn the_history_is_bounded_and_names_stay_unique() {
+    let mut sim = succeeded_sim();
+    let mut names = std::collections::BTreeSet::new();
+    for i in 0..15 {
+        let b = with_rerun(&sim.batch, &format!("t{i}"), RerunFrom::Export);
+        let (p, b) = step(&b, &sim.obs);
+        let name = stage_of(&p.status, Stage::Export).unwrap().job_name.clone();
+        assert!(names.insert(name.clone()), "{name} used twice");
+        let e = JobView { name, uid: format!("uid-{i}"), ..succeeded(job(Stage::Export), 1000 + i) };
+        sim.obs.set_job(Stage::Export, Some(e));
+        let (p, b) = step(&b, &sim.obs);
+        assert_eq!(p.status.phase, Some(Phase::Succeeded), "attempt {}", i + 2);
+        sim.batch = b;
+    }
+    let st = sim.status();
+    assert_eq!(st.attempts.len(), rerun_max());
+    assert_eq!(st.attempts.last().unwrap().attempt, 16);
+    assert_eq!(st.attempts[0].attempt, 7);
+}
+
+fn rerun_max() -> usize {
+    super::super::rerun::MAX_ATTEMPTS
+}
