@@ -95,3 +95,63 @@ async fn a_rerun_from_consolidation_runs_consolidation_and_export_again() {
         assert_eq!(rec.uids(stage), jobs, "{stage}: Jobs by UID {:?}", rec.uids_by_stage);
     }
 }
+
+/// The acceptance's main case: a batch ends Succeeded and Degraded with shards 3 and 7 failed; the
+/// stage that fails them is removed and the token changes; only shards 3 and 7 run again (each
+/// as its own Job, SHARD_INDEX its real index), then consolidation and export; the batch ends
+/// Succeeded at 100 % with two attempts, through a controller kill at each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_shards_rerun_alone_and_the_batch_ends_whole() {
+    ensure_crd();
+    let ns = TestNamespace::new("rerun-shards");
+    let watch = JobWatch::start(ns.name()).await;
+    let mut ctl = Controller::start("rerun-shards", ns.name(), &[]);
+    let failing = TestStage::fail(ns.name(), &["3", "7"]);
+    let manifest = batch("daily", json!({ "completion": { "minSucceededPercent": 90 } }), json!({}));
+    apply(ns.name(), &manifest);
+    let first =
+        wait_batch(ns.name(), "daily", &ctl, Duration::from_secs(120), "Succeeded", |b| phase(b) == "Succeeded");
+    assert_eq!(first["status"]["failedShards"], "3,7", "{:#}", first["status"]);
+    assert_eq!(condition(&first, "Degraded").unwrap().0, "True");
+
+    drop(failing);
+    let mut rerun = manifest.clone();
+    rerun["spec"]["rerun"] = json!({ "token": "fix-3-7" });
+    apply(ns.name(), &rerun);
+    ctl.kill();
+    ctl.restart();
+    wait_until(
+        "the rerun's consolidation Job",
+        Duration::from_secs(90),
+        || (watch.snapshot().uids("consolidation") == 2).then_some(()),
+        || ctl.log_tail(),
+    );
+    ctl.kill();
+    ctl.restart();
+    let done = wait_batch(ns.name(), "daily", &ctl, Duration::from_secs(90), "attempt 2 Succeeded", |b| {
+        phase(b) == "Succeeded" && b["status"]["attempts"][1]["outcome"] == "Succeeded"
+    });
+    let st = &done["status"];
+    assert_eq!(st["progress"], "120/120", "{st:#}");
+    assert!(st["failedShards"].is_null(), "{st:#}");
+    assert_eq!(condition(&done, "Degraded").unwrap().0, "False");
+    assert_eq!(st["attempts"][1]["shards"], "3,7");
+    let rec = watch.snapshot();
+    // Workers: the first Indexed Job and one Job per rerun shard.
+    let mut shard_jobs: Vec<String> = support::kubectl(&["get", "jobs", "-n", ns.name(), "-o", "name"])
+        .lines()
+        .filter(|l| l.contains("-r2-workers-"))
+        .map(String::from)
+        .collect();
+    shard_jobs.sort();
+    assert_eq!(shard_jobs, ["job.batch/daily-r2-workers-3", "job.batch/daily-r2-workers-7"]);
+    for (stage, jobs) in [("workers", 3), ("consolidation", 2), ("export", 2)] {
+        assert_eq!(rec.uids(stage), jobs, "{stage}: Jobs by UID {:?}", rec.uids_by_stage);
+    }
+    for shard in [3, 7] {
+        let job = support::kubectl_json(&["get", "job", &format!("daily-r2-workers-{shard}"), "-n", ns.name()]);
+        let env = job["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+        let index = env.iter().find(|e| e["name"] == "SHARD_INDEX").unwrap();
+        assert_eq!(index["value"], shard.to_string(), "shard {shard}: {index}");
+    }
+}

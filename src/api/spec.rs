@@ -170,13 +170,17 @@ pub struct RerunSpec {
     /// Opaque; a value different from the one the latest attempt answered starts a new attempt (e.g. a date, a ticket id, a counter).
     pub token: String,
 
-    /// The stage the new attempt starts from; it and every later stage run again, as new Jobs (<batch>-r<attempt>-<stage>). Every stage before it must have succeeded.
+    /// Where the new attempt starts (default FailedShards): it and every later stage run again, as new Jobs (<batch>-r<attempt>-<stage>; a rerun shard <batch>-r<attempt>-workers-<shard>). Every stage before it must have succeeded.
+    #[serde(default)]
     pub from: RerunFrom,
 }
 
 /// Where a rerun starts.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 pub enum RerunFrom {
+    /// Only the shards that did not succeed (each as a Job of its own, SHARD_INDEX its real index), then consolidation and export. With no such shard: consolidation and export.
+    #[default]
+    FailedShards,
     /// Consolidation, then export.
     Consolidation,
     /// Only the export.

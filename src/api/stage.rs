@@ -113,6 +113,12 @@ impl<T> StageMap<T> {
     }
 }
 
+/// The Job of one shard rerun alone in `attempt` (`<batch>-r<attempt>-workers-<shard>`): the
+/// shard's own Job, so its pod gets its real index as SHARD_INDEX.
+pub fn shard_job_name(batch: &str, attempt: u32, shard: u32) -> String {
+    format!("{}-{shard}", Stage::Workers.job_name_in(batch, attempt))
+}
+
 impl super::PredictionBatch {
     /// The name of `stage`'s Job in the batch's current attempt.
     pub fn job_name(&self, stage: Stage) -> String {

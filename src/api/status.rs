@@ -114,6 +114,12 @@ pub struct AttemptStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// The shards a FailedShards attempt runs again, as ranges (fixed when it starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<String>,
+    /// Those of them that failed again, as ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_shards: Option<String>,
     /// Succeeded or Failed once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Phase>,

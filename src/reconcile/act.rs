@@ -12,6 +12,7 @@ use super::jobs;
 use super::observed::JobView;
 use super::plan::Action;
 use super::record::Cleared;
+use crate::api::stage::shard_job_name;
 use crate::api::{PredictionBatch, Stage};
 use crate::context::Context;
 use crate::error::{Error, status_code};
@@ -49,6 +50,22 @@ pub async fn act(
                 }
                 Err(e) => return Err(Error::kube(format!("create Job {job_name}"), e)),
             }
+        }
+        Action::CreateShard(shard) => {
+            let Some(job) = jobs::build_shard(batch, shard) else { return Ok(()) };
+            let job_name = job.metadata.name.clone().unwrap_or_default();
+            let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            match api.create(&pp, &job).await {
+                Ok(_) => info!(job = job_name, shard, "created the Job of a rerun shard"),
+                // Its deterministic name makes a repeated create a no-op; the watch brings it.
+                Err(e) if status_code(&e) == Some(409) => {}
+                Err(e) => return Err(Error::kube(format!("create Job {job_name}"), e)),
+            }
+        }
+        Action::ReleaseShard { shard, uid: ref job_uid, index } => {
+            let attempt = batch.status.as_ref().map_or(1, |s| s.attempt());
+            let job_name = shard_job_name(&batch.name_any(), attempt, shard);
+            release(api, &job_name, job_uid, index).await?;
         }
         Action::Suspend { stage, suspend } => {
             let job_name = batch.job_name(stage);

@@ -35,7 +35,9 @@ use tracing::debug;
 
 use super::jobs;
 use super::observed::{JobOutcome, JobView, Observed, loader_message};
-use crate::api::{PredictionBatch, Stage, StageMap};
+use super::ranges::IndexSet;
+use crate::api::stage::shard_job_name;
+use crate::api::{PredictionBatch, RerunFrom, Stage, StageMap};
 use crate::cache::trim_batch;
 use crate::context::{Context, Written};
 use crate::error::Error;
@@ -128,7 +130,26 @@ impl<'l> View<'l> {
             observed.set_job(stage, view);
         }
         observed.loader_message = self.read_loader_output(ctx, &observed).await?;
+        observed.shard_jobs = self.shard_jobs(ctx, uid);
         Ok(observed)
+    }
+
+    /// In an attempt that reruns failed shards, their Jobs from the cache (a Job created this
+    /// pass and not cached yet is planned again: its create then finds it, by its name).
+    fn shard_jobs(&self, ctx: &Context, uid: &str) -> std::collections::BTreeMap<u32, JobView> {
+        let Some(status) = self.batch.status.as_ref() else { return Default::default() };
+        let Some(attempt) = status.attempts.last().filter(|a| a.from == Some(RerunFrom::FailedShards)) else {
+            return Default::default();
+        };
+        let (ns, name) = (self.batch.namespace().unwrap_or_default(), self.batch.name_any());
+        let shards = IndexSet::parse_opt(attempt.shards.as_deref()).unwrap_or_default();
+        shards
+            .iter()
+            .filter_map(|i| {
+                let job = ctx.jobs.get(&ObjectRef::new(&shard_job_name(&name, attempt.attempt, i)).within(&ns))?;
+                Some((i, JobView::from_job(&job, uid)))
+            })
+            .collect()
     }
 
     /// The loader's termination message, read from its pods (a direct list, not a cache: it is

@@ -12,7 +12,7 @@ use kube::Resource;
 
 use super::ranges::IndexSet;
 use super::shards::ShardLayout;
-use crate::api::stage::batch_label_value;
+use crate::api::stage::{batch_label_value, shard_job_name};
 use crate::api::{PodTemplate, PredictionBatch, PredictionBatchSpec, PredictionBatchStatus, Stage, env};
 use crate::labels::{BATCH_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OUTCOME_FINALIZER, STAGE_LABEL};
 
@@ -99,6 +99,29 @@ fn build_for(batch: &PredictionBatch, stage: Stage, target: Option<u32>) -> Opti
         spec: Some(JobSpec { suspend: Some(spec.suspend), ..job_spec }),
         status: None,
     })
+}
+
+/// The Job of one shard rerun alone (an attempt that reruns failed shards): the worker template
+/// and env, `SHARD_INDEX` the shard's real index, retried `backoffLimitPerShard` times.
+pub fn build_shard(batch: &PredictionBatch, shard: u32) -> Option<Job> {
+    let mut job = build(batch, Stage::Workers)?;
+    let attempt = batch.status.as_ref().map_or(1, PredictionBatchStatus::attempt);
+    job.metadata.name = Some(shard_job_name(batch.metadata.name.as_deref()?, attempt, shard));
+    let spec = job.spec.as_mut()?;
+    spec.completion_mode = None;
+    spec.completions = Some(1);
+    spec.parallelism = Some(1);
+    spec.backoff_limit = Some(batch.spec.worker.backoff_limit_per_shard);
+    spec.backoff_limit_per_index = None;
+    spec.max_failed_indexes = None;
+    let pod = spec.template.spec.as_mut()?;
+    let init = pod.init_containers.iter_mut().flatten();
+    for c in pod.containers.iter_mut().chain(init) {
+        for var in c.env.iter_mut().flatten().filter(|v| v.name == env::SHARD_INDEX && v.value_from.is_some()) {
+            *var = self::var(env::SHARD_INDEX, &shard.to_string());
+        }
+    }
+    Some(job)
 }
 
 /// The worker stage: one Indexed Job, a completion index per shard.

@@ -111,12 +111,20 @@ pub struct Observed {
     /// The termination message of the loader's succeeded pod, read once the loader Job succeeded
     /// and until its outcome is recorded (`None`: no such pod or no message).
     pub loader_message: Option<String>,
+    /// In an attempt that reruns failed shards, each shard's own Job, by shard index.
+    pub shard_jobs: std::collections::BTreeMap<u32, JobView>,
     pub now: Timestamp,
 }
 
 impl Observed {
     pub fn new(now: Timestamp) -> Self {
-        Observed { jobs: StageMap::default(), rejected: Vec::new(), loader_message: None, now }
+        Observed {
+            jobs: StageMap::default(),
+            rejected: Vec::new(),
+            loader_message: None,
+            shard_jobs: Default::default(),
+            now,
+        }
     }
 
     pub fn job(&self, stage: Stage) -> Option<&JobView> {

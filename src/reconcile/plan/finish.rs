@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::conditions::merge_conditions;
 use super::events::transition_events;
 use super::{Action, Plan, Planner};
-use crate::api::{Phase, Stage, StageStatus};
+use crate::api::{Phase, Stage, StageState, StageStatus};
 use crate::reconcile::deadline::add_secs;
 use crate::reconcile::shards::ShardLayout;
 
@@ -55,7 +55,7 @@ impl Planner<'_> {
             Phase::Exporting
         } else if in_flight(&self.st.consolidation) {
             Phase::Consolidating
-        } else if self.st.workers.as_ref().is_some_and(|w| w.job_uid.is_some()) {
+        } else if self.st.workers.as_ref().is_some_and(|w| w.job_uid.is_some() || w.state == StageState::Running) {
             Phase::Running
         } else if self.st.loader.as_ref().is_some_and(|l| l.job_uid.is_some()) {
             Phase::Loading
@@ -79,6 +79,7 @@ impl Planner<'_> {
         let mut events = std::mem::take(&mut self.notes);
         events.extend(transition_events(&self.prev, &self.st, self.stop.as_ref()));
         let mut actions = self.releases();
+        actions.extend(self.shard_releases());
         actions.append(&mut self.actions);
         Plan { status: self.st, actions, requeue_after: self.requeue, events }
     }

@@ -33,6 +33,7 @@ mod finish;
 mod loader;
 mod quorum;
 mod rerun;
+mod rerun_shards;
 mod stages;
 mod validate;
 mod workers;
@@ -62,6 +63,10 @@ pub enum Action {
     Suspend { stage: Stage, suspend: bool },
     /// Set `spec.parallelism` of the worker Job.
     Parallelism(i32),
+    /// Create the Job of one shard rerun alone (a FailedShards attempt).
+    CreateShard(u32),
+    /// Remove our outcome finalizer from a rerun shard's Job: its outcome is in the status.
+    ReleaseShard { shard: u32, uid: String, index: usize },
     /// Remove our outcome finalizer (at `index` of `metadata.finalizers`) from the stage's Job
     /// `uid`: its outcome is in the status just written, or it is not the stage's Job.
     Release { stage: Stage, uid: String, index: usize },
@@ -74,7 +79,7 @@ impl Action {
     /// Actions whose effect depends on our view being current (all but releasing a finalizer
     /// after the outcome is recorded): the reconciler fences them with the batch's resourceVersion.
     pub fn needs_fence(&self) -> bool {
-        !matches!(self, Action::Release { .. })
+        !matches!(self, Action::Release { .. } | Action::ReleaseShard { .. })
     }
 }
 

@@ -10,6 +10,7 @@ use super::{EventNote, Planner};
 use crate::api::{
     AttemptStatus, CONDITION_READY, CONDITION_STALLED, EventReason, Phase, PredictionBatchStatus, RerunFrom, Stage,
 };
+use crate::reconcile::ranges::IndexSet;
 
 /// Attempts kept in `status.attempts` (the oldest go first).
 pub const MAX_ATTEMPTS: usize = 10;
@@ -17,6 +18,7 @@ pub const MAX_ATTEMPTS: usize = 10;
 /// The stage a rerun starts from.
 pub fn first_rerun_stage(from: RerunFrom) -> Stage {
     match from {
+        RerunFrom::FailedShards => Stage::Workers,
         RerunFrom::Consolidation => Stage::Consolidation,
         RerunFrom::Export => Stage::Export,
     }
@@ -40,7 +42,22 @@ impl Planner<'_> {
             return false;
         }
         let answered = self.st.rerun_token.replace(rerun.token.clone());
-        let from = first_rerun_stage(rerun.from);
+        let layout = self.layout();
+        // The shards to run again: every one that did not succeed (all, if the workers never ran).
+        let shards = if rerun.from == RerunFrom::FailedShards && (layout.target > 0 || self.batch.spec.loader.is_none())
+        {
+            let succeeded = IndexSet::parse_opt(self.st.succeeded_shards.as_deref()).unwrap_or_default();
+            succeeded.clamp(layout.shard_count()).complement(layout.shard_count())
+        } else {
+            IndexSet::new()
+        };
+        let from = match first_rerun_stage(rerun.from) {
+            // Nothing failed: consolidation and export run again.
+            Stage::Workers if shards.is_empty() => {
+                Stage::AFTER_WORKERS.into_iter().find(|s| self.batch.spec.has_stage(*s)).unwrap_or(Stage::Export)
+            }
+            stage => stage,
+        };
         let before = Stage::ALL.into_iter().filter(|s| *s < from);
         if let Some(missing) = before.clone().find(|s| !self.done_or_skipped(*s)) {
             let note = format!(
@@ -67,6 +84,7 @@ impl Planner<'_> {
             token: Some(rerun.token.clone()),
             from: Some(rerun.from),
             start_time: Some(Time(self.now)),
+            shards: Some(shards.to_string()).filter(|s| !s.is_empty()),
             ..Default::default()
         });
         let excess = self.st.attempts.len().saturating_sub(MAX_ATTEMPTS);
@@ -76,7 +94,9 @@ impl Planner<'_> {
         }
         self.st.phase = None;
         self.st.completion_time = None;
-        let note = format!("attempt {attempt} (token {:?}): running {} again", rerun.token, from.label());
+        let what =
+            if shards.is_empty() { from.label().to_string() } else { format!("shards {shards} and what follows") };
+        let note = format!("attempt {attempt} (token {:?}): running {what} again", rerun.token);
         self.notes.push(EventNote { warning: false, reason: EventReason::RerunStarted, note });
         true
     }

@@ -58,7 +58,8 @@ impl Planner<'_> {
     /// A `completeBy` that had already passed before the worker Job was created fails the batch
     /// without creating any Job.
     pub(super) fn deadline_before_start(&mut self, complete_by: Option<Timestamp>) {
-        let Some(t) = complete_by.filter(|t| self.now >= *t) else { return };
+        // A rerun is asked for by hand, after the fact: the deadline was the first run's.
+        let Some(t) = complete_by.filter(|t| self.now >= *t && self.st.attempt() == 1) else { return };
         let never_started =
             self.st.workers.as_ref().is_none_or(|w| w.job_uid.is_none()) && self.obs.job(Stage::Workers).is_none();
         if never_started {

@@ -23,6 +23,9 @@ impl Planner<'_> {
         self.st.shards.get_or_insert_with(|| ShardCounts { total: n, ..Default::default() }).total = n;
         self.st.items.get_or_insert_with(|| ItemCounts { target: layout.target, ..Default::default() }).target =
             layout.target;
+        if let Some(shards) = self.rerun_shards() {
+            return self.rerun_workers(layout, shards);
+        }
 
         let Some(job) = self.attach(Stage::Workers) else { return };
         if self.done(Stage::Workers) {
@@ -122,7 +125,7 @@ impl Planner<'_> {
         false
     }
 
-    fn record_shards(&mut self, layout: ShardLayout, succeeded: &IndexSet, failed: &IndexSet, active: u32) {
+    pub(super) fn record_shards(&mut self, layout: ShardLayout, succeeded: &IndexSet, failed: &IndexSet, active: u32) {
         let n = layout.shard_count();
         self.st.shards = Some(ShardCounts {
             total: n,

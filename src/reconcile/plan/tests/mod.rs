@@ -218,7 +218,11 @@ impl Sim {
                             self.obs.set_job(*stage, Some(JobView { outcome_finalizer: None, ..j }));
                         }
                     }
-                    Action::Parallelism(_) | Action::Delete { .. } | Action::Validate => {}
+                    Action::Parallelism(_)
+                    | Action::Delete { .. }
+                    | Action::Validate
+                    | Action::CreateShard(_)
+                    | Action::ReleaseShard { .. } => {}
                 }
             }
             self.obs.now = self.obs.now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(1)).unwrap();

@@ -256,6 +256,7 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
             jobs: crate::api::StageMap { loader, workers, consolidation, export },
             rejected,
             loader_message,
+            shard_jobs: Default::default(),
             now,
         })
 }

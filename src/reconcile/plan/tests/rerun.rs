@@ -142,3 +142,114 @@ fn the_history_is_bounded_and_names_stay_unique() {
 fn rerun_max() -> usize {
     super::super::rerun::MAX_ATTEMPTS
 }
+
+/// The example batch at 90% quorum, ended Succeeded with shards 3 and 7 failed.
+fn degraded() -> Sim {
+    let s = spec_with(|s| s.completion.min_succeeded_percent = 90);
+    let mut sim = Sim::new(s, failed(workers_job(ALL_BUT_3_7, "3,7", 0), "FailedIndexes", 90), 100);
+    sim.run(20);
+    assert_eq!(sim.status().phase, Some(Phase::Succeeded));
+    assert_eq!(sim.status().failed_shards.as_deref(), Some("3,7"));
+    sim
+}
+
+fn shard_job(attempt: u32, shard: u32) -> JobView {
+    JobView {
+        name: crate::api::stage::shard_job_name(NAME, attempt, shard),
+        uid: format!("uid-r{attempt}-{shard}"),
+        parallelism: Some(1),
+        outcome_finalizer: Some(0),
+        ..job(Stage::Workers)
+    }
+}
+
+#[test]
+fn failed_shards_rerun_alone_then_consolidation_and_export_and_the_batch_is_whole() {
+    let sim = degraded();
+    let b = with_rerun(&sim.batch, "shards", RerunFrom::FailedShards);
+    let mut obs = sim.obs.clone();
+    let (p, b) = step(&b, &obs);
+    assert_eq!(p.actions, [Action::CreateShard(3), Action::CreateShard(7)], "only the failed shards");
+    assert_eq!(p.status.phase, Some(Phase::Running));
+    assert_eq!(p.status.attempts.last().unwrap().shards.as_deref(), Some("3,7"));
+    assert_eq!(p.status.succeeded_shards.as_deref(), Some(ALL_BUT_3_7), "earlier successes stay");
+    assert!(p.status.consolidation.is_none() && p.status.export.is_none());
+
+    // Shard 3 succeeds, shard 7 still runs: recorded, 3's Job released, nothing else created.
+    obs.shard_jobs.insert(3, succeeded(shard_job(2, 3), 300));
+    obs.shard_jobs.insert(7, JobView { active: 1, ..shard_job(2, 7) });
+    let (p, b) = step(&b, &obs);
+    assert_eq!(p.status.shards.as_ref().unwrap().succeeded, 29);
+    assert_eq!(p.actions, [Action::ReleaseShard { shard: 3, uid: "uid-r2-3".into(), index: 0 }]);
+    obs.shard_jobs.insert(3, JobView { outcome_finalizer: None, ..succeeded(shard_job(2, 3), 300) });
+    obs.shard_jobs.insert(7, succeeded(shard_job(2, 7), 310));
+    let (p, b) = step(&b, &obs);
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Succeeded));
+    assert_eq!(p.status.progress.as_deref(), Some("120/120"));
+    assert_eq!(p.status.failed_shards, None);
+    assert_eq!(creates(&p), [Stage::Consolidation]);
+    assert_eq!(stage_of(&p.status, Stage::Consolidation).unwrap().job_name, format!("{NAME}-r2-consolidate"));
+    assert!(p.actions.contains(&Action::ReleaseShard { shard: 7, uid: "uid-r2-7".into(), index: 0 }));
+    let c = JobView { name: format!("{NAME}-r2-consolidate"), ..succeeded(job(Stage::Consolidation), 320) };
+    obs.set_job(Stage::Consolidation, Some(c));
+    let (p, b) = step(&b, &obs);
+    assert_eq!(creates(&p), [Stage::Export]);
+    let e = JobView { name: format!("{NAME}-r2-export"), ..succeeded(job(Stage::Export), 330) };
+    obs.set_job(Stage::Export, Some(e));
+    let (p, _) = step(&b, &obs);
+    assert_eq!(p.status.phase, Some(Phase::Succeeded));
+    assert_eq!(cond(&p.status, CONDITION_DEGRADED).status, "False", "100% now");
+    let last = p.status.attempts.last().unwrap();
+    assert_eq!((last.outcome, last.succeeded_items, last.failed_items), (Some(Phase::Succeeded), 120, 0));
+    assert_eq!(p.status.attempts[0].failed_items, 8);
+}
+
+#[test]
+fn a_shard_that_fails_again_is_not_run_a_third_time_and_the_quorum_decides() {
+    let sim = degraded();
+    let b = with_rerun(&sim.batch, "shards", RerunFrom::FailedShards);
+    let mut obs = sim.obs.clone();
+    let (_, b) = step(&b, &obs);
+    obs.shard_jobs.insert(3, failed(shard_job(2, 3), "BackoffLimitExceeded", 300));
+    let (p, b) = step(&b, &obs);
+    assert_eq!(p.status.attempts.last().unwrap().failed_shards.as_deref(), Some("3"));
+    // Its Job released and gone: shard 3 is not created again.
+    obs.shard_jobs.remove(&3);
+    let p2 = plan(&b, &obs);
+    assert!(!p2.actions.contains(&Action::CreateShard(3)), "{:?}", p2.actions);
+    assert!(p.actions.contains(&Action::CreateShard(7)) || p2.actions.contains(&Action::CreateShard(7)));
+    obs.shard_jobs.insert(7, succeeded(shard_job(2, 7), 310));
+    let (p, _) = step(&b, &obs);
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Succeeded), "116/120 meets 90%");
+    assert_eq!(p.status.failed_shards.as_deref(), Some("3"));
+    assert_eq!(cond(&p.status, CONDITION_DEGRADED).status, "True");
+}
+
+#[test]
+fn with_no_failed_shard_a_failed_shards_rerun_runs_consolidation_and_export() {
+    let sim = succeeded_sim();
+    let b = with_rerun(&sim.batch, "again", RerunFrom::FailedShards);
+    let (p, _) = step(&b, &sim.obs);
+    assert_eq!(creates(&p), [Stage::Consolidation]);
+    assert_eq!(stage_state(&p.status, Stage::Workers), Some(StageState::Succeeded), "the workers are kept");
+}
+
+#[test]
+fn parallelism_bounds_the_rerun_shard_jobs() {
+    let s = spec_with(|s| {
+        s.completion.min_succeeded_percent = 1;
+        s.parallelism = 2;
+    });
+    let mut sim = Sim::new(s, failed(workers_job("0-9", "10-29", 0), "FailedIndexes", 90), 100);
+    sim.run(20);
+    assert_eq!(sim.status().phase, Some(Phase::Succeeded));
+    let b = with_rerun(&sim.batch, "t", RerunFrom::FailedShards);
+    let (p, b) = step(&b, &sim.obs);
+    assert_eq!(p.actions, [Action::CreateShard(10), Action::CreateShard(11)]);
+    let mut obs = sim.obs.clone();
+    obs.shard_jobs.insert(10, JobView { active: 1, ..shard_job(2, 10) });
+    obs.shard_jobs.insert(11, succeeded(shard_job(2, 11), 200));
+    let p = plan(&b, &obs);
+    let created: Vec<_> = p.actions.iter().filter(|a| matches!(a, Action::CreateShard(_))).collect();
+    assert_eq!(created, [&Action::CreateShard(12)], "one slot free");
+}

@@ -204,7 +204,8 @@ fn simulate(
                         obs.set_job(*stage, Some(j));
                     }
                 }
-                Action::Validate => {}
+                // The simulated batches are never rerun.
+                Action::Validate | Action::CreateShard(_) | Action::ReleaseShard { .. } => {}
             }
         }
 
