@@ -8,7 +8,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{Action, Planner};
-use crate::api::{RerunFrom, Stage, StageState, StageStatus, StallReason};
+use crate::api::{RerunFrom, Stage, StageState, StageStatus};
 use crate::reconcile::observed::JobOutcome;
 use crate::reconcile::ranges::IndexSet;
 use crate::reconcile::shards::ShardLayout;
@@ -56,7 +56,9 @@ impl Planner<'_> {
             a.failed_shards = Some(failed.to_string()).filter(|s| !s.is_empty());
         }
         if pending.is_empty() && running.is_empty() {
-            return self.end_rerun_workers(layout, &succeeded);
+            // Every rerun shard has an outcome: the stage ends, by the same quorum as the first run.
+            self.end_workers(layout, &succeeded, self.now);
+            return;
         }
         self.record_shards(layout, &succeeded, &failed, running.len() as u32);
         if self.batch.spec.suspend {
@@ -65,27 +67,6 @@ impl Planner<'_> {
         let room = (self.batch.spec.parallelism as usize).saturating_sub(running.len());
         let missing = pending.into_iter().filter(|i| !self.obs.shard_jobs.contains_key(i));
         self.actions.extend(missing.take(room).map(Action::CreateShard));
-    }
-
-    /// Every rerun shard has an outcome: the stage ends, by the same quorum as the first run.
-    fn end_rerun_workers(&mut self, layout: ShardLayout, succeeded: &IndexSet) {
-        let failed = succeeded.complement(layout.shard_count());
-        self.record_shards(layout, succeeded, &failed, 0);
-        let pct = self.batch.spec.completion.min_succeeded_percent;
-        let succeeded_items = layout.items_in(succeeded);
-        if !layout.meets_quorum(succeeded_items, pct) {
-            let message = format!(
-                "{succeeded_items}/{} items succeeded after the rerun, below the {pct}% quorum (failed shards: {failed})",
-                layout.target
-            );
-            return self.fail(Stage::Workers, StallReason::QuorumNotMet, message);
-        }
-        let now = Time(self.now);
-        if let Some(w) = self.st.workers.as_mut() {
-            w.state = StageState::Succeeded;
-            w.completion_time = Some(now);
-            w.message = Some(format!("{succeeded_items}/{} items succeeded", layout.target));
-        }
     }
 
     /// Our outcome finalizer leaves a shard's Job once the shard's outcome is in the status.

@@ -183,7 +183,19 @@ impl Planner<'_> {
     }
 
     fn finalize_workers(&mut self, layout: ShardLayout, succeeded: &IndexSet, job: &JobView) {
-        // Once the stage is over, a shard that did not succeed counts as failed.
+        let at = match &job.outcome {
+            JobOutcome::Succeeded { at: Some(t) } | JobOutcome::Failed { at: Some(t), .. } => *t,
+            _ => self.now,
+        };
+        if self.end_workers(layout, succeeded, at) && job.has_pods() && !job.suspended {
+            // Stragglers of a Job the Job controller already ended (e.g. success policy).
+            self.actions.push(Action::Suspend { stage: Stage::Workers, suspend: true });
+        }
+    }
+
+    /// The worker stage is over: a shard that did not succeed counts as failed, and the quorum
+    /// decides whether the stage succeeded (true) or failed the batch.
+    pub(super) fn end_workers(&mut self, layout: ShardLayout, succeeded: &IndexSet, at: Timestamp) -> bool {
         let failed = succeeded.complement(layout.shard_count());
         self.record_shards(layout, succeeded, &failed, 0);
         let pct = self.batch.spec.completion.min_succeeded_percent;
@@ -193,19 +205,13 @@ impl Planner<'_> {
                 "{succeeded_items}/{} items succeeded, below the {pct}% quorum (failed shards: {failed})",
                 layout.target
             );
-            return self.fail(Stage::Workers, StallReason::QuorumNotMet, message);
+            self.fail(Stage::Workers, StallReason::QuorumNotMet, message);
+            return false;
         }
-        let at = match &job.outcome {
-            JobOutcome::Succeeded { at: Some(t) } | JobOutcome::Failed { at: Some(t), .. } => *t,
-            _ => self.now,
-        };
-        let Some(w) = self.st.workers.as_mut() else { return };
+        let Some(w) = self.st.workers.as_mut() else { return false };
         w.state = StageState::Succeeded;
         w.completion_time = Some(Time(at));
         w.message = Some(format!("{succeeded_items}/{} items succeeded", layout.target));
-        if job.has_pods() && !job.suspended {
-            // Stragglers of a Job the Job controller already ended (e.g. success policy).
-            self.actions.push(Action::Suspend { stage: Stage::Workers, suspend: true });
-        }
+        true
     }
 }
