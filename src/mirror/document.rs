@@ -43,6 +43,8 @@ pub const FIELDS: &[&str] = &[
     "completed_shards",
     "failed_shards",
     "failed_shard_indexes",
+    "items_ref",
+    "attempt",
     "is_complete",
     "consolidation_triggered",
     "consolidation_completed",
@@ -106,6 +108,10 @@ pub struct BatchDocument {
     pub completed_shards: i64,
     pub failed_shards: i64,
     pub failed_shard_indexes: Option<String>,
+    /// The loader's `itemsRef` (where the day's list is), if it reported one.
+    pub items_ref: Option<String>,
+    /// The batch's current attempt: 1, then 2, 3, ... for each rerun (one document per batch).
+    pub attempt: i64,
     pub is_complete: bool,
     pub consolidation_triggered: bool,
     pub consolidation_completed: bool,
@@ -171,6 +177,8 @@ impl BatchDocument {
             completed_shards: i64::from(shards.succeeded),
             failed_shards: i64::from(shards.failed),
             failed_shard_indexes: status.failed_shards.clone().filter(|s| !s.is_empty()),
+            items_ref: status.items_ref.clone(),
+            attempt: i64::from(status.attempt()),
             is_complete: phase.is_terminal(),
             consolidation_triggered: stage_triggered(status.consolidation.as_ref()),
             consolidation_completed: stage_succeeded(status.consolidation.as_ref()),
@@ -204,6 +212,8 @@ impl BatchDocument {
             ("completed_shards", Int(self.completed_shards)),
             ("failed_shards", Int(self.failed_shards)),
             ("failed_shard_indexes", FieldValue::opt_str(&self.failed_shard_indexes)),
+            ("items_ref", FieldValue::opt_str(&self.items_ref)),
+            ("attempt", FieldValue::Int(self.attempt)),
             ("is_complete", Bool(self.is_complete)),
             ("consolidation_triggered", Bool(self.consolidation_triggered)),
             ("consolidation_completed", Bool(self.consolidation_completed)),
@@ -375,6 +385,18 @@ spec:
             PredictionBatchStatus { consolidation: Some(stage(StageState::Pending, Some("u"))), ..Default::default() };
         let d = BatchDocument::from_batch(&batch(Some(status)), Timestamp::UNIX_EPOCH, false).unwrap();
         assert!(d.consolidation_triggered, "created (has a Job UID)");
+    }
+
+    #[test]
+    fn one_document_shows_the_latest_attempt_and_the_loader_s_list() {
+        let d = BatchDocument::from_batch(&batch(None), Timestamp::UNIX_EPOCH, false).unwrap();
+        assert_eq!((d.attempt, d.items_ref.as_deref()), (1, None));
+        let attempts = (1..=3).map(|attempt| crate::api::AttemptStatus { attempt, ..Default::default() }).collect();
+        let status =
+            PredictionBatchStatus { attempts, items_ref: Some("gs://b/players.json".into()), ..Default::default() };
+        let d = BatchDocument::from_batch(&batch(Some(status)), Timestamp::UNIX_EPOCH, false).unwrap();
+        assert_eq!((d.attempt, d.items_ref.as_deref()), (3, Some("gs://b/players.json")));
+        assert_eq!(d.id, BatchDocument::from_batch(&batch(None), Timestamp::UNIX_EPOCH, false).unwrap().id);
     }
 
     #[test]
