@@ -40,10 +40,10 @@ impl Planner<'_> {
         let mut running = Vec::new();
         for (&i, job) in self.obs.shard_jobs.iter().filter(|(i, j)| shards.contains(**i) && j.owned) {
             match &job.outcome {
-                JobOutcome::Succeeded { .. } => succeeded = succeeded.union(&IndexSet::from_indexes([i])),
-                JobOutcome::Failed { .. } => failed = failed.union(&IndexSet::from_indexes([i])),
+                JobOutcome::Succeeded { .. } => succeeded.insert_range(i, i),
+                JobOutcome::Failed { .. } => failed.insert_range(i, i),
                 // Deleted while it runs: it can never report, and is not run again.
-                JobOutcome::Running if job.deleting => failed = failed.union(&IndexSet::from_indexes([i])),
+                JobOutcome::Running if job.deleting => failed.insert_range(i, i),
                 JobOutcome::Running => running.push(i),
             }
         }
