@@ -22,6 +22,7 @@ pub mod ranges;
 mod record;
 mod run;
 pub mod shards;
+pub mod stragglers;
 
 pub use act::release_jobs_of;
 pub use run::reconcile;
