@@ -199,6 +199,10 @@ pub enum EventReason {
     RerunStarted,
     /// A new `spec.rerun.token` asked for a rerun that cannot run (Warning).
     RerunRefused,
+    /// A straggling shard got a backup run (`completion.backupStragglers`).
+    BackupStarted,
+    /// A shard's backup run succeeded before its original run, which is stopped.
+    BackupWon,
 }
 
 impl EventReason {
@@ -213,6 +217,8 @@ impl EventReason {
             EventReason::Stalled(r) => r.as_str().into(),
             EventReason::RerunStarted => "RerunStarted".into(),
             EventReason::RerunRefused => "RerunRefused".into(),
+            EventReason::BackupStarted => "BackupStarted".into(),
+            EventReason::BackupWon => "BackupWon".into(),
         }
     }
 }

@@ -165,6 +165,12 @@ fn apply_spec_rules(spec: &mut Value) {
             "fieldPath": ".worker.maxFailedShards"
         },
         {
+            // A backup is a bet against a deadline: without one, a straggler only costs time.
+            "rule": "!has(self.completion) || !has(self.completion.backupStragglers) || !self.completion.backupStragglers || has(self.completion.completeBy)",
+            "message": "spec.completion.backupStragglers needs spec.completion.completeBy: backups race stragglers against a deadline",
+            "fieldPath": ".completion.backupStragglers"
+        },
+        {
             "rule": "!has(self.rerun) || self.rerun.from != 'Consolidation' || has(self.consolidation)",
             "message": "spec.rerun.from is Consolidation, but the batch has no consolidation stage",
             "fieldPath": ".rerun.from"

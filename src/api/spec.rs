@@ -150,6 +150,10 @@ pub struct CompletionSpec {
     /// A day with no items (target count 0): SkipStages (default) ends the batch Succeeded (reason NoItems) without running anything more; RunStages still runs consolidation and export (with no succeeded shards). No worker pod runs either way. Immutable.
     #[serde(default)]
     pub on_no_items: NoItemsPolicy,
+
+    /// Backup runs for stragglers (the MapReduce backup-task idea; default false; needs completeBy). Near the end of the worker stage, before the quorum is met, a shard that has run more than twice the median time of its finished peers (at least 5) gets one backup run, a Job of its own (<batch>-workers-b<shard>, SHARD_INDEX its index); whichever run succeeds first counts, once. A shard's output must be idempotent: the same shard writes the same output to the same place. May be changed while the batch runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup_stragglers: bool,
 }
 
 impl Default for CompletionSpec {
@@ -159,6 +163,7 @@ impl Default for CompletionSpec {
             grace_seconds: 0,
             complete_by: None,
             on_no_items: NoItemsPolicy::default(),
+            backup_stragglers: false,
         }
     }
 }

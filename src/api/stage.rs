@@ -119,6 +119,12 @@ pub fn shard_job_name(batch: &str, attempt: u32, shard: u32) -> String {
     format!("{}-{shard}", Stage::Workers.job_name_in(batch, attempt))
 }
 
+/// The Job of a straggling shard's backup run (`<batch>-workers-b<shard>`, within 63 characters):
+/// the backup races the shard's original run in the worker Job; whichever succeeds first counts.
+pub fn backup_job_name(batch: &str, shard: u32) -> String {
+    format!("{}-b{shard}", Stage::Workers.job_name(batch))
+}
+
 impl super::PredictionBatch {
     /// The name of `stage`'s Job in the batch's current attempt.
     pub fn job_name(&self, stage: Stage) -> String {
@@ -215,6 +221,7 @@ mod tests {
         assert_eq!(Stage::Export.job_name("b"), "b-export");
         assert_eq!(Stage::Export.job_name_in("b", 1), "b-export");
         assert_eq!(Stage::Export.job_name_in("b", 2), "b-r2-export");
+        assert_eq!(backup_job_name("nba-2026-01-02", 7), "nba-2026-01-02-workers-b7");
     }
 
     proptest! {
@@ -231,6 +238,8 @@ mod tests {
                 prop_assert!(!job.starts_with('-'));
                 prop_assert!(!job.contains("--") || name.contains("--"));
             }
+            // A Job name is a label value (batch.kubernetes.io/job-name): 63 characters at most.
+            prop_assert!(backup_job_name(&name, 9999).len() <= 63);
             let label = batch_label_value(&name);
             prop_assert!(label.len() <= 63);
         }

@@ -87,6 +87,10 @@ pub struct PredictionBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_token: Option<String>,
 
+    /// Backup runs of straggling shards (completion.backupStragglers), as shard index ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupStatus>,
+
     /// The batch's attempts, oldest first, once it has been rerun (the last is the current one; at most 10 are kept). The counts and stages above always describe the whole batch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
@@ -96,6 +100,22 @@ pub struct PredictionBatchStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "super::crd::conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// Backup runs of straggling shards (completion.backupStragglers): each shard gets at most one, a
+/// Job named <batch>-workers-b<shard>.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// Shards a backup was started for, e.g. "3,7" (recorded before the backup Job is created, so no shard gets two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// Shards whose backup succeeded before the original run: they count as succeeded once, and the original run is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub won: Option<String>,
+    /// Shards whose backup failed or was stopped (the original run decides those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
 }
 
 /// One attempt of a batch: the first run, or a rerun.

@@ -12,7 +12,7 @@ use super::jobs;
 use super::observed::JobView;
 use super::plan::Action;
 use super::record::Cleared;
-use crate::api::stage::shard_job_name;
+use crate::api::stage::{backup_job_name, shard_job_name};
 use crate::api::{PredictionBatch, Stage};
 use crate::context::Context;
 use crate::error::{Error, status_code};
@@ -62,6 +62,28 @@ pub async fn act(
                 Err(e) => return Err(Error::kube(format!("create Job {job_name}"), e)),
             }
         }
+        Action::CreateBackup(shard) => {
+            let Some(job) = jobs::build_backup(batch, shard) else { return Ok(()) };
+            let job_name = job.metadata.name.clone().unwrap_or_default();
+            let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            match api.create(&pp, &job).await {
+                Ok(_) => info!(job = job_name, shard, "created the Job of a straggling shard's backup run"),
+                // Its deterministic name makes a repeated create a no-op; the watch brings it.
+                Err(e) if status_code(&e) == Some(409) => {}
+                Err(e) => return Err(Error::kube(format!("create Job {job_name}"), e)),
+            }
+        }
+        Action::ReleaseBackup { shard, uid: ref job_uid, index } => {
+            release(api, &backup_job_name(&batch.name_any(), shard), job_uid, index).await?;
+        }
+        Action::StopBackup { shard, uid: ref job_uid } => {
+            let job_name = backup_job_name(&batch.name_any(), shard);
+            match api.delete(&job_name, &delete_params(job_uid)).await {
+                Ok(_) => info!(job = job_name, shard, "stopped a backup run: its shard was decided without it"),
+                Err(e) if matches!(status_code(&e), Some(404 | 409)) => {}
+                Err(e) => return Err(Error::kube(format!("delete Job {job_name}"), e)),
+            }
+        }
         Action::ReleaseShard { shard, uid: ref job_uid, index } => {
             let attempt = batch.status.as_ref().map_or(1, |s| s.attempt());
             let job_name = shard_job_name(&batch.name_any(), attempt, shard);
@@ -102,12 +124,7 @@ pub async fn act(
         }
         Action::Delete { stage, uid: ref job_uid } => {
             let job_name = batch.job_name(stage);
-            let dp = DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Background),
-                preconditions: Some(Preconditions { uid: Some(job_uid.clone()), resource_version: None }),
-                ..Default::default()
-            };
-            match api.delete(&job_name, &dp).await {
+            match api.delete(&job_name, &delete_params(job_uid)).await {
                 Ok(_) => info!(job = job_name, "deleted Job (ttlSecondsAfterFinished)"),
                 Err(e) if status_code(&e) == Some(404) => {}
                 // The UID precondition failed: the Job by that name is not the one we made.
@@ -118,6 +135,16 @@ pub async fn act(
         }
     }
     Ok(())
+}
+
+/// Deletes Job `job_uid` only (a same-named Job someone else made since is never touched); the
+/// garbage collector removes its pods.
+fn delete_params(job_uid: &str) -> DeleteParams {
+    DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        preconditions: Some(Preconditions { uid: Some(job_uid.to_string()), resource_version: None }),
+        ..Default::default()
+    }
 }
 
 /// Removes our outcome finalizer from Job `job_uid`, expected at `index` of its finalizers (a

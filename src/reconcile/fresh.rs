@@ -36,8 +36,9 @@ use tracing::debug;
 use super::jobs;
 use super::observed::{JobOutcome, JobView, Observed, loader_message};
 use super::ranges::IndexSet;
-use crate::api::stage::shard_job_name;
-use crate::api::{PredictionBatch, RerunFrom, Stage, StageMap};
+use super::stragglers::{BackupPolicy, ShardTimes, shard_times};
+use crate::api::stage::{backup_job_name, shard_job_name};
+use crate::api::{PredictionBatch, RerunFrom, Stage, StageMap, StageState};
 use crate::cache::trim_batch;
 use crate::context::{Context, Written};
 use crate::error::Error;
@@ -131,7 +132,58 @@ impl<'l> View<'l> {
         }
         observed.loader_message = self.read_loader_output(ctx, &observed).await?;
         observed.shard_jobs = self.shard_jobs(ctx, uid);
+        observed.backup_jobs = self.backup_jobs(ctx, uid);
+        observed.shard_times = self.read_shard_times(ctx, &observed).await?;
         Ok(observed)
+    }
+
+    /// The Jobs of the backup runs the status says were started, from the cache.
+    fn backup_jobs(&self, ctx: &Context, uid: &str) -> std::collections::BTreeMap<u32, JobView> {
+        let Some(backups) = self.batch.status.as_ref().and_then(|s| s.backups.as_ref()) else {
+            return Default::default();
+        };
+        let (ns, name) = (self.batch.namespace().unwrap_or_default(), self.batch.name_any());
+        let total = self.batch.status.as_ref().and_then(|s| s.shards.as_ref()).map_or(0, |s| s.total);
+        let started = IndexSet::parse_opt(backups.started.as_deref())
+            .unwrap_or_default()
+            .clamp(total.min(crate::api::MAX_SHARDS as u32));
+        started
+            .iter()
+            .filter_map(|i| {
+                let job = ctx.jobs.get(&ObjectRef::new(&backup_job_name(&name, i)).within(&ns))?;
+                Some((i, JobView::from_job(&job, uid)))
+            })
+            .collect()
+    }
+
+    /// The worker Job's shard run times, from its pods (a direct list): only with backups on,
+    /// while the first run's worker stage runs and is near its end, so large batches are not
+    /// listed on every pass.
+    async fn read_shard_times(&self, ctx: &Context, observed: &Observed) -> Result<Option<ShardTimes>, Error> {
+        let spec = &self.batch.spec;
+        let Some(status) = self.batch.status.as_ref() else { return Ok(None) };
+        let running = status.workers.as_ref().is_some_and(|w| w.state == StageState::Running);
+        if !spec.completion.backup_stragglers || spec.suspend || !running || status.attempt() > 1 {
+            return Ok(None);
+        }
+        let Some(job) = observed.job(Stage::Workers).filter(|j| j.owned && j.outcome == JobOutcome::Running) else {
+            return Ok(None);
+        };
+        let Some(total) = status.shards.as_ref().map(|s| s.total) else { return Ok(None) };
+        let parse = |s: Option<&str>| IndexSet::parse_opt(s).unwrap_or_default();
+        let recorded = parse(status.succeeded_shards.as_deref());
+        let finished =
+            parse(job.completed_indexes.as_deref()).union(&recorded).len() + parse(job.failed_indexes.as_deref()).len();
+        if !BackupPolicy::default().near_end(total, finished as usize) {
+            return Ok(None);
+        }
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &self.batch.namespace().unwrap_or_default());
+        let selector = format!("{JOB_UID_LABEL}={}", job.uid);
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| Error::kube(format!("list pods of Job {}", job.name), e))?;
+        Ok(Some(shard_times(&list.items)))
     }
 
     /// In an attempt that reruns failed shards, their Jobs from the cache (a Job created this

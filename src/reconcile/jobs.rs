@@ -12,7 +12,7 @@ use kube::Resource;
 
 use super::ranges::IndexSet;
 use super::shards::ShardLayout;
-use crate::api::stage::{batch_label_value, shard_job_name};
+use crate::api::stage::{backup_job_name, batch_label_value, shard_job_name};
 use crate::api::{PodTemplate, PredictionBatch, PredictionBatchSpec, PredictionBatchStatus, Stage, env};
 use crate::labels::{BATCH_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OUTCOME_FINALIZER, STAGE_LABEL};
 
@@ -104,9 +104,18 @@ fn build_for(batch: &PredictionBatch, stage: Stage, target: Option<u32>) -> Opti
 /// The Job of one shard rerun alone (an attempt that reruns failed shards): the worker template
 /// and env, `SHARD_INDEX` the shard's real index, retried `backoffLimitPerShard` times.
 pub fn build_shard(batch: &PredictionBatch, shard: u32) -> Option<Job> {
-    let mut job = build(batch, Stage::Workers)?;
     let attempt = batch.status.as_ref().map_or(1, PredictionBatchStatus::attempt);
-    job.metadata.name = Some(shard_job_name(batch.metadata.name.as_deref()?, attempt, shard));
+    single_shard(batch, shard, shard_job_name(batch.metadata.name.as_deref()?, attempt, shard))
+}
+
+/// The Job of a straggling shard's backup run: the same as a rerun shard's, by another name.
+pub fn build_backup(batch: &PredictionBatch, shard: u32) -> Option<Job> {
+    single_shard(batch, shard, backup_job_name(batch.metadata.name.as_deref()?, shard))
+}
+
+fn single_shard(batch: &PredictionBatch, shard: u32, name: String) -> Option<Job> {
+    let mut job = build(batch, Stage::Workers)?;
+    job.metadata.name = Some(name);
     let spec = job.spec.as_mut()?;
     spec.completion_mode = None;
     spec.completions = Some(1);

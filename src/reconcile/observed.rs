@@ -5,6 +5,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
+use super::stragglers::ShardTimes;
 use crate::api::{Stage, StageMap};
 use crate::labels::OUTCOME_FINALIZER;
 
@@ -113,6 +114,11 @@ pub struct Observed {
     pub loader_message: Option<String>,
     /// In an attempt that reruns failed shards, each shard's own Job, by shard index.
     pub shard_jobs: std::collections::BTreeMap<u32, JobView>,
+    /// The Jobs of backup runs the status says were started, by shard index.
+    pub backup_jobs: std::collections::BTreeMap<u32, JobView>,
+    /// Run times of the worker Job's shards, read from its pods only while backups are on and the
+    /// stage is near its end (`None` otherwise).
+    pub shard_times: Option<ShardTimes>,
     pub now: Timestamp,
 }
 
@@ -123,6 +129,8 @@ impl Observed {
             rejected: Vec::new(),
             loader_message: None,
             shard_jobs: Default::default(),
+            backup_jobs: Default::default(),
+            shard_times: None,
             now,
         }
     }

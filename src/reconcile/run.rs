@@ -100,7 +100,7 @@ pub(super) async fn reconcile_inner(
         for action in recorded.actions() {
             let needs = match *action {
                 Action::Create(stage) => vec![stage],
-                Action::CreateShard(_) => vec![crate::api::Stage::Workers],
+                Action::CreateShard(_) | Action::CreateBackup(_) => vec![crate::api::Stage::Workers],
                 Action::Validate => view.batch.spec.later_stages(),
                 _ => vec![],
             };

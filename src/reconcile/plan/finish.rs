@@ -78,8 +78,10 @@ impl Planner<'_> {
         self.close_attempt();
         let mut events = std::mem::take(&mut self.notes);
         events.extend(transition_events(&self.prev, &self.st, self.stop.as_ref()));
+        let backups = self.backup_actions();
         let mut actions = self.releases();
         actions.extend(self.shard_releases());
+        actions.extend(backups);
         actions.append(&mut self.actions);
         Plan { status: self.st, actions, requeue_after: self.requeue, events }
     }

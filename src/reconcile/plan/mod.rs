@@ -11,6 +11,7 @@
 //!    becomes the item count in the status; a count of 0 ends the pipeline early (`NoItems`);
 //! 3. [`workers`]: the worker Job's shards are counted and recorded (counts never shrink), and
 //!    [`quorum`] decides when the stage ends: quorum, grace period, `completeBy`, early stop;
+//!    near its end, [`backups`] races straggling shards with backup runs;
 //! 4. [`stages`]: each later stage's Job is created, adopted or found in conflict ([`stages`]'s
 //!    `attach`) once the stage before it succeeded, in [`Stage::ALL`] order;
 //! 5. [`failure`]: a stage that failed fails the batch and stops the pods left running;
@@ -26,6 +27,7 @@
 //! - phases only move forward (Suspended aside), and counts never shrink;
 //! - nothing here panics, whatever the input.
 
+mod backups;
 mod conditions;
 mod events;
 mod failure;
@@ -67,6 +69,12 @@ pub enum Action {
     CreateShard(u32),
     /// Remove our outcome finalizer from a rerun shard's Job: its outcome is in the status.
     ReleaseShard { shard: u32, uid: String, index: usize },
+    /// Create the Job of a straggling shard's backup run.
+    CreateBackup(u32),
+    /// Remove our outcome finalizer from a backup run's Job: its outcome is in the status.
+    ReleaseBackup { shard: u32, uid: String, index: usize },
+    /// Delete a backup run's Job (UID precondition): its shard was decided without it.
+    StopBackup { shard: u32, uid: String },
     /// Remove our outcome finalizer (at `index` of `metadata.finalizers`) from the stage's Job
     /// `uid`: its outcome is in the status just written, or it is not the stage's Job.
     Release { stage: Stage, uid: String, index: usize },
@@ -79,7 +87,7 @@ impl Action {
     /// Actions whose effect depends on our view being current (all but releasing a finalizer
     /// after the outcome is recorded): the reconciler fences them with the batch's resourceVersion.
     pub fn needs_fence(&self) -> bool {
-        !matches!(self, Action::Release { .. } | Action::ReleaseShard { .. })
+        !matches!(self, Action::Release { .. } | Action::ReleaseShard { .. } | Action::ReleaseBackup { .. })
     }
 }
 

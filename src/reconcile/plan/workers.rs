@@ -35,6 +35,7 @@ impl Planner<'_> {
             self.st.start_time = job.created.or(job.start_time).map(Time);
         }
         let (succeeded, failed) = self.shards_of(job, n);
+        let (succeeded, failed) = self.settle_backups(succeeded, failed);
         self.record_shards(layout, &succeeded, &failed, job.active);
 
         let stopping = self.st.workers.as_ref().is_some_and(|w| w.state == StageState::Stopping);
@@ -63,6 +64,7 @@ impl Planner<'_> {
         if self.judge_quorum(layout, &succeeded, &failed, complete_by) {
             return;
         }
+        self.start_backups(layout, &succeeded, &failed);
         self.sync_running_job(Stage::Workers, job);
         let want = i32::try_from(self.batch.spec.parallelism.min(n)).unwrap_or(i32::MAX);
         if job.parallelism != Some(want) && !job.suspended {
@@ -104,6 +106,14 @@ impl Planner<'_> {
         }
         if quorum.met(succeeded_items) {
             let since = self.st.quorum_time.get_or_insert(Time(self.now)).0;
+            if succeeded.len() == u64::from(layout.shard_count()) && self.any_backup_won() {
+                // Only the original runs of shards their backups won are left: nothing to wait for.
+                self.begin_stop(format!(
+                    "every shard succeeded ({succeeded_items}/{} items), some by a backup run",
+                    layout.target
+                ));
+                return true;
+            }
             if let Some((end, why)) = quorum.stage_end(since) {
                 if self.now >= end {
                     self.begin_stop(format!("quorum met ({succeeded_items}/{} items), {why}", layout.target));

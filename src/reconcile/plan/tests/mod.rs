@@ -17,7 +17,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::api::{
-    CONDITION_DEGRADED, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, CompletionSpec, Phase,
+    CONDITION_DEGRADED, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, CompletionSpec, EventReason, Phase,
     PredictionBatch, PredictionBatchSpec, PredictionBatchStatus, Stage, StageSpec, StageState, StageStatus, WorkerSpec,
 };
 use crate::reconcile::observed::{JobOutcome, JobView, Observed};
@@ -222,7 +222,10 @@ impl Sim {
                     | Action::Delete { .. }
                     | Action::Validate
                     | Action::CreateShard(_)
-                    | Action::ReleaseShard { .. } => {}
+                    | Action::ReleaseShard { .. }
+                    | Action::CreateBackup(_)
+                    | Action::ReleaseBackup { .. }
+                    | Action::StopBackup { .. } => {}
                 }
             }
             self.obs.now = self.obs.now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(1)).unwrap();
@@ -250,6 +253,7 @@ fn assert_condition_generations(st: &PredictionBatchStatus) {
     }
 }
 
+mod backups;
 mod determinism;
 mod loader;
 mod lost_jobs;

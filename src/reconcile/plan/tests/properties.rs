@@ -147,6 +147,7 @@ fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
             (proptest::option::of((any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())), arb_indexes()),
             proptest::collection::vec(arb_condition(), 0..4),
             (proptest::option::of(arb_time()), proptest::option::of(prop_oneof![0i64..1000, Just(i64::MAX)])),
+            proptest::option::of((arb_indexes(), arb_indexes(), arb_indexes())),
         )
             .prop_map(
                 |(
@@ -156,8 +157,10 @@ fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
                     (shards, failed),
                     conditions,
                     (suspended, paused),
+                    backups,
                 )| {
                     PredictionBatchStatus {
+                        backups: backups.map(|(started, won, lost)| crate::api::BackupStatus { started, won, lost }),
                         suspend_time: suspended.map(Time),
                         grace_paused_seconds: paused,
                         observed_generation: Some(1),
@@ -201,10 +204,17 @@ fn arb_spec() -> impl Strategy<Value = PredictionBatchSpec> {
         ],
         (any::<bool>(), any::<bool>(), any::<bool>()),
         proptest::option::of(prop_oneof![-10i64..100, Just(i64::MAX), Just(i64::MIN)]),
-        (any::<bool>(), any::<bool>()),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |((target, per, par), (pct, grace), complete_by, (cons, exp, suspend), ttl, (loader, run_empty))| {
+            |(
+                (target, per, par),
+                (pct, grace),
+                complete_by,
+                (cons, exp, suspend),
+                ttl,
+                (loader, run_empty, backup),
+            )| {
                 spec_with(|s| {
                     s.target_count = Some(target);
                     if loader {
@@ -214,8 +224,13 @@ fn arb_spec() -> impl Strategy<Value = PredictionBatchSpec> {
                     s.items_per_shard = per;
                     s.parallelism = par;
                     let on_no_items = if run_empty { NoItemsPolicy::RunStages } else { NoItemsPolicy::SkipStages };
-                    s.completion =
-                        CompletionSpec { min_succeeded_percent: pct, grace_seconds: grace, complete_by, on_no_items };
+                    s.completion = CompletionSpec {
+                        min_succeeded_percent: pct,
+                        grace_seconds: grace,
+                        complete_by,
+                        on_no_items,
+                        backup_stragglers: backup,
+                    };
                     if !cons {
                         s.consolidation = None;
                     }
@@ -251,13 +266,25 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
             0..2,
         ),
         arb_time(),
+        (
+            proptest::collection::btree_map(0u32..40, arb_job(Stage::Workers), 0..3),
+            proptest::option::of((
+                proptest::collection::vec((0u64..100_000).prop_map(std::time::Duration::from_millis), 0..12),
+                proptest::collection::btree_map(0u32..40, arb_time(), 0..4),
+            )),
+        ),
     )
-        .prop_map(|((loader, loader_message), workers, consolidation, export, rejected, now)| Observed {
-            jobs: crate::api::StageMap { loader, workers, consolidation, export },
-            rejected,
-            loader_message,
-            shard_jobs: Default::default(),
-            now,
+        .prop_map(|((loader, loader_message), workers, consolidation, export, rejected, now, (backups, times))| {
+            Observed {
+                jobs: crate::api::StageMap { loader, workers, consolidation, export },
+                rejected,
+                loader_message,
+                shard_jobs: Default::default(),
+                backup_jobs: backups,
+                shard_times: times
+                    .map(|(finished, running)| crate::reconcile::stragglers::ShardTimes { finished, running }),
+                now,
+            }
         })
 }
 
@@ -274,5 +301,24 @@ proptest! {
         let p2 = plan(&b, &obs);
         prop_assert_eq!(p2.status.observed_generation, generation);
         prop_assert!(p2.status.conditions.iter().filter(|c| c.type_ == CONDITION_STALLED).count() == 1);
+        backups_are_recorded_before_they_run(&p)?;
+        backups_are_recorded_before_they_run(&p2)?;
     }
+}
+
+/// A backup Job is created only for a shard the status being written records as started and
+/// still racing, and never once the worker stage is over.
+fn backups_are_recorded_before_they_run(p: &Plan) -> Result<(), TestCaseError> {
+    let b = p.status.backups.clone().unwrap_or_default();
+    let set = |s: &Option<String>| crate::reconcile::ranges::IndexSet::parse_opt(s.as_deref()).unwrap_or_default();
+    let (started, won, lost) = (set(&b.started), set(&b.won), set(&b.lost));
+    let over = p.status.workers.as_ref().is_none_or(|w| w.state.is_finished());
+    for a in &p.actions {
+        if let Action::CreateBackup(shard) = a {
+            prop_assert!(started.contains(*shard), "{a:?} without recording it: {b:?}");
+            prop_assert!(!won.contains(*shard) && !lost.contains(*shard), "{a:?} for a decided shard: {b:?}");
+            prop_assert!(!over, "{a:?} after the worker stage ended");
+        }
+    }
+    Ok(())
 }

@@ -205,7 +205,12 @@ fn simulate(
                     }
                 }
                 // The simulated batches are never rerun.
-                Action::Validate | Action::CreateShard(_) | Action::ReleaseShard { .. } => {}
+                Action::Validate
+                | Action::CreateShard(_)
+                | Action::ReleaseShard { .. }
+                | Action::CreateBackup(_)
+                | Action::ReleaseBackup { .. }
+                | Action::StopBackup { .. } => {}
             }
         }
 
