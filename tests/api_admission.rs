@@ -713,6 +713,20 @@ fn updates() -> Vec<Update> {
             refused_with: None,
         },
         Update {
+            what: "turn completion.backupStragglers on (completeBy is set)",
+            base: Base::Full,
+            pointer: "/spec/completion/backupStragglers",
+            edit: |v| set(v, "/spec/completion/backupStragglers", json!(true)),
+            refused_with: None,
+        },
+        Update {
+            what: "turn completion.backupStragglers on without a completeBy",
+            base: Base::Minimal,
+            pointer: "/spec/completion/backupStragglers",
+            edit: |v| set(v, "/spec/completion", json!({ "backupStragglers": true })),
+            refused_with: Some("spec.completion.backupStragglers needs spec.completion.completeBy"),
+        },
+        Update {
             what: "remove completion.completeBy",
             base: Base::Full,
             pointer: "/spec/completion/completeBy",

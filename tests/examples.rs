@@ -30,6 +30,7 @@ const TESTED: &[&str] = &[
     "batch-firestore.yaml",
     "batch-loader.yaml",
     "batch-rerun.yaml",
+    "batch-backups.yaml",
 ];
 
 fn examples_dir() -> PathBuf {
@@ -192,6 +193,32 @@ async fn batch_rerun_yaml_runs_the_export_again_on_a_new_token() {
     kubectl(&["patch", "pb", &ex.name, "-n", ex.ns(), "--type=merge", "-p", patch]);
     std::thread::sleep(Duration::from_secs(3));
     assert_promise(FILE, jobs_in(ex.ns()).len() == 4, "the same token ran something");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_backups_yaml_finishes_whole_despite_a_stuck_shard() {
+    const FILE: &str = "batch-backups.yaml";
+    let ex = Example::start("ex-backups", FILE, |ns| Some(TestStage::straggle(ns, &["3"])));
+    let b = ex.wait(Duration::from_secs(120), "Succeeded", |b| phase(b) == "Succeeded" || phase(b) == "Failed");
+    let st = &b["status"];
+    assert_promise(
+        FILE,
+        phase(&b) == "Succeeded" && st["progress"] == "120/120" && reason(&b, "Degraded") == "False/NoFailedShards",
+        &format!("ended {st:#}"),
+    );
+    assert_promise(
+        FILE,
+        st["backups"]["started"] == "3" && st["backups"]["won"] == "3",
+        &format!("backups {:#}", st["backups"]),
+    );
+    let events = kubectl(&["get", "events", "-n", ex.ns(), "-o", "jsonpath={.items[*].reason}"]);
+    assert_promise(
+        FILE,
+        events.contains("BackupStarted") && events.contains("BackupWon"),
+        &format!("events: {events}"),
+    );
+    let job = kubectl_json(&["get", "job", &format!("{}-workers", ex.name), "-n", ex.ns()]);
+    assert_promise(FILE, job["spec"]["suspend"] == true, &format!("worker Job {}", job["spec"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

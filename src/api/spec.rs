@@ -152,7 +152,7 @@ pub struct CompletionSpec {
     pub on_no_items: NoItemsPolicy,
 
     /// Backup runs for stragglers (the MapReduce backup-task idea; default false; needs completeBy). Near the end of the worker stage, before the quorum is met, a shard that has run more than twice the median time of its finished peers (at least 5) gets one backup run, a Job of its own (<batch>-workers-b<shard>, SHARD_INDEX its index); whichever run succeeds first counts, once. A shard's output must be idempotent: the same shard writes the same output to the same place. May be changed while the batch runs.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub backup_stragglers: bool,
 }
 

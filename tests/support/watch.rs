@@ -137,6 +137,8 @@ pub struct StatusRecord {
     pub regressions: Vec<String>,
     /// How many times the watch (re)listed: more than one means it expired and recovered.
     pub inits: usize,
+    /// Per batch, the most succeeded shards and items any status version showed.
+    pub max_succeeded: std::collections::BTreeMap<String, (u64, u64)>,
     last: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
@@ -168,6 +170,9 @@ impl StatusRecord {
             return;
         }
         *self.versions.entry(name.to_string()).or_default() += 1;
+        let max = self.max_succeeded.entry(name.to_string()).or_default();
+        max.0 = max.0.max(status["shards"]["succeeded"].as_u64().unwrap_or(0));
+        max.1 = max.1.max(status["items"]["succeeded"].as_u64().unwrap_or(0));
         // A rerun starts a new attempt: its phases and stages start over.
         let attempt = |s: &serde_json::Value| {
             s["attempts"].as_array().and_then(|a| a.last()).and_then(|a| a["attempt"].as_u64()).unwrap_or(1)
