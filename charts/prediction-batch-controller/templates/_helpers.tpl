@@ -79,8 +79,10 @@ Role (controller.watchNamespace). No Secrets, no Pods, no wildcards.
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The loader's result: its count is the termination message of the loader Job's finished pod,
-# read once (a list by the Job's controller-uid label) when the loader Job has succeeded. Read
-# only: the controller never creates, changes or deletes a pod (the Job controller does).
+# read once (a list by the Job's controller-uid label) when the loader Job has succeeded; and,
+# with completion.backupStragglers, the worker Job's pods near the end of the stage, for their
+# run times. Read only: the controller never creates, changes or deletes a pod (the Job
+# controller does).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list"]

@@ -155,8 +155,9 @@ impl Planner<'_> {
     }
 
     /// Outcome finalizers to release and backup runs to stop: a backup whose outcome is recorded
-    /// (or whose stage is over) is released, and one still running after its shard was decided or
-    /// its stage ended is deleted.
+    /// (or whose stage is over) is released, and one still running after its shard was decided,
+    /// its stage ended or the batch was suspended is deleted (a suspended batch runs no pod; the
+    /// shard's original run, suspended with the worker Job, decides it).
     pub(super) fn backup_actions(&mut self) -> Vec<Action> {
         if self.obs.backup_jobs.is_empty() && self.st.backups.is_none() {
             return Vec::new();
@@ -165,8 +166,8 @@ impl Planner<'_> {
             || self.st.phase.is_some_and(crate::api::Phase::is_terminal)
             || self.st.workers.as_ref().is_none_or(|w| w.state.is_finished());
         let mut sets = Sets::of(&self.st, self.layout().shard_count());
-        if stage_over {
-            // The stage's outcome is fixed: a backup still racing can no longer count.
+        if stage_over || self.batch.spec.suspend {
+            // The stage's outcome is fixed (or the batch holds still): a racing backup is over.
             let racing: Vec<u32> = sets.started.iter().filter(|s| sets.racing(*s)).collect();
             for shard in racing {
                 add(&mut sets.lost, shard);

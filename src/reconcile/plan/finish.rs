@@ -23,7 +23,8 @@ impl Planner<'_> {
             .into_iter()
             .filter_map(|s| self.obs.job(s).filter(|j| j.owned && !j.deleting).map(|j| (s, j.uid.clone())))
             .collect();
-        if owned.is_empty() {
+        let backups_left = self.obs.backup_jobs.values().any(|j| j.owned && !j.deleting);
+        if owned.is_empty() && !backups_left {
             return;
         }
         let done = self.st.completion_time.as_ref().map_or(self.now, |t| t.0);
@@ -31,6 +32,11 @@ impl Planner<'_> {
         if self.now >= expiry {
             self.actions.retain(|a| !matches!(a, Action::Suspend { .. }));
             self.actions.extend(owned.into_iter().map(|(stage, uid)| Action::Delete { stage, uid }));
+            // Backup runs' Jobs go with them (their outcomes are in the status).
+            let backups = self.obs.backup_jobs.iter().filter(|(_, j)| j.owned && !j.deleting);
+            let backups: Vec<Action> =
+                backups.map(|(&shard, j)| Action::StopBackup { shard, uid: j.uid.clone() }).collect();
+            self.actions.extend(backups);
         } else {
             self.wake_at(expiry);
         }
@@ -82,7 +88,12 @@ impl Planner<'_> {
         let mut actions = self.releases();
         actions.extend(self.shard_releases());
         actions.extend(backups);
-        actions.append(&mut self.actions);
+        for a in std::mem::take(&mut self.actions) {
+            // The TTL may delete a backup Job that was also just stopped: once is enough.
+            if !actions.contains(&a) {
+                actions.push(a);
+            }
+        }
         Plan { status: self.st, actions, requeue_after: self.requeue, events }
     }
 

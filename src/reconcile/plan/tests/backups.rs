@@ -200,3 +200,40 @@ fn at_most_a_tenth_of_the_shards_get_backups() {
     assert_eq!(created.len(), 10);
     assert_eq!(p.actions.first(), Some(&Action::CreateBackup(90)), "longest-running first");
 }
+
+#[test]
+fn suspending_the_batch_stops_a_racing_backup() {
+    let (_, b) = racing();
+    let mut b = b;
+    b.spec.suspend = true;
+    let p = plan(&b, &observing(60, workers_job(ALL_BUT_3, "", 1), Some(times(5)), &[(3, backup_job(3))]));
+    assert_eq!(backups(&p.status), (Some("3"), None, Some("3")));
+    assert!(p.actions.contains(&Action::StopBackup { shard: 3, uid: "uid-backup-3".into() }), "{:?}", p.actions);
+    assert!(p.actions.contains(&Action::Suspend { stage: Stage::Workers, suspend: true }), "{:?}", p.actions);
+}
+
+#[test]
+fn the_ttl_deletes_backup_jobs_too() {
+    let (_, b) = racing();
+    let mut b = b;
+    b.spec.ttl_seconds_after_finished = Some(60);
+    let done = succeeded(backup_job(3), 50);
+    let w = JobView { suspended: true, suspend_confirmed: true, ..workers_job("0-29", "", 0) };
+    let obs = |now: i64| {
+        let mut o = observing(now, w.clone(), None, &[(3, JobView { outcome_finalizer: None, ..done.clone() })]);
+        o.set_job(Stage::Consolidation, Some(succeeded(job(Stage::Consolidation), 55)));
+        o.set_job(Stage::Export, Some(succeeded(job(Stage::Export), 56)));
+        o
+    };
+    let mut last = None;
+    for now in [51, 52, 53, 54, 57, 58] {
+        let (p, next) = step(&b, &obs(now));
+        b = next;
+        last = Some(p);
+    }
+    assert_eq!(last.unwrap().status.phase, Some(Phase::Succeeded));
+    let p = plan(&b, &obs(200));
+    let stops: Vec<_> = p.actions.iter().filter(|a| matches!(a, Action::StopBackup { .. })).collect();
+    assert_eq!(stops, [&Action::StopBackup { shard: 3, uid: "uid-backup-3".into() }], "{:?}", p.actions);
+    assert!(p.actions.iter().any(|a| matches!(a, Action::Delete { stage: Stage::Workers, .. })), "{:?}", p.actions);
+}
