@@ -91,7 +91,7 @@ pub async fn record(ctx: &Context, batch: &mut PredictionBatch, plan: Plan) -> R
     Ok(Recording::Recorded(StatusRecorded { actions: plan.actions, requeue_after: plan.requeue_after }))
 }
 
-/// True when only counts and messages moved: no phase, stage or condition-status change.
+/// True when only counts and messages moved: no phase, stage, condition-status or backup change.
 fn progress_only(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) -> bool {
     let Some(prev) = prev else { return false };
     let shape = |s: &PredictionBatchStatus| {
@@ -99,7 +99,7 @@ fn progress_only(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchSta
             Stage::ALL.iter().map(|st| s.stage(*st).as_ref().map(|st| (st.state, st.job_uid.clone()))).collect();
         let conditions: Vec<_> =
             s.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect();
-        (s.phase, stages, s.quorum_time.clone(), s.observed_generation, conditions)
+        (s.phase, stages, s.quorum_time.clone(), s.observed_generation, conditions, s.backups.clone())
     };
     shape(prev) == shape(next)
 }
