@@ -76,7 +76,11 @@ async fn a_rerun_from_consolidation_runs_consolidation_and_export_again() {
     let ns = TestNamespace::new("rerun-consolidation");
     let watch = JobWatch::start(ns.name()).await;
     let ctl = Controller::start("rerun-consolidation", ns.name(), &[]);
-    let manifest = batch("daily", json!({ "rerun": { "token": "created-with", "from": "Consolidation" } }), json!({}));
+    let manifest = batch(
+        "daily",
+        json!({ "rerun": { "token": "created-with", "from": "Consolidation" }, "ttlSecondsAfterFinished": 15 }),
+        json!({}),
+    );
     apply(ns.name(), &manifest);
     let first =
         wait_batch(ns.name(), "daily", &ctl, Duration::from_secs(120), "Succeeded", |b| phase(b) == "Succeeded");
@@ -94,6 +98,16 @@ async fn a_rerun_from_consolidation_runs_consolidation_and_export_again() {
     for (stage, jobs) in [("workers", 1), ("consolidation", 2), ("export", 2)] {
         assert_eq!(rec.uids(stage), jobs, "{stage}: Jobs by UID {:?}", rec.uids_by_stage);
     }
+
+    // 15 s after attempt 2, the TTL deletes the Jobs of every attempt, not only the last one's
+    // (attempt 2 started within seconds of attempt 1's end, long before attempt 1's TTL).
+    wait_until(
+        "no Job left in the namespace",
+        Duration::from_secs(60),
+        || kubectl(&["get", "jobs", "-n", ns.name(), "-o", "name"]).trim().is_empty().then_some(()),
+        || format!("{}\n{}", kubectl(&["get", "jobs", "-n", ns.name()]), ctl.log_tail()),
+    );
+    assert!(batch_json(ns.name(), "daily").is_some(), "the batch itself stays");
 }
 
 /// The acceptance's main case: a batch ends Succeeded and Degraded with shards 3 and 7 failed; the

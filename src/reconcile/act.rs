@@ -84,6 +84,22 @@ pub async fn act(
                 Err(e) => return Err(Error::kube(format!("delete Job {job_name}"), e)),
             }
         }
+        Action::DeleteJob { ref name, uid: ref job_uid } => match api.delete(name, &delete_params(job_uid)).await {
+            Ok(_) => info!(job = name, "deleted Job (ttlSecondsAfterFinished)"),
+            Err(e) if matches!(status_code(&e), Some(404 | 409)) => {}
+            Err(e) => return Err(Error::kube(format!("delete Job {name}"), e)),
+        },
+        Action::SuspendShard { shard, suspend } => {
+            let attempt = batch.status.as_ref().map_or(1, |s| s.attempt());
+            let job_name = shard_job_name(&batch.name_any(), attempt, shard);
+            let patch = json!({ "spec": { "suspend": suspend } });
+            let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            match api.patch(&job_name, &pp, &Patch::Merge(&patch)).await {
+                Ok(_) => info!(job = job_name, suspend, "set the suspension of a rerun shard's Job"),
+                Err(e) if status_code(&e) == Some(404) => {}
+                Err(e) => return Err(Error::kube(format!("patch Job {job_name}"), e)),
+            }
+        }
         Action::ReleaseShard { shard, uid: ref job_uid, index } => {
             let attempt = batch.status.as_ref().map_or(1, |s| s.attempt());
             let job_name = shard_job_name(&batch.name_any(), attempt, shard);

@@ -134,7 +134,33 @@ impl<'l> View<'l> {
         observed.shard_jobs = self.shard_jobs(ctx, uid);
         observed.backup_jobs = self.backup_jobs(ctx, uid);
         observed.shard_times = self.read_shard_times(ctx, &observed).await?;
+        observed.leftover_jobs = self.leftover_jobs(ctx, uid);
         Ok(observed)
+    }
+
+    /// For a finished batch whose `ttlSecondsAfterFinished` is up, every Job it owns (by controller
+    /// ownerReference UID) from the cache, so the TTL deletes earlier attempts' Jobs too.
+    fn leftover_jobs(&self, ctx: &Context, uid: &str) -> Vec<(String, String)> {
+        let Some(status) = self.batch.status.as_ref().filter(|s| s.phase.is_some_and(crate::api::Phase::is_terminal))
+        else {
+            return Vec::new();
+        };
+        let Some(ttl) = self.batch.spec.ttl_seconds_after_finished else { return Vec::new() };
+        // Only once the TTL is up (a scan of the Job cache is not for every pass).
+        let done = status.completion_time.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0);
+        if Timestamp::now() < super::deadline::add_secs(done, ttl.max(0)) {
+            return Vec::new();
+        }
+        let ns = self.batch.namespace();
+        ctx.jobs
+            .state()
+            .iter()
+            .filter(|j| j.metadata.namespace == ns && j.metadata.deletion_timestamp.is_none())
+            .filter(|j| {
+                j.metadata.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
+            })
+            .filter_map(|j| Some((j.metadata.name.clone()?, j.metadata.uid.clone()?)))
+            .collect()
     }
 
     /// The Jobs of the backup runs the status says were started, from the cache.

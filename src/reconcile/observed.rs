@@ -119,6 +119,9 @@ pub struct Observed {
     /// Run times of the worker Job's shards, read from its pods only while backups are on and the
     /// stage is near its end (`None` otherwise).
     pub shard_times: Option<ShardTimes>,
+    /// The other Jobs this batch owns (earlier attempts', rerun shards', backup runs'), by name
+    /// and UID, not being deleted: read only for a finished batch with `ttlSecondsAfterFinished`.
+    pub leftover_jobs: Vec<(String, String)>,
     pub now: Timestamp,
 }
 
@@ -131,6 +134,7 @@ impl Observed {
             shard_jobs: Default::default(),
             backup_jobs: Default::default(),
             shard_times: None,
+            leftover_jobs: Vec::new(),
             now,
         }
     }

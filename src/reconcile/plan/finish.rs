@@ -23,8 +23,15 @@ impl Planner<'_> {
             .into_iter()
             .filter_map(|s| self.obs.job(s).filter(|j| j.owned && !j.deleting).map(|j| (s, j.uid.clone())))
             .collect();
-        let backups_left = self.obs.backup_jobs.values().any(|j| j.owned && !j.deleting);
-        if owned.is_empty() && !backups_left {
+        // Every other Job it owns goes too: earlier attempts', rerun shards', backup runs'.
+        let current: Vec<&str> = Stage::ALL.into_iter().filter_map(|s| Some(self.obs.job(s)?.name.as_str())).collect();
+        let mut others: Vec<(String, String)> =
+            self.obs.leftover_jobs.iter().filter(|(name, _)| !current.contains(&name.as_str())).cloned().collect();
+        let typed = self.obs.shard_jobs.values().chain(self.obs.backup_jobs.values());
+        others.extend(typed.filter(|j| j.owned && !j.deleting).map(|j| (j.name.clone(), j.uid.clone())));
+        others.sort();
+        others.dedup();
+        if owned.is_empty() && others.is_empty() {
             return;
         }
         let done = self.st.completion_time.as_ref().map_or(self.now, |t| t.0);
@@ -32,11 +39,7 @@ impl Planner<'_> {
         if self.now >= expiry {
             self.actions.retain(|a| !matches!(a, Action::Suspend { .. }));
             self.actions.extend(owned.into_iter().map(|(stage, uid)| Action::Delete { stage, uid }));
-            // Backup runs' Jobs go with them (their outcomes are in the status).
-            let backups = self.obs.backup_jobs.iter().filter(|(_, j)| j.owned && !j.deleting);
-            let backups: Vec<Action> =
-                backups.map(|(&shard, j)| Action::StopBackup { shard, uid: j.uid.clone() }).collect();
-            self.actions.extend(backups);
+            self.actions.extend(others.into_iter().map(|(name, uid)| Action::DeleteJob { name, uid }));
         } else {
             self.wake_at(expiry);
         }
@@ -89,7 +92,7 @@ impl Planner<'_> {
         actions.extend(self.shard_releases());
         actions.extend(backups);
         for a in std::mem::take(&mut self.actions) {
-            // The TTL may delete a backup Job that was also just stopped: once is enough.
+            // A rule may plan what another already did: once is enough.
             if !actions.contains(&a) {
                 actions.push(a);
             }

@@ -67,6 +67,8 @@ pub enum Action {
     Parallelism(i32),
     /// Create the Job of one shard rerun alone (a FailedShards attempt).
     CreateShard(u32),
+    /// Set `spec.suspend` of a rerun shard's Job (the batch was suspended or resumed).
+    SuspendShard { shard: u32, suspend: bool },
     /// Remove our outcome finalizer from a rerun shard's Job: its outcome is in the status.
     ReleaseShard { shard: u32, uid: String, index: usize },
     /// Create the Job of a straggling shard's backup run.
@@ -78,6 +80,9 @@ pub enum Action {
     /// Remove our outcome finalizer (at `index` of `metadata.finalizers`) from the stage's Job
     /// `uid`: its outcome is in the status just written, or it is not the stage's Job.
     Release { stage: Stage, uid: String, index: usize },
+    /// The batch finished `ttlSecondsAfterFinished` ago: delete this other Job it owns (an earlier
+    /// attempt's, a rerun shard's, a backup run's), by name, with a UID precondition.
+    DeleteJob { name: String, uid: String },
     /// The batch finished `ttlSecondsAfterFinished` ago: delete this Job of ours (UID precondition,
     /// so a same-named Job someone else made since is never touched). Never the batch.
     Delete { stage: Stage, uid: String },

@@ -61,7 +61,13 @@ impl Planner<'_> {
             return;
         }
         self.record_shards(layout, &succeeded, &failed, running.len() as u32);
-        if self.batch.spec.suspend {
+        // A suspended batch runs no pod: its running shard Jobs are suspended (and resumed with it).
+        let suspend = self.batch.spec.suspend;
+        let obs = self.obs;
+        let out_of_step = running.iter().filter(|i| obs.shard_jobs.get(*i).is_some_and(|j| j.suspended != suspend));
+        let syncs: Vec<Action> = out_of_step.map(|&shard| Action::SuspendShard { shard, suspend }).collect();
+        self.actions.extend(syncs);
+        if suspend {
             return;
         }
         let room = (self.batch.spec.parallelism as usize).saturating_sub(running.len());

@@ -233,7 +233,8 @@ fn the_ttl_deletes_backup_jobs_too() {
     }
     assert_eq!(last.unwrap().status.phase, Some(Phase::Succeeded));
     let p = plan(&b, &obs(200));
-    let stops: Vec<_> = p.actions.iter().filter(|a| matches!(a, Action::StopBackup { .. })).collect();
-    assert_eq!(stops, [&Action::StopBackup { shard: 3, uid: "uid-backup-3".into() }], "{:?}", p.actions);
+    let deletes: Vec<_> = p.actions.iter().filter(|a| matches!(a, Action::DeleteJob { .. })).collect();
+    let name = crate::api::stage::backup_job_name(NAME, 3);
+    assert_eq!(deletes, [&Action::DeleteJob { name, uid: "uid-backup-3".into() }], "{:?}", p.actions);
     assert!(p.actions.iter().any(|a| matches!(a, Action::Delete { stage: Stage::Workers, .. })), "{:?}", p.actions);
 }

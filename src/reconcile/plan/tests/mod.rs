@@ -225,7 +225,9 @@ impl Sim {
                     | Action::ReleaseShard { .. }
                     | Action::CreateBackup(_)
                     | Action::ReleaseBackup { .. }
-                    | Action::StopBackup { .. } => {}
+                    | Action::StopBackup { .. }
+                    | Action::DeleteJob { .. }
+                    | Action::SuspendShard { .. } => {}
                 }
             }
             self.obs.now = self.obs.now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(1)).unwrap();

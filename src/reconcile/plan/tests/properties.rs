@@ -283,6 +283,7 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
                 backup_jobs: backups,
                 shard_times: times
                     .map(|(finished, running)| crate::reconcile::stragglers::ShardTimes { finished, running }),
+                leftover_jobs: Vec::new(),
                 now,
             }
         })

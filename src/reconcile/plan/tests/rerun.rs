@@ -253,3 +253,83 @@ fn parallelism_bounds_the_rerun_shard_jobs() {
     let created: Vec<_> = p.actions.iter().filter(|a| matches!(a, Action::CreateShard(_))).collect();
     assert_eq!(created, [&Action::CreateShard(12)], "one slot free");
 }
+
+#[test]
+fn the_ttl_deletes_every_job_of_every_attempt() {
+    let mut sim = degraded();
+    sim.batch.spec.ttl_seconds_after_finished = Some(60);
+    let b = with_rerun(&sim.batch, "fix-3-7", RerunFrom::FailedShards);
+    let mut obs = sim.obs.clone();
+    // As the reconciler sees it: no Job by the rerun's worker name (its shards have Jobs of their own).
+    obs.set_job(Stage::Workers, None);
+    let (_, b) = step(&b, &obs);
+    for i in [3, 7] {
+        obs.shard_jobs.insert(i, JobView { outcome_finalizer: None, ..succeeded(shard_job(2, i), 300) });
+    }
+    let (_, b) = step(&b, &obs);
+    for (stage, at) in [(Stage::Consolidation, 320), (Stage::Export, 330)] {
+        let j = JobView { name: stage.job_name_in(NAME, 2), uid: format!("uid-r2-{}", stage.label()), ..job(stage) };
+        obs.set_job(stage, Some(succeeded(j, at)));
+        obs.now = t(at + 1);
+    }
+    let (_, b) = step(&b, &obs);
+    let (p, b) = step(&b, &obs);
+    assert_eq!(p.status.phase, Some(Phase::Succeeded));
+    // The first attempt's consolidation and export Jobs, and the rerun shard Jobs, are the batch's too.
+    obs.leftover_jobs = vec![
+        (Stage::Workers.job_name(NAME), uid(Stage::Workers)),
+        (Stage::Consolidation.job_name(NAME), uid(Stage::Consolidation)),
+        (Stage::Export.job_name(NAME), uid(Stage::Export)),
+        (shard_job(2, 3).name, "uid-r2-3".into()),
+        (shard_job(2, 7).name, "uid-r2-7".into()),
+    ];
+    obs.now = t(1000);
+    let p = plan(&b, &obs);
+    let mut deleted: Vec<String> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Delete { stage, .. } => Some(stage.job_name_in(NAME, 2)),
+            Action::DeleteJob { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    deleted.sort();
+    let mut want: Vec<String> =
+        ["workers", "consolidate", "export", "r2-consolidate", "r2-export", "r2-workers-3", "r2-workers-7"]
+            .iter()
+            .map(|s| format!("{NAME}-{s}"))
+            .collect();
+    want.sort();
+    assert_eq!(deleted, want, "{:?}", p.actions);
+}
+
+#[test]
+fn suspending_a_rerun_suspends_its_running_shard_jobs_and_resuming_resumes_them() {
+    let sim = degraded();
+    let b = with_rerun(&sim.batch, "shards", RerunFrom::FailedShards);
+    let mut obs = sim.obs.clone();
+    let (_, mut b) = step(&b, &obs);
+    obs.shard_jobs.insert(3, JobView { active: 1, ..shard_job(2, 3) });
+    obs.shard_jobs.insert(7, JobView { active: 1, ..shard_job(2, 7) });
+    b.spec.suspend = true;
+    let (p, b) = step(&b, &obs);
+    let suspends: Vec<_> = p.actions.iter().filter(|a| matches!(a, Action::SuspendShard { .. })).collect();
+    assert_eq!(
+        suspends,
+        [&Action::SuspendShard { shard: 3, suspend: true }, &Action::SuspendShard { shard: 7, suspend: true }]
+    );
+    for i in [3, 7] {
+        obs.shard_jobs.insert(i, JobView { suspended: true, active: 0, ..shard_job(2, i) });
+    }
+    let (p, mut b) = step(&b, &obs);
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::SuspendShard { .. })), "{:?}", p.actions);
+    assert_eq!(p.status.phase, Some(Phase::Suspended));
+    b.spec.suspend = false;
+    let (p, _) = step(&b, &obs);
+    let resumes: Vec<_> = p.actions.iter().filter(|a| matches!(a, Action::SuspendShard { .. })).collect();
+    assert_eq!(
+        resumes,
+        [&Action::SuspendShard { shard: 3, suspend: false }, &Action::SuspendShard { shard: 7, suspend: false }]
+    );
+}

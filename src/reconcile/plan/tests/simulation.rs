@@ -210,7 +210,9 @@ fn simulate(
                 | Action::ReleaseShard { .. }
                 | Action::CreateBackup(_)
                 | Action::ReleaseBackup { .. }
-                | Action::StopBackup { .. } => {}
+                | Action::StopBackup { .. }
+                | Action::DeleteJob { .. }
+                | Action::SuspendShard { .. } => {}
             }
         }
 
