@@ -51,27 +51,9 @@ pub async fn act(
                 Err(e) => return Err(Error::kube(format!("create Job {job_name}"), e)),
             }
         }
-        Action::CreateShard(shard) => {
-            let Some(job) = jobs::build_shard(batch, shard) else { return Ok(()) };
-            let job_name = job.metadata.name.clone().unwrap_or_default();
-            let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            match api.create(&pp, &job).await {
-                Ok(_) => info!(job = job_name, shard, "created the Job of a rerun shard"),
-                // Its deterministic name makes a repeated create a no-op; the watch brings it.
-                Err(e) if status_code(&e) == Some(409) => {}
-                Err(e) => return Err(Error::kube(format!("create Job {job_name}"), e)),
-            }
-        }
+        Action::CreateShard(shard) => create_shard_job(api, jobs::build_shard(batch, shard), "a rerun shard").await?,
         Action::CreateBackup(shard) => {
-            let Some(job) = jobs::build_backup(batch, shard) else { return Ok(()) };
-            let job_name = job.metadata.name.clone().unwrap_or_default();
-            let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            match api.create(&pp, &job).await {
-                Ok(_) => info!(job = job_name, shard, "created the Job of a straggling shard's backup run"),
-                // Its deterministic name makes a repeated create a no-op; the watch brings it.
-                Err(e) if status_code(&e) == Some(409) => {}
-                Err(e) => return Err(Error::kube(format!("create Job {job_name}"), e)),
-            }
+            create_shard_job(api, jobs::build_backup(batch, shard), "a straggling shard's backup run").await?
         }
         Action::ReleaseBackup { shard, uid: ref job_uid, index } => {
             release(api, &backup_job_name(&batch.name_any(), shard), job_uid, index).await?;
@@ -149,6 +131,20 @@ pub async fn act(
             }
             learned.job_written(stage, None);
         }
+    }
+    Ok(())
+}
+
+/// Creates the Job of one shard alone (`None`: nothing to build). Its deterministic name makes a
+/// repeated create a no-op; the Job watch brings it to the next pass.
+async fn create_shard_job(api: &Api<Job>, job: Option<Job>, what: &str) -> Result<(), Error> {
+    let Some(job) = job else { return Ok(()) };
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    match api.create(&pp, &job).await {
+        Ok(_) => info!(job = job_name, "created the Job of {what}"),
+        Err(e) if status_code(&e) == Some(409) => {}
+        Err(e) => return Err(Error::kube(format!("create Job {job_name}"), e)),
     }
     Ok(())
 }

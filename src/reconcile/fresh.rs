@@ -203,13 +203,7 @@ impl<'l> View<'l> {
         if !BackupPolicy::default().near_end(total, finished as usize) {
             return Ok(None);
         }
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &self.batch.namespace().unwrap_or_default());
-        let selector = format!("{JOB_UID_LABEL}={}", job.uid);
-        let list = pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| Error::kube(format!("list pods of Job {}", job.name), e))?;
-        Ok(Some(shard_times(&list.items)))
+        Ok(Some(shard_times(&self.job_pods(ctx, job).await?)))
     }
 
     /// In an attempt that reruns failed shards, their Jobs from the cache (a Job created this
@@ -239,13 +233,18 @@ impl<'l> View<'l> {
         if !matches!(job.outcome, JobOutcome::Succeeded { .. }) {
             return Ok(None);
         }
+        Ok(loader_message(&self.job_pods(ctx, job).await?))
+    }
+
+    /// The pods of Job `job` (a direct list by its UID label, not a cache: read rarely).
+    async fn job_pods(&self, ctx: &Context, job: &JobView) -> Result<Vec<Pod>, Error> {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &self.batch.namespace().unwrap_or_default());
         let selector = format!("{JOB_UID_LABEL}={}", job.uid);
         let list = pods
             .list(&ListParams::default().labels(&selector))
             .await
             .map_err(|e| Error::kube(format!("list pods of Job {}", job.name), e))?;
-        Ok(loader_message(&list.items))
+        Ok(list.items)
     }
 
     /// A status write met 409: our view was stale (another writer, or a cache behind a write we
