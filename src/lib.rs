@@ -19,4 +19,5 @@ pub mod metrics;
 pub mod mirror;
 pub mod reconcile;
 pub mod release;
+pub mod schedule;
 pub mod watch_health;
