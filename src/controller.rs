@@ -1,5 +1,6 @@
 //! Wiring: watches (batches, and only our labelled Jobs, trimmed), the kube-runtime Controllers
-//! (the batch reconciler, and the Firestore mirror's next to it, over the same batch watch),
+//! (the batch reconciler, and the Firestore mirror's and the schedules' next to it, over the same
+//! batch watch),
 //! error policy, and leader election.
 
 use std::collections::HashMap;
@@ -363,6 +364,7 @@ async fn run_controller(
     // through a subscription to the same cache.
     let (batch_store, batch_writer) = reflector::store_shared(SHARED_WATCH_BUFFER);
     let mirror_trigger = batch_writer.subscribe().expect("a shared store takes subscribers");
+    let schedule_trigger = batch_writer.subscribe().expect("a shared store takes subscribers");
     let (marks, marks_rx) = mpsc::unbounded_channel();
     let mut decoder = Decoder::new(metrics.clone(), marks);
     let batch_stream = watcher(listed, watcher::Config::default())
@@ -381,6 +383,16 @@ async fn run_controller(
         Arc::new(MirrorContext::new(client.clone(), recorder.clone(), metrics.clone(), mirror, leadership.clone()));
     let mirror_controller =
         crate::mirror::controller::run(mirror_ctx, mirror_trigger, batch_store.clone(), wait_for(shutdown.clone()));
+    let schedule_controller = crate::schedule::controller::run(
+        client.clone(),
+        settings,
+        metrics.clone(),
+        recorder.clone(),
+        leadership.clone(),
+        batch_store.clone(),
+        schedule_trigger,
+        wait_for(shutdown.clone()),
+    );
     let ctx = Arc::new(Context {
         client,
         jobs: job_store.clone(),
@@ -420,10 +432,10 @@ async fn run_controller(
             }
         });
     // The marker ends with the batch controller (it owns the decoder that sends the marks). The
-    // mirror's controller ends with it too (its trigger is the batch controller's watch), and is
-    // given the same graceful shutdown.
+    // mirror's and the schedules' controllers end with it too (their triggers include the batch
+    // controller's watch), and are given the same graceful shutdown.
     tokio::select! {
-        _ = future::join(controller, mirror_controller) => {},
+        _ = future::join3(controller, mirror_controller, schedule_controller) => {},
         _ = marker.run(marks_rx) => {},
     }
     info!("controller stopped");

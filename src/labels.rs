@@ -14,3 +14,9 @@ pub const MANAGED_BY_VALUE: &str = "prediction-batch-controller";
 /// controller removes it once the outcome is recorded (or the batch is gone), so a Job deleted
 /// before then is still there to be read. `prediction-batch-controller` must run for it to go.
 pub const OUTCOME_FINALIZER: &str = "predictions.dev/record-outcome";
+/// Label on every PredictionBatch a PredictionSchedule creates: the schedule's name
+/// (`kubectl get pb -l predictions.dev/schedule=nba-daily`).
+pub const SCHEDULE_LABEL: &str = "predictions.dev/schedule";
+/// Annotation on every PredictionBatch a PredictionSchedule creates: the run's scheduled time,
+/// RFC 3339 UTC. History limits keep the newest runs by it.
+pub const SCHEDULED_AT_ANNOTATION: &str = "predictions.dev/scheduled-at";

@@ -33,14 +33,30 @@ struct Cli {
 enum Command {
     /// Run the controller (the default).
     Run(RunArgs),
-    /// Print the PredictionBatch CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML (PredictionBatch unless --kind says otherwise).
+    Crd(CrdArgs),
     /// Print the API reference (docs/api-reference.md) generated from the CRD as Markdown.
     ApiReference,
     /// Remove the controller's finalizers (the Firestore mirror's on PredictionBatches, the
     /// outcome finalizer on stage Jobs) so that, with the controller uninstalled, deleting batches,
     /// Jobs or their namespace does not hang. Idempotent; batches and Jobs are left in place.
     ReleaseFinalizers(ReleaseArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct CrdArgs {
+    /// Which CRD: PredictionBatch (crds/predictions.dev_predictionbatches.yaml) or
+    /// PredictionSchedule (crds/predictions.dev_predictionschedules.yaml).
+    #[arg(long, value_enum, default_value = "PredictionBatch")]
+    kind: CrdKind,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum CrdKind {
+    #[value(name = "PredictionBatch", alias = "pb", alias = "predictionbatch")]
+    PredictionBatch,
+    #[value(name = "PredictionSchedule", alias = "pbs", alias = "predictionschedule")]
+    PredictionSchedule,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -149,8 +165,11 @@ impl RunArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Crd) => {
-            print!("{}", api::crd::yaml());
+        Some(Command::Crd(args)) => {
+            match args.kind {
+                CrdKind::PredictionBatch => print!("{}", api::crd::yaml()),
+                CrdKind::PredictionSchedule => print!("{}", api::schedule_crd::yaml()),
+            }
             Ok(())
         }
         Some(Command::ApiReference) => {

@@ -1,16 +1,19 @@
-//! The `predictions.dev/v1alpha1` `PredictionBatch` API.
+//! The `predictions.dev/v1alpha1` API: `PredictionBatch`, and `PredictionSchedule` which creates them.
 
 pub mod conditions;
 pub mod crd;
 pub mod env;
 pub mod loader;
 pub mod reference;
+mod schedule;
+pub mod schedule_crd;
 mod spec;
 pub mod stage;
 mod status;
 mod template_schema;
 
 pub use conditions::*;
+pub use schedule::*;
 pub use spec::*;
 pub use stage::{Stage, StageMap};
 pub use status::*;

@@ -14,9 +14,11 @@ pub const PATH: &str = "docs/api-reference.md";
 /// The command that regenerates [`PATH`].
 pub const REGENERATE: &str = "cargo run --release -- api-reference > docs/api-reference.md";
 
-/// The reference of the CRD that [`super::crd::definition`] builds.
+/// The reference of both CRDs ([`super::crd::definition`], then [`super::schedule_crd::definition`]).
 pub fn markdown() -> String {
-    render(&serde_json::to_value(super::crd::definition()).expect("CRD serializes"))
+    let batch = render(&serde_json::to_value(super::crd::definition()).expect("CRD serializes"));
+    let schedule = render(&serde_json::to_value(super::schedule_crd::definition()).expect("CRD serializes"));
+    format!("{batch}\n{schedule}")
 }
 
 /// The reference of a CustomResourceDefinition given as JSON (its first version).
@@ -28,9 +30,10 @@ pub fn render(crd: &Value) -> String {
     let mut out = String::new();
     let w = &mut out;
     let _ = writeln!(w, "# {kind} API reference\n");
+    let file = format!("crds/{}_{}.yaml", str_of(&crd["spec"]["group"]), str_of(&names["plural"]));
     let _ = writeln!(
         w,
-        "<!-- Generated from the CRD (crds/predictions.dev_predictionbatches.yaml) by `{REGENERATE}`. Do not edit by hand: a test fails when this file is out of date. -->\n"
+        "<!-- Generated from the CRD ({file}) by `{REGENERATE}`. Do not edit by hand: a test fails when this file is out of date. -->\n"
     );
     let _ = writeln!(w, "{}\n", one_line(root["description"].as_str().unwrap_or_default()));
     let _ = writeln!(w, "| | |\n|---|---|");
@@ -80,7 +83,13 @@ pub fn render(crd: &Value) -> String {
             }
             let _ = writeln!(w);
         }
-        if section == "spec" {
+        if section == "spec" && kind == "PredictionSchedule" {
+            let _ = writeln!(
+                w,
+                "`batchTemplate.spec` is a [PredictionBatch spec](#predictionbatch-api-reference) without `gameDate` and \
+                 `rerun`, checked at admission by the same schema and cross-field rules (not the immutability rules).\n"
+            );
+        } else if section == "spec" {
             let _ = writeln!(
                 w,
                 "Pod templates (`worker.template`, `consolidation.template`, `export.template`) are core/v1 \
@@ -133,6 +142,10 @@ fn fields(path: &str, node: &Value, in_template: bool, inherited: &[(String, Str
                 validation.join("<br>"),
                 cell(&one_line(child["description"].as_str().unwrap_or_default())),
             ));
+        }
+        if child_path == "spec.batchTemplate.spec" {
+            // The batch's spec, documented with PredictionBatch.
+            continue;
         }
         fields(&child_path, child, template, &below, rows);
         if child["type"] == "array" {

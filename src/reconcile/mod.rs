@@ -17,7 +17,7 @@ pub mod observed;
 #[cfg(test)]
 mod pass_tests;
 pub mod plan;
-mod publish;
+pub(crate) mod publish;
 pub mod ranges;
 mod record;
 mod run;

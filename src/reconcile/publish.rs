@@ -11,10 +11,10 @@ use crate::api::PredictionBatch;
 use crate::context::Context;
 
 /// The apiserver refuses an Event whose note is longer than 1 KiB (in bytes).
-const MAX_EVENT_NOTE_BYTES: usize = 1024;
+pub(crate) const MAX_EVENT_NOTE_BYTES: usize = 1024;
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate_utf8(s: &str, max: usize) -> &str {
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -1,3 +1,11 @@
-//! PredictionSchedule (issue 17, in progress): when a schedule runs and what its runs are named.
+//! PredictionSchedule: a batch each time a cron expression fires in an IANA time zone.
+//! [`timing`] (when, and what a run is named) and [`plan`] (what a pass does) are pure;
+//! [`reconcile`] observes and acts.
 
+pub mod controller;
+pub mod plan;
+pub mod reconcile;
 pub mod timing;
+
+#[cfg(test)]
+mod plan_tests;
