@@ -291,14 +291,15 @@ pub async fn client_from(kubeconfig: &Path) -> kube::Client {
 
 /// Waits until a CRD is Established. Not `kubectl wait`: right after creation a CRD has no
 /// conditions yet, and `kubectl wait` errors out instead of waiting.
-/// Applies the repository's CRD (as the chart's crds/ would) once per test binary and waits until
-/// it is Established.
+/// Applies the repository's CRDs (as the chart's crds/ would) once per test binary and waits until
+/// they are Established.
 pub fn ensure_crd() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
         kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
         wait_crd_established("predictionbatches.predictions.dev");
+        wait_crd_established("predictionschedules.predictions.dev");
     });
 }
 
