@@ -29,6 +29,10 @@ use kube::client::{Body, DynBody};
 use tower::{BoxError, Layer, Service};
 use tracing::{debug, warn};
 
+/// Env: when set, the process aborts (no cleanup, as SIGKILL) right after a schedule's pass
+/// created a run's batch and before it wrote `lastScheduleTime` (tests/schedule.rs).
+pub const ABORT_AFTER_SCHEDULE_CREATE: &str = "PBC_TEST_ABORT_AFTER_SCHEDULE_CREATE";
+
 /// How often a request held by a partition looks whether the partition has ended.
 const PARTITION_POLL: Duration = Duration::from_millis(100);
 

@@ -26,7 +26,12 @@ use serde::{Deserialize, Serialize};
     doc = "PredictionSchedule creates a PredictionBatch each time its cron schedule fires in its time zone (as CronJob creates Jobs), named <schedule>-<yyyymmdd>-<hhmm> after the scheduled wall time, so a run is created once whatever restarts.",
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule", description = "Cron expression"),
     printcolumn(name = "TimeZone", type_ = "string", json_path = ".spec.timeZone", description = "IANA time zone"),
-    printcolumn(name = "Suspend", type_ = "boolean", json_path = ".spec.suspend", description = "No new runs while true"),
+    printcolumn(
+        name = "Suspend",
+        type_ = "boolean",
+        json_path = ".spec.suspend",
+        description = "No new runs while true"
+    ),
     printcolumn(
         name = "Last",
         type_ = "date",
@@ -239,7 +244,10 @@ impl ScheduleEventReason {
     }
 
     pub fn is_warning(self) -> bool {
-        matches!(self, ScheduleEventReason::RunsMissed | ScheduleEventReason::RunMissed | ScheduleEventReason::Stalled(_))
+        matches!(
+            self,
+            ScheduleEventReason::RunsMissed | ScheduleEventReason::RunMissed | ScheduleEventReason::Stalled(_)
+        )
     }
 }
 

@@ -74,7 +74,9 @@ fn template_spec_schema() -> Value {
     if let Some(required) = spec["required"].as_array_mut() {
         required.retain(|r| r != "gameDate");
     }
-    drop_rules(&mut spec, &|rule| rule.contains("oldSelf") || rule.contains("rerun") || rule.contains("backupStragglers"));
+    drop_rules(&mut spec, &|rule| {
+        rule.contains("oldSelf") || rule.contains("rerun") || rule.contains("backupStragglers")
+    });
     spec["description"] = json!(
         "A PredictionBatch spec without gameDate (each run sets it) and without rerun; checked as a batch's spec would be."
     );

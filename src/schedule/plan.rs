@@ -206,7 +206,8 @@ pub fn plan(o: &Observed) -> Plan {
             status.last_schedule_time = Some(Time(t));
         } else if o.foreign.contains(&name) {
             status.last_missed_time = Some(Time(t));
-            let message = format!("a PredictionBatch named {name} exists and is not this schedule's: the run of {t} was skipped");
+            let message =
+                format!("a PredictionBatch named {name} exists and is not this schedule's: the run of {t} was skipped");
             events.push((ScheduleEventReason::Stalled(ScheduleReason::BatchNameTaken), message.clone()));
             reason = (ScheduleReason::BatchNameTaken, message);
         } else if o.spec.concurrency_policy == ConcurrencyPolicy::Forbid && !others.is_empty() {
@@ -254,7 +255,11 @@ fn stalled(
     reason: ScheduleReason,
     message: String,
 ) -> Plan {
-    let was = o.status.conditions.iter().any(|c| c.type_ == CONDITION_STALLED && c.reason == reason.as_str() && c.status == "True");
+    let was = o
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == CONDITION_STALLED && c.reason == reason.as_str() && c.status == "True");
     if !was {
         events.push((ScheduleEventReason::Stalled(reason), message.clone()));
     }

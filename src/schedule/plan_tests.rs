@@ -10,9 +10,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::plan::{DeleteReason, Observed, Outcome, OwnedBatch, Plan, plan};
-use crate::api::{
-    ActiveBatch, ConcurrencyPolicy, PredictionScheduleSpec, PredictionScheduleStatus, ScheduleEventReason,
-};
+use crate::api::{ActiveBatch, ConcurrencyPolicy, PredictionScheduleSpec, PredictionScheduleStatus};
 use crate::labels::{SCHEDULE_LABEL, SCHEDULED_AT_ANNOTATION};
 
 fn ts(s: &str) -> Timestamp {
@@ -155,7 +153,10 @@ fn a_due_run_creates_its_batch_with_the_date_deadline_labels_and_owner() {
     assert_eq!(labels["team"], "nba");
     assert_eq!(b.metadata.annotations.as_ref().unwrap()[SCHEDULED_AT_ANNOTATION], "2026-01-02T12:00:00Z");
     let owner = &b.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("PredictionSchedule", "schedule-uid", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("PredictionSchedule", "schedule-uid", Some(true))
+    );
     assert_eq!(p.status.last_schedule_time, Some(Time(ts("2026-01-02T12:00:00Z"))));
     assert_eq!(p.status.next_schedule_time, Some(Time(ts("2026-01-03T12:00:00Z"))));
     assert_eq!(run.due_count, 1);
@@ -169,7 +170,10 @@ fn a_kill_between_the_create_and_the_status_write_creates_nothing_more() {
     let again = w.pass("2026-01-02T12:00:05Z");
     assert!(again.create.is_none(), "the batch exists: record it, create nothing");
     assert_eq!(again.status.last_schedule_time, Some(Time(ts("2026-01-02T12:00:00Z"))));
-    assert_eq!(again.status.active, vec![ActiveBatch { name: "nba-20260102-0700".into(), uid: "uid-nba-20260102-0700".into() }]);
+    assert_eq!(
+        again.status.active,
+        vec![ActiveBatch { name: "nba-20260102-0700".into(), uid: "uid-nba-20260102-0700".into() }]
+    );
     w.apply(&again);
     assert!(w.pass("2026-01-02T12:30:00Z").create.is_none());
     assert_eq!(w.batches.len(), 1);
@@ -178,7 +182,8 @@ fn a_kill_between_the_create_and_the_status_write_creates_nothing_more() {
 #[test]
 fn after_downtime_only_the_latest_missed_run_starts_and_only_inside_the_deadline() {
     // (downtime in missed runs, starting deadline) -> (created batch, missed run recorded)
-    let cases: [(u32, Option<i64>, Option<&str>, Option<&str>); 6] = [
+    type Case = (u32, Option<i64>, Option<&'static str>, Option<&'static str>);
+    let cases: [Case; 6] = [
         (0, None, None, None),
         (1, None, Some("nba-20260102-0700"), None),
         (3, None, Some("nba-20260104-0700"), None),
@@ -191,7 +196,8 @@ fn after_downtime_only_the_latest_missed_run_starts_and_only_inside_the_deadline
         w.spec.starting_deadline_seconds = deadline;
         w.status.last_schedule_time = Some(Time(ts("2026-01-01T12:00:00Z")));
         // Back `missed` days after the last run, five minutes past 7 AM.
-        let now = ts("2026-01-01T12:05:00Z").checked_add(jiff::SignedDuration::from_hours(24 * i64::from(missed))).unwrap();
+        let now =
+            ts("2026-01-01T12:05:00Z").checked_add(jiff::SignedDuration::from_hours(24 * i64::from(missed))).unwrap();
         let p = w.pass_at(now);
         assert_eq!(created_name(&p).as_deref(), want, "missed {missed}, deadline {deadline:?}");
         assert_eq!(p.status.last_missed_time.as_ref().map(|t| t.0.to_string()).as_deref(), missed_at);

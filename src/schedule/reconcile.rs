@@ -91,9 +91,18 @@ async fn pass(schedule: &PredictionSchedule, ctx: &ScheduleContext) -> Result<Ac
     }
     if let Some(run) = &plan.create {
         let (active, created) = create(&api, &run.batch, uid).await?;
+        #[cfg(feature = "test-faults")]
+        if created && std::env::var_os(crate::faults::ABORT_AFTER_SCHEDULE_CREATE).is_some() {
+            // The worst moment to die: the run's batch exists, lastScheduleTime does not say so.
+            warn!(batch = active.name, "test fault: aborting right after creating a run's batch");
+            std::process::abort();
+        }
         if created {
             info!(batch = active.name, scheduled_at = %run.scheduled_at, "run started");
-            events.push((ScheduleEventReason::BatchCreated, format!("Created {} for the run of {}", active.name, run.scheduled_at)));
+            events.push((
+                ScheduleEventReason::BatchCreated,
+                format!("Created {} for the run of {}", active.name, run.scheduled_at),
+            ));
             if run.due_count > 1 {
                 events.push((
                     ScheduleEventReason::RunsMissed,
@@ -199,7 +208,11 @@ async fn delete(api: &Api<PredictionBatch>, plan: &Plan) -> Result<(), Error> {
             Ok(_) => info!(batch = d.name, reason = ?d.reason, "batch deleted"),
             Err(e) if matches!(status_code(&e), Some(404) | Some(409)) => {}
             Err(e) => {
-                let what = if d.reason == DeleteReason::Replaced { "delete the replaced batch" } else { "delete an old batch" };
+                let what = if d.reason == DeleteReason::Replaced {
+                    "delete the replaced batch"
+                } else {
+                    "delete an old batch"
+                };
                 return Err(Error::kube(what, e));
             }
         }
@@ -232,8 +245,7 @@ async fn write_status(
     schedule: &PredictionSchedule,
     status: &PredictionScheduleStatus,
 ) -> Result<(), Error> {
-    let api: Api<PredictionSchedule> =
-        Api::namespaced(ctx.client.clone(), &schedule.namespace().unwrap_or_default());
+    let api: Api<PredictionSchedule> = Api::namespaced(ctx.client.clone(), &schedule.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": PredictionSchedule::api_version(&()),
         "kind": PredictionSchedule::kind(&()),
@@ -272,4 +284,3 @@ async fn publish(ctx: &ScheduleContext, schedule: &PredictionSchedule, events: V
         }
     }
 }
-

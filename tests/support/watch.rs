@@ -263,3 +263,49 @@ impl Watch<UidsByBatch> {
         self.record.lock().unwrap().values().map(|s| s.len()).max().unwrap_or(0)
     }
 }
+
+/// PredictionBatch name → every UID seen under it (a batch created twice, even if the first was
+/// deleted before the test looked, has two), with the labels of the first copy seen.
+#[derive(Clone, Debug, Default)]
+pub struct BatchUidRecord {
+    pub uids: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    pub labels: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+/// Watches the PredictionBatches of `ns` until dropped, recording every UID per name.
+pub type BatchUidWatch = Watch<BatchUidRecord>;
+
+impl Watch<BatchUidRecord> {
+    pub async fn start(ns: &str) -> Self {
+        let resource = kube::api::ApiResource {
+            group: "predictions.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "predictions.dev/v1alpha1".into(),
+            kind: "PredictionBatch".into(),
+            plural: "predictionbatches".into(),
+        };
+        let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(super::client().await, ns, &resource);
+        let observe = |rec: &mut BatchUidRecord, o: kube::api::DynamicObject| {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            rec.labels.entry(name.clone()).or_insert_with(|| o.metadata.labels.clone().unwrap_or_default());
+            rec.uids.entry(name).or_default().insert(o.metadata.uid.unwrap_or_default());
+        };
+        Watch::spawn(api, observe, |_| {}).await
+    }
+}
+
+impl BatchUidRecord {
+    /// Names of the batches labelled `predictions.dev/schedule=<schedule>`, in order.
+    pub fn of_schedule(&self, schedule: &str) -> Vec<String> {
+        self.labels
+            .iter()
+            .filter(|(_, l)| l.get("predictions.dev/schedule").map(String::as_str) == Some(schedule))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Names seen with more than one UID.
+    pub fn recreated(&self) -> Vec<String> {
+        self.uids.iter().filter(|(_, u)| u.len() > 1).map(|(n, _)| n.clone()).collect()
+    }
+}
