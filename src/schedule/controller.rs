@@ -57,6 +57,12 @@ pub async fn run(
         .reflect(writer)
         .applied_objects();
     let ctx = Arc::new(ScheduleContext { client, batches, recorder, leadership, failures: Default::default() });
+    // A schedule cares about its batches ending (Forbid, history, lastSuccessfulTime) and going
+    // away, not about their progress: a running batch's progress writes wake no schedule.
+    let batch_trigger = batch_trigger.filter(|b| {
+        let ended = b.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_terminal());
+        futures::future::ready(ended || b.metadata.deletion_timestamp.is_some())
+    });
     Controller::for_stream(stream, store)
         .owns_shared_stream(batch_trigger)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency.min(4)))
