@@ -132,6 +132,14 @@ mod tests {
         );
     }
 
+    /// As the batch CRD (see `crd::tests`): `kubectl apply -f crds/` client-side keeps the whole
+    /// CRD in an annotation, and annotations hold 256 KiB in all.
+    #[test]
+    fn fits_in_the_client_side_apply_annotation() {
+        let json = serde_json::to_string(&definition()).unwrap();
+        assert!(json.len() < 240 * 1024, "CRD is {} bytes of JSON", json.len());
+    }
+
     #[test]
     fn names_are_the_contract() {
         let crd = definition();
