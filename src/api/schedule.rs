@@ -182,7 +182,7 @@ pub enum ScheduleReason {
     Scheduled,
     /// Ready=True: spec.suspend holds new runs.
     Suspended,
-    /// Stalled=True: the cron expression or time zone cannot be read.
+    /// Stalled=True: the cron expression or time zone cannot be read, or the expression never fires again (e.g. 30 February).
     InvalidSchedule,
     /// Stalled=True: batchTemplate (with a date and completeBy filled in) is not a valid batch spec, or completeByAfter is not a duration.
     InvalidTemplate,

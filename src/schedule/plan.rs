@@ -166,6 +166,11 @@ pub fn plan(o: &Observed) -> Plan {
         .map(|t| t.0)
         .fold(o.created, Timestamp::max);
     let due = timing::due(&timing, since, o.now, o.spec.starting_deadline_seconds);
+    if due.next.is_none() && due.run.is_none() {
+        // E.g. `0 0 30 2 *`: valid cron, but no time ever matches; Healthy would hide that.
+        let message = format!("schedule {:?} never fires again", o.spec.schedule);
+        return stalled(o, status, delete, events, ScheduleReason::InvalidSchedule, message);
+    }
     // The template is checked on every pass (with the next run's date), so a bad one shows before
     // 7 AM rather than at it.
     let probe = due.run.or(due.next).unwrap_or(o.now);

@@ -313,6 +313,11 @@ fn a_bad_schedule_or_template_stalls_with_one_event_and_no_run() {
     assert_eq!(condition(&p, "Stalled"), ("True", "InvalidTemplate"));
     assert!(p.status.conditions[0].message.contains("worker"), "{}", p.status.conditions[0].message);
 
+    // Valid cron that never matches (30 February): stalled, not a Healthy schedule that never runs.
+    let p = World::new("0 0 30 2 *").pass("2026-01-02T11:00:00Z");
+    assert_eq!(condition(&p, "Stalled"), ("True", "InvalidSchedule"));
+    assert!(p.status.conditions[0].message.contains("never fires"), "{}", p.status.conditions[0].message);
+
     let mut w = World::new("0 7 * * *");
     w.spec.complete_by_after = Some("soon".into());
     assert_eq!(condition(&w.pass("2026-01-02T11:00:00Z"), "Stalled"), ("True", "InvalidTemplate"));
