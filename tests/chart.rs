@@ -71,10 +71,6 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
 
 #[test]
 fn chart_crds_are_byte_identical_to_the_top_level_crds() {
-    assert_chart_crds_match();
-}
-
-fn assert_chart_crds_match() {
     install::assert_chart_crds_match();
 }
 
@@ -248,6 +244,11 @@ fn rendered_rbac_is_least_privilege() {
         rule(&["predictions.dev"], &["predictionbatches"], &["get", "list", "watch"]),
         rule(&["predictions.dev"], &["predictionbatches/status"], &["patch", "update"]),
         rule(&["predictions.dev"], &["predictionbatches/finalizers"], &["update"]),
+        // Schedules: create each run's batch, delete Replace'd and old ones, watch, status, owner refs.
+        rule(&["predictions.dev"], &["predictionbatches"], &["create", "delete"]),
+        rule(&["predictions.dev"], &["predictionschedules"], &["get", "list", "watch"]),
+        rule(&["predictions.dev"], &["predictionschedules/status"], &["patch", "update"]),
+        rule(&["predictions.dev"], &["predictionschedules/finalizers"], &["update"]),
         rule(&["batch"], &["jobs"], &["get", "list", "watch", "create", "patch", "delete"]),
         rule(&[""], &["pods"], &["get", "list"]),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
@@ -321,7 +322,7 @@ fn rendered_rbac_is_least_privilege() {
                 ])
             );
         }
-        // Aggregated roles extend view/edit/admin to PredictionBatches.
+        // Aggregated roles extend view/edit/admin to PredictionBatches and PredictionSchedules.
         let agg: Vec<&Value> = of_kind(&docs, "ClusterRole")
             .into_iter()
             .filter(|d| {
@@ -341,6 +342,33 @@ fn rendered_rbac_is_least_privilege() {
             labels.into_iter().collect::<Vec<_>>(),
             ["admin", "edit", "view"].map(|r| format!("rbac.authorization.k8s.io/aggregate-to-{r}")),
             "({what})"
+        );
+        let agg_rules = |suffix: &str| {
+            let name = format!("r-prediction-batch-controller-{suffix}");
+            let role = agg.iter().find(|d| d["metadata"]["name"] == name.as_str());
+            role.unwrap_or_else(|| panic!("aggregated ClusterRole {name} missing ({what})"))["rules"].clone()
+        };
+        let read = ["get", "list", "watch"];
+        assert_eq!(
+            agg_rules("view"),
+            json!([rule(
+                &["predictions.dev"],
+                &["predictionbatches", "predictionbatches/status", "predictionschedules", "predictionschedules/status"],
+                &read
+            )]),
+            "view role ({what})"
+        );
+        assert_eq!(
+            agg_rules("edit"),
+            json!([
+                rule(
+                    &["predictions.dev"],
+                    &["predictionbatches", "predictionschedules"],
+                    &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+                ),
+                rule(&["predictions.dev"], &["predictionbatches/status", "predictionschedules/status"], &read),
+            ]),
+            "edit role ({what})"
         );
     }
 }
@@ -526,7 +554,7 @@ fn helm_template_passes_a_server_side_dry_run() {
 #[test]
 fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
     // Installing a stale chart CRD would change the cluster's CRD under the other tests.
-    assert_chart_crds_match();
+    install::assert_chart_crds_match();
     ensure_crd();
     let namespace = unique("chart-install");
     kubectl(&["create", "namespace", &namespace]);
@@ -579,17 +607,32 @@ fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
     kubectl(&["create", "rolebinding", "alice-edit", "--clusterrole=edit", "--user=alice", "-n", team.name()]);
     kubectl(&["create", "rolebinding", "bob-view", "--clusterrole=view", "--user=bob", "-n", team.name()]);
     wait_until(
-        "the aggregation controller to add PredictionBatches to edit and view",
+        "the aggregation controller to add PredictionBatches and PredictionSchedules to edit and view",
         Duration::from_secs(30),
         || {
             (can_i("alice", "create", "predictionbatches.predictions.dev", Some(team.name()))
-                && can_i("bob", "list", "predictionbatches.predictions.dev", Some(team.name())))
+                && can_i("bob", "list", "predictionbatches.predictions.dev", Some(team.name()))
+                && can_i("alice", "create", "predictionschedules.predictions.dev", Some(team.name()))
+                && can_i("bob", "list", "predictionschedules.predictions.dev", Some(team.name())))
             .then_some(())
         },
         || kubectl(&["get", "clusterrole", "edit", "view", "-o", "yaml"]),
     );
-    assert!(!can_i("bob", "create", "predictionbatches.predictions.dev", Some(team.name())));
+    for (user, verb, resource, want) in [
+        ("alice", "patch", "predictionschedules.predictions.dev", true),
+        ("alice", "delete", "predictionschedules.predictions.dev", true),
+        ("alice", "get", "predictionschedules.predictions.dev/status", true),
+        ("alice", "patch", "predictionschedules.predictions.dev/status", false),
+        ("bob", "watch", "predictionschedules.predictions.dev", true),
+        ("bob", "get", "predictionschedules.predictions.dev/status", true),
+        ("bob", "create", "predictionbatches.predictions.dev", false),
+        ("bob", "create", "predictionschedules.predictions.dev", false),
+        ("bob", "patch", "predictionschedules.predictions.dev", false),
+    ] {
+        assert_eq!(can_i(user, verb, resource, Some(team.name())), want, "{user} {verb} {resource}");
+    }
     assert!(!can_i("alice", "create", "predictionbatches.predictions.dev", Some("default")));
+    assert!(!can_i("alice", "create", "predictionschedules.predictions.dev", Some("default")));
 
     // Upgrade: a changed value reaches the Deployment, as revision 2.
     helm(&[
@@ -644,9 +687,10 @@ fn helm_install_upgrade_and_uninstall_in_a_restricted_namespace() {
     let _ = kubectl_output(&["delete", "namespace", &namespace, "--wait=false"]);
 }
 
-/// Least privilege, proven: the controller binary runs the happy-path batch authenticated only
-/// by a token of the chart's ServiceAccount, no request of it is refused, and the account can do
-/// nothing beyond its rules.
+/// Least privilege, proven: the controller binary runs the happy-path batch, and a schedule that
+/// creates a batch and deletes it again (history limit 0), authenticated only by a token of the
+/// chart's ServiceAccount, no request of it is refused, and the account can do nothing beyond its
+/// rules.
 #[test]
 fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     ensure_crd();
@@ -678,10 +722,16 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
     assert!(code == 200 && metrics.contains("# TYPE"), "/metrics: {code}\n{metrics}");
 
     let started = Instant::now();
+    // A schedule running every minute whose runs are deleted once they succeed: the schedule
+    // reconciler's every call (create a batch, delete it, status, events) under the chart's rights.
+    let schedule = every_minute_schedule(SCHEDULE_NAME);
+    kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &schedule.to_string());
     kubectl(&["apply", "-n", ns.name(), "-f", EXAMPLE]);
     let batch = wait_for_phase(ns.name(), EXAMPLE_NAME, "Succeeded", Duration::from_secs(180), &controller);
     eprintln!("happy-path batch Succeeded as {sa} in {:?}", started.elapsed());
     assert_eq!(batch["status"]["progress"], "120/120", "{batch:#}");
+    assert_schedule_creates_and_deletes_a_batch(ns.name(), &controller);
+    eprintln!("schedule created, ran and deleted a batch as {sa} after {:?}", started.elapsed());
     // Events were published with the chart's rights too.
     wait_until(
         "events about the batch",
@@ -725,9 +775,20 @@ fn the_chart_service_account_runs_the_happy_path_batch_and_nothing_more() {
         ("delete", "deployments.apps", Some(other), false),
         ("create", "configmaps", Some(other), false),
         ("update", "jobs.batch", Some(other), false),
-        ("create", "predictionbatches.predictions.dev", Some(other), false),
-        ("delete", "predictionbatches.predictions.dev", Some(other), false),
+        // Schedules create their runs' batches and delete old or replaced ones; never change one.
+        ("create", "predictionbatches.predictions.dev", Some(other), true),
+        ("delete", "predictionbatches.predictions.dev", Some(other), true),
         ("update", "predictionbatches.predictions.dev", Some(other), false),
+        ("patch", "predictionbatches.predictions.dev", Some(other), false),
+        ("deletecollection", "predictionbatches.predictions.dev", Some(other), false),
+        ("watch", "predictionschedules.predictions.dev", Some(other), true),
+        ("list", "predictionschedules.predictions.dev", None, true),
+        ("patch", "predictionschedules.predictions.dev/status", Some(other), true),
+        ("update", "predictionschedules.predictions.dev/finalizers", Some(other), true),
+        ("create", "predictionschedules.predictions.dev", Some(other), false),
+        ("update", "predictionschedules.predictions.dev", Some(other), false),
+        ("patch", "predictionschedules.predictions.dev", Some(other), false),
+        ("delete", "predictionschedules.predictions.dev", Some(other), false),
         ("create", "serviceaccounts/token", Some(other), false),
         ("create", "rolebindings.rbac.authorization.k8s.io", Some(other), false),
         ("create", "leases.coordination.k8s.io", Some(namespace.as_str()), true),
@@ -888,6 +949,9 @@ fn namespace_scoped_install_grants_rights_in_the_watched_namespace_only() {
         ("create", "jobs.batch"),
         ("watch", "predictionbatches.predictions.dev"),
         ("patch", "predictionbatches.predictions.dev/status"),
+        ("create", "predictionbatches.predictions.dev"),
+        ("watch", "predictionschedules.predictions.dev"),
+        ("patch", "predictionschedules.predictions.dev/status"),
         ("create", "events.events.k8s.io"),
     ] {
         assert!(can_i(&sa, verb, resource, Some(watched.name())), "{verb} {resource} in the watched namespace");
@@ -1021,6 +1085,107 @@ exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all --boundi
     assert_eq!(batch["status"]["progress"], "120/120");
     let exit = controller.stop(Duration::from_secs(30));
     assert!(exit.is_some_and(|s| s.success()), "no clean exit on SIGTERM: {exit:?}\n{}", controller.log_tail());
+}
+
+const SCHEDULE_NAME: &str = "rbac-every-minute";
+
+/// A PredictionSchedule running every minute (UTC) a small batch like examples/batch.yaml (one
+/// shard), keeping no finished batch.
+fn every_minute_schedule(name: &str) -> Value {
+    let example: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(EXAMPLE).unwrap()).expect("examples/batch.yaml parses");
+    let mut spec = example["spec"].clone();
+    let fields = spec.as_object_mut().unwrap();
+    fields.remove("gameDate").expect("the example has a gameDate");
+    fields.insert("targetCount".into(), json!(4));
+    json!({
+        "apiVersion": "predictions.dev/v1alpha1",
+        "kind": "PredictionSchedule",
+        "metadata": { "name": name },
+        "spec": {
+            "schedule": "* * * * *",
+            "timeZone": "UTC",
+            "completeByAfter": "+1h",
+            "successfulBatchesHistoryLimit": 0,
+            "failedBatchesHistoryLimit": 0,
+            "batchTemplate": { "spec": spec },
+        }
+    })
+}
+
+/// The schedule of [`every_minute_schedule`] created a batch at its first run (within a minute),
+/// the batch succeeded and the schedule deleted it (history limit 0); then the schedule is
+/// suspended, so that nothing runs on while the test ends.
+fn assert_schedule_creates_and_deletes_a_batch(ns: &str, controller: &Controller) {
+    let selector = format!("predictions.dev/schedule={SCHEDULE_NAME}");
+    let describe = || {
+        let show = |args: &[&str]| String::from_utf8_lossy(&kubectl_output(args).stdout).into_owned();
+        format!(
+            "{}
+{}
+{}
+{}",
+            show(&["get", "predictionschedule", SCHEDULE_NAME, "-n", ns, "-o", "yaml"]),
+            show(&["get", "predictionbatches", "-n", ns, "-l", &selector]),
+            show(&["get", "events", "-n", ns, "--field-selector", "involvedObject.kind=PredictionSchedule"]),
+            controller.log_tail()
+        )
+    };
+    let first = wait_until(
+        "the schedule's first batch",
+        Duration::from_secs(90),
+        || {
+            let list = kubectl_json(&["get", "predictionbatches", "-n", ns, "-l", &selector]);
+            let mut names: Vec<String> = list["items"]
+                .as_array()?
+                .iter()
+                .filter_map(|b| b["metadata"]["name"].as_str().map(String::from))
+                .collect();
+            names.sort();
+            names.into_iter().next()
+        },
+        describe,
+    );
+    wait_until(
+        &format!("{first} to succeed and be deleted (successfulBatchesHistoryLimit 0)"),
+        Duration::from_secs(120),
+        || {
+            let s = kubectl_json(&["get", "predictionschedule", SCHEDULE_NAME, "-n", ns]);
+            let gone = batch_json(ns, &first).is_none();
+            let events = kubectl(&[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                "involvedObject.kind=PredictionSchedule,reason=BatchDeleted",
+                "-o",
+                "name",
+            ]);
+            (gone && s["status"]["lastSuccessfulTime"].is_string() && !events.trim().is_empty()).then_some(())
+        },
+        describe,
+    );
+    kubectl(&[
+        "patch",
+        "predictionschedule",
+        SCHEDULE_NAME,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
+    wait_until(
+        "the schedule to be Suspended",
+        Duration::from_secs(30),
+        || {
+            let s = kubectl_json(&["get", "predictionschedule", SCHEDULE_NAME, "-n", ns]);
+            let ready = s["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+            (ready["reason"] == "Suspended").then_some(())
+        },
+        describe,
+    );
 }
 
 /// `helm template` with `bad` values must fail with a message naming `expect`.

@@ -2,7 +2,10 @@
 //! - every relative link in README.md, docs/*.md, charts/*/README.md, deploy/**/README.md and the
 //!   comments of examples/*.yaml leads to an existing file, and every `#anchor` to a heading of
 //!   the target (GitHub's slugs);
-//! - every reason the README's Troubleshooting names is one the controller really writes;
+//! - every reason the README's Troubleshooting names is one the controller really writes, and the
+//!   README's tables of batch stall reasons and of schedule condition and event reasons are the
+//!   typed lists the controller writes from;
+//! - the README's code map names every source file of `src/`, and only files that exist;
 //! - the README's "Waiting for a batch" recipes, run as they stand in the README against the
 //!   local control plane (kubectl v1.35): the CRD wait on a brand-new CRD, the batch wait on a
 //!   batch that succeeds and on one that fails (which must return at once, not at the timeout).
@@ -349,6 +352,142 @@ fn the_readme_reason_table_is_the_typed_stall_reasons() {
     let mut in_code = typed.clone();
     in_code.sort();
     assert_eq!(in_readme, in_code, "README.md's Stalled reasons (name, recoverable) vs StallReason::ALL");
+}
+
+/// The rows of the first markdown table after `marker` in `text`: each row's cells, trimmed.
+fn table_after(text: &str, marker: &str) -> Vec<Vec<String>> {
+    let start = text.find(marker).unwrap_or_else(|| panic!("README.md has no {marker:?}"));
+    text[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| row.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
+        .collect()
+}
+
+/// The `code` spans of a markdown text.
+fn code_spans(text: &str) -> Vec<String> {
+    text.split('`').skip(1).step_by(2).map(String::from).collect()
+}
+
+/// README.md's Schedules section lists exactly the reasons of the schedule's conditions (with
+/// whether each stalls it) and exactly the events a schedule gets (with their type).
+#[test]
+fn the_readme_schedule_tables_are_the_typed_reasons() {
+    use prediction_batch_controller::api::{ScheduleEventReason, ScheduleReason};
+    let section = readme_section("Schedules");
+
+    let mut in_readme: Vec<(String, bool)> = table_after(&section, "Reasons of the schedule's conditions")
+        .iter()
+        .flat_map(|row| {
+            let stalls = row.get(2).is_some_and(|c| c.contains("True"));
+            code_spans(&row[0]).into_iter().map(move |n| (n, stalls))
+        })
+        .collect();
+    in_readme.sort();
+    let mut in_code: Vec<(String, bool)> =
+        ScheduleReason::ALL.iter().map(|r| (r.as_str().to_string(), r.stalls())).collect();
+    in_code.sort();
+    assert_eq!(in_readme, in_code, "README.md's schedule condition reasons (name, stalls) vs ScheduleReason::ALL");
+
+    let mut in_readme: Vec<(String, bool)> = table_after(&section, "Events on the schedule")
+        .iter()
+        .flat_map(|row| {
+            let warning = match row.get(1).map(String::as_str) {
+                Some("Warning") => true,
+                Some("Normal") => false,
+                other => panic!("event type {other:?} in row {row:?}"),
+            };
+            code_spans(&row[0]).into_iter().map(move |n| (n, warning))
+        })
+        .collect();
+    in_readme.sort();
+    let mut in_code: Vec<(String, bool)> =
+        all_schedule_events().iter().map(|e| (e.as_str().to_string(), e.is_warning())).collect();
+    in_code.sort();
+    assert_eq!(in_readme, in_code, "README.md's schedule events (name, Warning) vs ScheduleEventReason");
+
+    /// Every event a schedule can get: the match below stops compiling when a variant is added.
+    fn all_schedule_events() -> Vec<ScheduleEventReason> {
+        use ScheduleEventReason::*;
+        let mut all = vec![BatchCreated, RunsMissed, RunMissed, BatchReplaced, BatchDeleted];
+        all.extend(ScheduleReason::ALL.into_iter().filter(|r| r.stalls()).map(Stalled));
+        for e in &all {
+            match e {
+                BatchCreated | RunsMissed | RunMissed | BatchReplaced | BatchDeleted | Stalled(_) => {}
+            }
+        }
+        all
+    }
+}
+
+/// README.md's code map names every source file of `src/` (but `lib.rs`, `mod.rs` and test
+/// modules), and every file it names exists. In the first column a path is relative to `src/`
+/// and a bare name to the directory of the path before it in the cell (`reconcile/shards.rs`,
+/// `ranges.rs`); in the second, a name is relative to the row's directory (`api/`: `spec.rs`),
+/// and a directory's row may name its files without `.rs` (`reconcile/plan/`: `rerun`). Naming a
+/// directory does not name its files.
+#[test]
+fn the_code_map_names_every_source_file() {
+    let src = repo().join("src");
+    let rows = table_after(&readme_section("Code map"), "| module |");
+    assert!(rows.len() > 10, "found only {rows:?}");
+    let mut named: Vec<String> = Vec::new();
+    let mut dead = Vec::new();
+    for row in &rows {
+        let mut dir = String::new();
+        let mut row_dir: Option<String> = None;
+        for token in code_spans(&row[0]) {
+            let path = if token.contains('/') { token.clone() } else { format!("{dir}{token}") };
+            dir = path.rfind('/').map_or(String::new(), |i| path[..=i].to_string());
+            row_dir.get_or_insert_with(|| dir.clone());
+            if !src.join(&path).exists() {
+                dead.push(format!("{path} (module column)"));
+            }
+            named.push(path);
+        }
+        let row_dir = row_dir.unwrap_or_default();
+        let is_dir_row = code_spans(&row[0]).len() == 1 && code_spans(&row[0])[0].ends_with('/');
+        for token in code_spans(row.get(1).map(String::as_str).unwrap_or_default()) {
+            if token.ends_with(".rs") {
+                let path = format!("{row_dir}{token}");
+                if !src.join(&path).exists() {
+                    dead.push(format!("{path} (in the row of {})", row[0]));
+                }
+                named.push(path);
+            } else if is_dir_row && token.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                let path = format!("{row_dir}{token}.rs");
+                if src.join(&path).exists() {
+                    named.push(path);
+                }
+            }
+        }
+    }
+    assert!(dead.is_empty(), "README.md's code map names files that do not exist under src/: {dead:?}");
+
+    fn sources(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                if name != "tests" {
+                    sources(&p, &format!("{rel}{name}/"), out);
+                }
+            } else if name.ends_with(".rs")
+                && !["lib.rs", "mod.rs", "tests.rs"].contains(&name.as_str())
+                && !name.ends_with("_tests.rs")
+            {
+                out.push(format!("{rel}{name}"));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    sources(&src, "", &mut files);
+    files.sort();
+    let missing: Vec<&String> = files.iter().filter(|f| !named.contains(f)).collect();
+    assert!(files.len() > 40, "found only {files:?}");
+    assert!(missing.is_empty(), "README.md's code map does not name {missing:?}: add them (## Code map)");
 }
 
 // --------------------------------------------------------------------------- the wait recipes

@@ -3,7 +3,9 @@
 //! set from outside) with the release controller running, and checks that outcome. Workers that
 //! fail or straggle are made so by kwok Stages this file adds for the test's namespace, so the
 //! examples stay free of test annotations. The Firestore example runs against the emulator
-//! (tests/support/firestore_emulator.rs).
+//! (tests/support/firestore_emulator.rs). The schedule example's 7 AM run is moved, once its
+//! promise as applied is checked, to the next minute (still on New York's wall clock), so the test
+//! need not wait for 7 AM.
 //!
 //! [`every_example_has_a_test`] lists `examples/` itself: a new example without a test here fails.
 
@@ -31,6 +33,7 @@ const TESTED: &[&str] = &[
     "batch-loader.yaml",
     "batch-rerun.yaml",
     "batch-backups.yaml",
+    "schedule.yaml",
 ];
 
 fn examples_dir() -> PathBuf {
@@ -344,5 +347,180 @@ fn batch_firestore_yaml_is_mirrored_and_marked_deleted() {
         Duration::from_secs(40),
         || (docs.get(&id)?.bool("deleted") == Some(true) && batch_json(ns.name(), &name).is_none()).then_some(()),
         || format!("{:?}\n{}", docs.get(&id).map(|d| d.fields), ctl.log_tail()),
+    );
+}
+
+/// `status.<field>` of an object (a time, as RFC 3339), parsed.
+fn time_field(obj: &Value, field: &str) -> Option<jiff::Timestamp> {
+    obj["status"][field].as_str()?.parse().ok()
+}
+
+fn schedule_json(ns: &str, name: &str) -> Value {
+    kubectl_json(&["get", "predictionschedule", name, "-n", ns])
+}
+
+/// The schedule, its batches, their events and the controller's log: what a failed wait prints.
+fn describe_schedule(ns: &str, name: &str, ctl: &Controller) -> String {
+    let show = |args: &[&str]| String::from_utf8_lossy(&kubectl_output(args).stdout).into_owned();
+    format!(
+        "{}\n{}\n{}\n{}",
+        show(&["get", "predictionschedule", name, "-n", ns, "-o", "yaml"]),
+        show(&["get", "predictionbatches,jobs", "-n", ns, "-o", "wide"]),
+        show(&["get", "events", "-n", ns]),
+        ctl.log_tail()
+    )
+}
+
+/// examples/schedule.yaml as it stands: admitted, Ready, its next run at 7:00 New York time. 7 AM
+/// in New York is hours away, so its `schedule` is then patched from `0 7 * * *` to the next whole
+/// minute, as `<minute> <hour> * * *` on New York's wall clock (rather than `* * * * *`, so the
+/// run also proves the hour is read in America/New_York, not in UTC). That run creates exactly
+/// one batch with the promised name, label, owner, gameDate (the date in New York, which differs
+/// from UTC's in the evening there) and completeBy (+12h), and it runs to Succeeded with the
+/// count a kwok Stage makes its loader report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_yaml_creates_the_days_batch_at_its_time_in_new_york() {
+    const FILE: &str = "schedule.yaml";
+    const NY: &str = "America/New_York";
+    let message = r#"{"targetCount": 38, "itemsRef": "gs://nba-predictions/today/players.json"}"#;
+    let ex = Example::start("ex-schedule", FILE, |ns| Some(TestStage::loader_output(ns, message)));
+    let (ns, name) = (ex.ns(), ex.name.as_str());
+    assert_eq!(name, "nba-daily");
+    let describe = || describe_schedule(ns, name, &ex.ctl);
+
+    // As applied: admitted, Ready=True/Scheduled, next run at the next 7:00 in New York.
+    let s = wait_until(
+        "the schedule to be Ready",
+        Duration::from_secs(30),
+        || Some(schedule_json(ns, name)).filter(|s| reason(s, "Ready") == "True/Scheduled"),
+        describe,
+    );
+    assert_eq!(reason(&s, "Stalled"), "False/Scheduled", "{:#}", s["status"]);
+    let now = jiff::Timestamp::now().in_tz(NY).unwrap();
+    let mut seven = now.date().at(7, 0, 0, 0).in_tz(NY).unwrap();
+    if seven <= now {
+        seven = now.date().tomorrow().unwrap().at(7, 0, 0, 0).in_tz(NY).unwrap();
+    }
+    assert_promise(
+        FILE,
+        time_field(&s, "nextScheduleTime") == Some(seven.timestamp()),
+        &format!("nextScheduleTime {} is not 7:00 in New York ({seven})", s["status"]["nextScheduleTime"]),
+    );
+    assert!(s["status"]["lastScheduleTime"].is_null() && s["status"]["active"].is_null(), "{:#}", s["status"]);
+    let header = kubectl(&["get", "pbs", name, "-n", ns]);
+    let columns: Vec<&str> = header.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(columns, ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "LAST", "NEXT", "ACTIVE", "AGE"], "{header}");
+
+    // The run moved to the next whole minute at least 15 s away (New York's offset is whole hours,
+    // so its minutes start with UTC's).
+    let soon = jiff::Timestamp::now().as_second() + 15;
+    let at = jiff::Timestamp::from_second((soon / 60 + 1) * 60).unwrap();
+    let local = at.in_tz(NY).unwrap();
+    let cron = format!("{} {} * * *", local.minute(), local.hour());
+    let patch = json!({ "spec": { "schedule": cron } }).to_string();
+    kubectl(&["patch", "pbs", name, "-n", ns, "--type=merge", "-p", &patch]);
+    let batch = format!("{name}-{}", local.strftime("%Y%m%d-%H%M"));
+    eprintln!("schedule {cron:?} in {NY}: batch {batch} due at {at} ({local})");
+    let b = wait_until(
+        &format!("batch {batch}, due at {at}"),
+        Duration::from_secs(90),
+        || batch_json(ns, &batch),
+        describe,
+    );
+    assert!(jiff::Timestamp::now() >= at, "{batch} was created before its time {at}");
+    let meta = &b["metadata"];
+    assert_promise(
+        FILE,
+        meta["labels"]["predictions.dev/schedule"] == name
+            && meta["labels"]["app.kubernetes.io/part-of"] == "nba-predictions",
+        &format!("labels {}", meta["labels"]),
+    );
+    let scheduled_at: Option<jiff::Timestamp> =
+        meta["annotations"]["predictions.dev/scheduled-at"].as_str().and_then(|a| a.parse().ok());
+    assert_eq!(scheduled_at, Some(at), "annotations {}", meta["annotations"]);
+    let owners = meta["ownerReferences"].as_array().cloned().unwrap_or_default();
+    let uid = s["metadata"]["uid"].clone();
+    assert_promise(
+        FILE,
+        owners.len() == 1
+            && owners[0]["kind"] == "PredictionSchedule"
+            && owners[0]["name"] == name
+            && owners[0]["uid"] == uid
+            && owners[0]["controller"] == true
+            && owners[0]["blockOwnerDeletion"] == true,
+        &format!("ownerReferences {owners:?}"),
+    );
+    let spec = &b["spec"];
+    assert_promise(
+        FILE,
+        spec["gameDate"] == local.date().to_string(),
+        &format!("gameDate {} is not the run's date in New York ({})", spec["gameDate"], local.date()),
+    );
+    let complete_by: Option<jiff::Timestamp> = spec["completion"]["completeBy"].as_str().and_then(|c| c.parse().ok());
+    assert_promise(
+        FILE,
+        complete_by == Some(at + jiff::SignedDuration::from_hours(12)),
+        &format!("completeBy {} is not the scheduled time {at} + 12h", spec["completion"]["completeBy"]),
+    );
+    assert_eq!(
+        (spec["completion"]["minSucceededPercent"].clone(), spec["loader"]["backoffLimit"].clone()),
+        (json!(95), json!(2)),
+        "the template's spec: {spec:#}"
+    );
+    let s = wait_until(
+        "lastScheduleTime to record the run",
+        Duration::from_secs(20),
+        || Some(schedule_json(ns, name)).filter(|s| time_field(s, "lastScheduleTime") == Some(at)),
+        describe,
+    );
+    assert_eq!(
+        time_field(&s, "nextScheduleTime"),
+        Some(at + jiff::SignedDuration::from_hours(24)),
+        "{:#}",
+        s["status"]
+    );
+
+    // The day's pipeline runs to the end with the loader's count.
+    let b = wait_batch(ns, &batch, &ex.ctl, Duration::from_secs(120), "Succeeded", |b| {
+        phase(b) == "Succeeded" || phase(b) == "Failed"
+    });
+    let st = &b["status"];
+    assert_promise(
+        FILE,
+        phase(&b) == "Succeeded"
+            && st["progress"] == "38/38"
+            && st["itemsRef"] == "gs://nba-predictions/today/players.json",
+        &format!("ended {st:#}"),
+    );
+    let s = wait_until(
+        "the schedule to see its batch succeed",
+        Duration::from_secs(30),
+        || {
+            Some(schedule_json(ns, name))
+                .filter(|s| s["status"]["lastSuccessfulTime"].is_string() && s["status"]["active"].is_null())
+        },
+        describe,
+    );
+    assert_eq!(reason(&s, "Ready"), "True/Scheduled", "{:#}", s["status"]);
+    let selector = format!("predictions.dev/schedule={name}");
+    let runs = kubectl(&["get", "pb", "-n", ns, "-l", &selector, "-o", "jsonpath={.items[*].metadata.name}"]);
+    assert_eq!(runs, batch, "one run, one batch");
+    let events = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "involvedObject.kind=PredictionSchedule",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert_promise(FILE, events.split_whitespace().any(|e| e == "BatchCreated"), &format!("events: {events}"));
+    // The category lists both kinds.
+    let all = kubectl(&["get", "predictions", "-n", ns, "-o", "name"]);
+    assert!(
+        all.lines().any(|l| l == format!("predictionschedule.predictions.dev/{name}"))
+            && all.lines().any(|l| l == format!("predictionbatch.predictions.dev/{batch}")),
+        "kubectl get predictions: {all}"
     );
 }

@@ -24,6 +24,10 @@ use crate::controller::Settings;
 use crate::leadership::Leadership;
 use crate::metrics::{Metrics, WatchLabel};
 
+/// Schedule passes at once: they are few and short, and must not crowd the batches' passes
+/// (a `--concurrency` of 0, kube's "unbounded", would make `min` no cap at all).
+const SCHEDULE_CONCURRENCY: u16 = 4;
+
 /// Value of the `watch` label of the schedule watch's error counter.
 pub const WATCH_LABEL: &str = "schedules";
 
@@ -65,7 +69,7 @@ pub async fn run(
     });
     Controller::for_stream(stream, store)
         .owns_shared_stream(batch_trigger)
-        .with_config(ControllerConfig::default().concurrency(settings.concurrency.min(4)))
+        .with_config(ControllerConfig::default().concurrency(SCHEDULE_CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(
             |schedule, ctx| {

@@ -107,7 +107,7 @@ async fn pass(schedule: &PredictionSchedule, ctx: &ScheduleContext) -> Result<Ac
                 events.push((
                     ScheduleEventReason::RunsMissed,
                     format!(
-                        "{} runs were due at once (the controller was not running): started only the latest, {}",
+                        "{} runs were due at once (missed while the controller was down, the schedule was suspended or an earlier batch held them): started only the latest, {}",
                         run.due_count, run.scheduled_at
                     ),
                 ));

@@ -296,10 +296,10 @@ pub fn controller_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The chart's copy of the CRD (files/crds/, rendered by templates/crds.yaml) cannot drift from
-/// the repository's crds/: the same files, byte for byte, and the rendered CRD is the file's
-/// content plus only the chart's labels and annotations (helm.sh/resource-policy: keep by
-/// default; none with crds.install=false).
+/// The chart's copies of the CRDs (files/crds/, rendered by templates/crds.yaml) cannot drift from
+/// the repository's crds/: the same files, byte for byte, and each rendered CRD is its file's
+/// content plus only the chart's labels and annotations (helm.sh/resource-policy: keep by default;
+/// none with crds.keep=false, no CRD at all with crds.install=false).
 pub fn assert_chart_crds_match() {
     use std::collections::BTreeSet;
     let names = |dir: &Path| -> BTreeSet<String> {
@@ -326,6 +326,9 @@ pub fn assert_chart_crds_match() {
         );
         files.push(parse_documents(&String::from_utf8(a).expect("UTF-8 CRD")).remove(0));
     }
+    let mut crd_names: Vec<&str> = files.iter().map(|f| f["metadata"]["name"].as_str().unwrap()).collect();
+    crd_names.sort();
+    assert_eq!(crd_names, ["predictionbatches.predictions.dev", "predictionschedules.predictions.dev"]);
     let docs = render("r", "pbc-system", &[]);
     let mut rendered: Vec<Value> = of_kind(&docs, "CustomResourceDefinition").into_iter().cloned().collect();
     assert_eq!(rendered.len(), files.len(), "templates/crds.yaml renders one CRD per file of files/crds/");
@@ -345,8 +348,13 @@ pub fn assert_chart_crds_match() {
     let off = render("r", "pbc-system", &["--set", "crds.install=false"]);
     assert!(of_kind(&off, "CustomResourceDefinition").is_empty(), "crds.install=false renders no CRD");
     let unkept = render("r", "pbc-system", &["--set", "crds.keep=false"]);
-    assert!(
-        one_of_kind(&unkept, "CustomResourceDefinition")["metadata"]["annotations"].is_null(),
-        "crds.keep=false: no resource-policy annotation"
-    );
+    let unkept = of_kind(&unkept, "CustomResourceDefinition");
+    assert_eq!(unkept.len(), files.len());
+    for crd in unkept {
+        assert!(
+            crd["metadata"]["annotations"].is_null(),
+            "crds.keep=false: no resource-policy annotation on {}",
+            crd["metadata"]["name"]
+        );
+    }
 }

@@ -289,8 +289,6 @@ pub async fn client_from(kubeconfig: &Path) -> kube::Client {
     kube::Client::try_from(config).expect("kube client")
 }
 
-/// Waits until a CRD is Established. Not `kubectl wait`: right after creation a CRD has no
-/// conditions yet, and `kubectl wait` errors out instead of waiting.
 /// Applies the repository's CRDs (as the chart's crds/ would) once per test binary and waits until
 /// they are Established.
 pub fn ensure_crd() {
@@ -303,6 +301,8 @@ pub fn ensure_crd() {
     });
 }
 
+/// Waits until a CRD is Established. Not `kubectl wait`: right after creation a CRD has no
+/// conditions yet, and `kubectl wait` errors out instead of waiting.
 pub fn wait_crd_established(crd: &str) {
     wait_until(
         &format!("CRD {crd} to be Established"),

@@ -57,8 +57,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 The controller's rules on the namespace(s) it watches: exactly the API calls it makes (see
-src/reconcile/run.rs, src/controller.rs and, with firestore.enabled, src/mirror/finalizer.rs). Shared by the ClusterRole (all namespaces) and the
-Role (controller.watchNamespace). No Secrets, no Pods, no wildcards.
+src/reconcile/run.rs, src/controller.rs, src/schedule/reconcile.rs and, with firestore.enabled,
+src/mirror/finalizer.rs). Shared by the ClusterRole (all namespaces) and the Role
+(controller.watchNamespace). No Secrets, no Pods, no wildcards.
 */}}
 {{- define "pbc.controllerRules" -}}
 # Watch PredictionBatches (reflector list/watch; get for direct reads).
@@ -74,6 +75,24 @@ Role (controller.watchNamespace). No Secrets, no Pods, no wildcards.
 - apiGroups: ["predictions.dev"]
   resources: ["predictionbatches/finalizers"]
   verbs: ["update"]
+# PredictionSchedules create each run's batch, and delete batches they own (concurrencyPolicy
+# Replace, history limits; by UID precondition). get (above) reads an existing one back.
+- apiGroups: ["predictions.dev"]
+  resources: ["predictionbatches"]
+  verbs: ["create", "delete"]
+# Watch PredictionSchedules (reflector list/watch; get for direct reads).
+- apiGroups: ["predictions.dev"]
+  resources: ["predictionschedules"]
+  verbs: ["get", "list", "watch"]
+# A schedule's status is written with server-side apply (a patch) on the status subresource only.
+- apiGroups: ["predictions.dev"]
+  resources: ["predictionschedules/status"]
+  verbs: ["patch", "update"]
+# Created batches carry an ownerReference (blockOwnerDeletion) to their schedule: needs update on
+# the schedule's finalizers subresource where OwnerReferencesPermissionEnforcement is enabled.
+- apiGroups: ["predictions.dev"]
+  resources: ["predictionschedules/finalizers"]
+  verbs: ["update"]
 # The stage Jobs: watched by label, created, suspended/resized (merge patch), deleted after the TTL.
 - apiGroups: ["batch"]
   resources: ["jobs"]
@@ -86,8 +105,8 @@ Role (controller.watchNamespace). No Secrets, no Pods, no wildcards.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list"]
-# Kubernetes events about batches (kube-runtime's Recorder: events.k8s.io/v1 create, and patch
-# to count repeats; core/v1 for older tooling).
+# Kubernetes events about batches and schedules (kube-runtime's Recorder: events.k8s.io/v1
+# create, and patch to count repeats; core/v1 for older tooling).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
