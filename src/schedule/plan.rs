@@ -191,7 +191,7 @@ pub fn plan(o: &Observed) -> Plan {
         let why = if o.spec.concurrency_policy == ConcurrencyPolicy::Forbid && !status.active.is_empty() {
             format!("an earlier batch ({}) was still running (concurrencyPolicy Forbid)", names(&status.active))
         } else {
-            "the controller was not running".to_string()
+            "it came due while the controller was down or the schedule was suspended".to_string()
         };
         events.push((
             ScheduleEventReason::RunMissed,
