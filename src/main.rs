@@ -47,7 +47,7 @@ enum Command {
 struct CrdArgs {
     /// Which CRD: PredictionBatch (crds/predictions.dev_predictionbatches.yaml) or
     /// PredictionSchedule (crds/predictions.dev_predictionschedules.yaml).
-    #[arg(long, value_enum, default_value = "PredictionBatch")]
+    #[arg(long, value_enum, default_value = "PredictionBatch", env = "PBC_KIND")]
     kind: CrdKind,
 }
 
