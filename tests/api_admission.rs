@@ -916,10 +916,13 @@ fn printer_columns_show_date_phase_progress_failed_and_wide_shards_message() {
     for resource in ["pb", "predictions", "predictionbatches", "predictionbatch.predictions.dev"] {
         let table = kubectl(&["get", resource, "-n", ns.name()]);
         assert_eq!(header(&table), narrow, "kubectl get {resource}:\n{table}");
-        let cells: Vec<&str> = row(&table, &name).split_whitespace().collect();
+        // The category holds two kinds (PredictionSchedule too), so kubectl names rows by kind.
+        let shown =
+            if resource == "predictions" { format!("predictionbatch.predictions.dev/{name}") } else { name.clone() };
+        let cells: Vec<&str> = row(&table, &shown).split_whitespace().collect();
         assert_eq!(
             &cells[..5],
-            [name.as_str(), "2026-01-02", "Running", "112/450", "5"],
+            [shown.as_str(), "2026-01-02", "Running", "112/450", "5"],
             "kubectl get {resource}:\n{table}"
         );
     }
