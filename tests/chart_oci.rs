@@ -170,12 +170,15 @@ fn the_chart_pushed_to_an_oci_registry_installs_from_it_and_runs_a_batch() {
     }
     // The packaged CRD is the repository's (installing it must not change the cluster's CRD): the
     // chart renders it from files/crds/ (crds.install), adding only labels and annotations.
-    let crds = std::fs::read_dir(repo().join("crds"))
+    let by_name = |d: &Value| d["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let mut crds = std::fs::read_dir(repo().join("crds"))
         .unwrap()
         .flat_map(|e| parse_documents(&std::fs::read_to_string(e.unwrap().path()).unwrap()))
         .collect::<Vec<_>>();
+    crds.sort_by_key(by_name);
+    assert_eq!(crds.len(), 2, "crds/ holds the PredictionBatch and PredictionSchedule CRDs");
     let rendered = install::helm(&["template", "r", &chart_ref, "--version", VERSION, "--plain-http"]);
-    let rendered: Vec<Value> = parse_documents(&rendered)
+    let mut rendered: Vec<Value> = parse_documents(&rendered)
         .into_iter()
         .filter(|d| d["kind"] == "CustomResourceDefinition")
         .map(|mut d| {
@@ -185,7 +188,8 @@ fn the_chart_pushed_to_an_oci_registry_installs_from_it_and_runs_a_batch() {
             d
         })
         .collect();
-    assert_eq!(rendered, crds, "the CRD the packaged chart renders differs from crds/");
+    rendered.sort_by_key(by_name);
+    assert_eq!(rendered, crds, "the CRDs the packaged chart renders differ from crds/");
 
     // Installed from the registry (CRDs included). kwok runs no containers, so the Deployment
     // runs no controller here: replicaCount=0, and the controller runs below as a local process
