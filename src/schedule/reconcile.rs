@@ -56,8 +56,12 @@ pub fn error_policy(schedule: Arc<PredictionSchedule>, error: &Error, ctx: Arc<S
 }
 
 async fn pass(schedule: &PredictionSchedule, ctx: &ScheduleContext) -> Result<Action, Error> {
-    // Owned batches come from the batch cache: plan only from a complete one.
-    let _ = ctx.batches.wait_until_ready().await;
+    // Owned batches come from the batch cache: plan only from a complete one (and never wait for
+    // it without bound: a pass that cannot start is retried).
+    if tokio::time::timeout(std::time::Duration::from_secs(5), ctx.batches.wait_until_ready()).await.is_err() {
+        warn!(schedule = schedule_name(schedule), "the batch cache is not ready yet; retrying");
+        return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+    }
     if schedule.metadata.deletion_timestamp.is_some() {
         // Its batches go with it (owner references, garbage collector).
         return Ok(Action::await_change());
