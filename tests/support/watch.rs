@@ -217,19 +217,24 @@ impl StatusRecord {
     }
 }
 
+/// The PredictionBatches of `ns`, untyped (a test's watch must read what the typed client cannot).
+async fn batches_api(ns: &str) -> kube::Api<kube::api::DynamicObject> {
+    let resource = kube::api::ApiResource {
+        group: "predictions.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "predictions.dev/v1alpha1".into(),
+        kind: "PredictionBatch".into(),
+        plural: "predictionbatches".into(),
+    };
+    kube::Api::namespaced_with(super::client().await, ns, &resource)
+}
+
 /// Watches the PredictionBatches of `ns` until dropped, recording and checking every status.
 pub type StatusWatch = Watch<StatusRecord>;
 
 impl Watch<StatusRecord> {
     pub async fn start(ns: &str) -> Self {
-        let resource = kube::api::ApiResource {
-            group: "predictions.dev".into(),
-            version: "v1alpha1".into(),
-            api_version: "predictions.dev/v1alpha1".into(),
-            kind: "PredictionBatch".into(),
-            plural: "predictionbatches".into(),
-        };
-        let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(super::client().await, ns, &resource);
+        let api = batches_api(ns).await;
         let observe = |rec: &mut StatusRecord, o: kube::api::DynamicObject| {
             let name = o.metadata.name.clone().unwrap_or_default();
             rec.observe(&name, &o.data["status"]);
@@ -277,14 +282,7 @@ pub type BatchUidWatch = Watch<BatchUidRecord>;
 
 impl Watch<BatchUidRecord> {
     pub async fn start(ns: &str) -> Self {
-        let resource = kube::api::ApiResource {
-            group: "predictions.dev".into(),
-            version: "v1alpha1".into(),
-            api_version: "predictions.dev/v1alpha1".into(),
-            kind: "PredictionBatch".into(),
-            plural: "predictionbatches".into(),
-        };
-        let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(super::client().await, ns, &resource);
+        let api = batches_api(ns).await;
         let observe = |rec: &mut BatchUidRecord, o: kube::api::DynamicObject| {
             let name = o.metadata.name.clone().unwrap_or_default();
             rec.labels.entry(name.clone()).or_insert_with(|| o.metadata.labels.clone().unwrap_or_default());
