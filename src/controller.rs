@@ -20,14 +20,14 @@ use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::api::PredictionBatch;
+use crate::api::{PredictionBatch, PredictionSchedule};
 use crate::cache::{trim_batch, trim_job};
 use crate::context::Context;
 use crate::decode::{Decoder, Listed, Marker};
 use crate::error::{Error, count_failure, retry_after};
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::leadership::Leadership;
-use crate::metrics::{Metrics, WatchLabel};
+use crate::metrics::{BATCH_CONTROLLER, ControllerLabel, Metrics, QueueClock, WatchLabel};
 use crate::mirror::MirrorHandle;
 use crate::mirror::controller::MirrorContext;
 use crate::reconcile::{reconcile, release_jobs_of};
@@ -55,6 +55,10 @@ pub struct Settings {
 pub struct Shared {
     pub ready: AtomicBool,
     pub batches: Mutex<Option<Store<PredictionBatch>>>,
+    pub schedules: Mutex<Option<Store<PredictionSchedule>>>,
+    pub mirror: Mutex<MirrorHandle>,
+    /// Changes of batches waiting for their pass (`prediction_batch_queue_*`).
+    pub queue: QueueClock,
     pub watches: WatchHealth,
     batches_synced: AtomicBool,
     jobs_synced: AtomicBool,
@@ -113,6 +117,33 @@ fn watch_health<K>(
             metrics.watch_errors.get_or_create(&WatchLabel { watch: watch.label() }).inc();
         }
         shared.watches.record(watch, item.as_ref().map(|_| ()), Instant::now());
+    }
+}
+
+/// Clocks a batch's change arriving on its watch (see [`QueueClock`]).
+fn batch_arrived(shared: Arc<Shared>) -> impl FnMut(&Result<PredictionBatch, watcher::Error>) {
+    move |item| {
+        if let Ok(batch) = item {
+            shared.queue.arrived(ObjectRef::from_obj(batch), Instant::now());
+        }
+    }
+}
+
+/// Clocks a change of one of our Jobs as a change of the batch that controls it.
+fn job_arrived(shared: Arc<Shared>) -> impl FnMut(&Result<Job, watcher::Error>) {
+    move |item| {
+        let Ok(job) = item else { return };
+        let Some(owner) = job
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true) && o.kind == "PredictionBatch")
+        else {
+            return;
+        };
+        let batch = ObjectRef::new(&owner.name).within(job.metadata.namespace.as_deref().unwrap_or_default());
+        shared.queue.arrived(batch, Instant::now());
     }
 }
 
@@ -349,6 +380,8 @@ async fn run_controller(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     shared.watches.reset();
+    shared.queue.reset();
+    *shared.mirror.lock().expect("poisoned") = mirror.clone();
     let (job_store, job_writer) = reflector::store();
     let job_stream =
         watcher(jobs, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
@@ -357,7 +390,8 @@ async fn run_controller(
             .modify(trim_job)
             .reflect(job_writer)
             .inspect(synced(shared.clone(), Cache::Jobs, settings.leader_elect))
-            .touched_objects();
+            .touched_objects()
+            .inspect(job_arrived(shared.clone()));
     // Batches are listed and watched as `Listed` and decoded one by one: one that does not decode
     // is left out of the cache, counted and marked (see `decode`), and never fails the list.
     // One watch for both reconcilers: the batch reconciler drives it, and the mirror's follows
@@ -374,7 +408,8 @@ async fn run_controller(
         .modify(trim_batch)
         .reflect_shared(batch_writer)
         .inspect(synced(shared.clone(), Cache::Batches, settings.leader_elect))
-        .applied_objects();
+        .applied_objects()
+        .inspect(batch_arrived(shared.clone()));
 
     let reporter =
         Reporter { controller: "prediction-batch-controller".into(), instance: Some(settings.identity.clone()) };
@@ -389,6 +424,7 @@ async fn run_controller(
         metrics.clone(),
         recorder.clone(),
         leadership.clone(),
+        shared.clone(),
         batch_store.clone(),
         schedule_trigger,
         wait_for(shutdown.clone()),
@@ -406,12 +442,17 @@ async fn run_controller(
     let marker = Marker { client: ctx.client.clone(), recorder: ctx.recorder.clone() };
 
     let ctx_for_orphans = ctx.clone();
+    let (queue, queue_for_orphans) = (shared.clone(), shared.clone());
     let controller = Controller::for_stream(batch_stream, batch_store)
         .owns_stream(job_stream)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(wait_for(shutdown))
         .run(
-            |batch, ctx| {
+            move |batch, ctx| {
+                if let Some(wait) = queue.queue.started(&ObjectRef::from_obj(batch.as_ref()), Instant::now()) {
+                    let label = ControllerLabel { controller: BATCH_CONTROLLER };
+                    ctx.metrics.queue_wait.get_or_create(&label).observe(wait.as_secs_f64());
+                }
                 let span = info_span!("reconcile", batch = %batch_name(&batch));
                 reconcile(batch, ctx).instrument(span)
             },
@@ -420,6 +461,10 @@ async fn run_controller(
         )
         .for_each(|result| {
             let ctx = ctx_for_orphans.clone();
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(batch)) = &result {
+                let key = ObjectRef::<PredictionBatch>::new(&batch.name);
+                queue_for_orphans.queue.forget(&key.within(batch.namespace.as_deref().unwrap_or_default()));
+            }
             async move {
                 // A Job of ours changed whose batch is gone (e.g. the garbage collector deletes the
                 // Jobs of a deleted batch): our outcome finalizer must not keep it.

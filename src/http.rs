@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::controller::Shared;
-use crate::metrics::Metrics;
+use crate::metrics::{BATCH_CONTROLLER, ControllerLabel, Metrics};
 use crate::watch_health::NOT_READY_AFTER;
 
 #[derive(Clone)]
@@ -45,17 +45,19 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
-    let store = state.shared.batches.lock().expect("poisoned").clone();
-    if let Some(store) = store {
-        let mut counts = std::collections::HashMap::new();
-        for b in store.state() {
-            if let Some(phase) = b.status.as_ref().and_then(|s| s.phase) {
-                *counts.entry(phase).or_insert(0i64) += 1;
-            }
-        }
-        state.metrics.set_phases(&counts.into_iter().collect::<Vec<_>>());
+    let shared = &state.shared;
+    let batches = shared.batches.lock().expect("poisoned").clone();
+    if let Some(store) = batches {
+        state.metrics.set_batches(&store.state());
     }
-    state.metrics.set_watch_failing(&state.shared.watches.failing(Instant::now()));
+    let schedules = shared.schedules.lock().expect("poisoned").clone();
+    if let Some(store) = schedules {
+        state.metrics.set_schedules(&store.state());
+    }
+    state.metrics.mirror_out_of_sync.set(shared.mirror.lock().expect("poisoned").out_of_sync() as i64);
+    let depth = i64::try_from(shared.queue.depth()).unwrap_or(i64::MAX);
+    state.metrics.queue_depth.get_or_create(&ControllerLabel { controller: BATCH_CONTROLLER }).set(depth);
+    state.metrics.set_watch_failing(&shared.watches.failing(Instant::now()));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
 }
 

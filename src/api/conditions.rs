@@ -15,6 +15,10 @@ pub const CONDITION_RECONCILING: &str = "Reconciling";
 pub const CONDITION_STALLED: &str = "Stalled";
 /// `True` (reason `ShardsFailed`) as soon as any shard failed, even if the batch succeeds on quorum.
 pub const CONDITION_DEGRADED: &str = "Degraded";
+/// While the workers of a batch with a `completeBy` run and an ETA is known: `True` (reason
+/// `EtaPastDeadline`) when the quorum is expected after the deadline, `False` (`OnTrack`) when
+/// before. Absent otherwise.
+pub const CONDITION_AT_RISK: &str = "AtRisk";
 
 /// Why a batch is `Stalled=True`: failed, or (the recoverable ones) stuck until something changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,6 +162,10 @@ pub enum Reason {
     ShardsFailed,
     /// `Degraded=False`.
     NoFailedShards,
+    /// `AtRisk=True`: at the current throughput the quorum is met after `completeBy`.
+    EtaPastDeadline,
+    /// `AtRisk=False`: the quorum is expected before `completeBy`.
+    OnTrack,
 }
 
 impl Reason {
@@ -171,6 +179,8 @@ impl Reason {
             Reason::Suspended => "Suspended",
             Reason::ShardsFailed => "ShardsFailed",
             Reason::NoFailedShards => "NoFailedShards",
+            Reason::EtaPastDeadline => "EtaPastDeadline",
+            Reason::OnTrack => "OnTrack",
         }
     }
 }
@@ -203,6 +213,8 @@ pub enum EventReason {
     BackupStarted,
     /// A shard's backup run succeeded before its original run, which is stopped.
     BackupWon,
+    /// The quorum's ETA moved past `completeBy` (Warning; once each time `AtRisk` turns `True`).
+    AtRisk,
 }
 
 impl EventReason {
@@ -219,6 +231,7 @@ impl EventReason {
             EventReason::RerunRefused => "RerunRefused".into(),
             EventReason::BackupStarted => "BackupStarted".into(),
             EventReason::BackupWon => "BackupWon".into(),
+            EventReason::AtRisk => "AtRisk".into(),
         }
     }
 }

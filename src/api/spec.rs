@@ -49,6 +49,12 @@ pub const MAX_SHARDS: u64 = 10_000;
         json_path = ".status.items.failed",
         description = "Items in failed shards"
     ),
+    printcolumn(
+        name = "Duration",
+        type_ = "string",
+        json_path = ".status.duration",
+        description = "From start to end, once the batch ended"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(
         name = "Shards",
@@ -56,6 +62,13 @@ pub const MAX_SHARDS: u64 = 10_000;
         json_path = ".status.shards.total",
         priority = "1",
         description = "Number of worker shards"
+    ),
+    printcolumn(
+        name = "ETA",
+        type_ = "string",
+        json_path = ".status.eta.completionTime",
+        priority = "1",
+        description = "While the workers run: when the last shard is expected (RFC 3339)"
     ),
     printcolumn(
         name = "Message",

@@ -83,6 +83,14 @@ pub struct PredictionBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
 
+    /// From startTime to completionTime once the batch ended, e.g. "4m12s" (the DURATION column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+
+    /// While the workers run: their throughput and when the quorum and the last shard are expected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<EtaStatus>,
+
     /// The spec.rerun.token the latest attempt answers (the one the batch was created with, then each rerun's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_token: Option<String>,
@@ -116,6 +124,29 @@ pub struct BackupStatus {
     /// Shards whose backup failed or was stopped (the original run decides those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<String>,
+}
+
+/// The worker stage's throughput and expected end, estimated from the shards that finished in the
+/// last few minutes. Updated only when a shard finishes (with the progress it comes with), so an
+/// idle batch writes nothing; once the workers are done it is removed.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtaStatus {
+    /// When the quorum (completion.minSucceededPercent) is expected to be met; absent once it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_time: Option<Time>,
+    /// When every shard is expected to have finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Shards finished per minute over the window, 3 significant digits, e.g. "12.5".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards_per_minute: Option<String>,
+    /// Start of the throughput window (between 2 and 4 minutes long once the stage has run that long).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_start_time: Option<Time>,
+    /// Shards finished (succeeded or failed) at windowStartTime.
+    #[serde(default)]
+    pub window_finished_shards: u32,
 }
 
 /// One attempt of a batch: the first run, or a rerun.
@@ -237,6 +268,9 @@ pub struct StageStatus {
     /// When the stage ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// From startTime to completionTime once the stage ended, e.g. "1m5s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
     /// Why the stage ended the way it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

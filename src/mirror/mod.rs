@@ -76,6 +76,11 @@ pub trait MirrorSink: Send + Sync {
     fn delete_timeout(&self) -> Duration {
         DEFAULT_DELETE_TIMEOUT
     }
+
+    /// Batches whose document lags their status: a write pending, or the last one failed.
+    fn out_of_sync(&self) -> usize {
+        0
+    }
 }
 
 /// The mirror of the `run` command, or none (off).
@@ -99,6 +104,11 @@ impl MirrorHandle {
 
     pub fn is_enabled(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// See [`MirrorSink::out_of_sync`]; 0 when the mirror is off.
+    pub fn out_of_sync(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.out_of_sync())
     }
 
     /// The sink, when the mirror is on.

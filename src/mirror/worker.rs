@@ -327,6 +327,11 @@ impl Mirror {
 }
 
 impl MirrorSink for Mirror {
+    fn out_of_sync(&self) -> usize {
+        let entries = self.inner.entries.lock().expect("poisoned");
+        entries.values().filter(|e| !e.gone && (e.pending.is_some() || e.last_error.is_some())).count()
+    }
+
     fn notify(&self, batch: &PredictionBatch) {
         if let Err(e) = self.enqueue(batch, false) {
             self.inner.metrics.mirror_failures.inc();

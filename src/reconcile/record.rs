@@ -15,10 +15,13 @@ use tracing::{debug, info};
 use super::fresh::{PROGRESS_WRITE_INTERVAL, last_write, remember};
 use super::plan::{Action, Plan};
 use super::publish::spawn_events;
-use crate::api::{PredictionBatch, PredictionBatchStatus, Stage, StageState};
+use crate::api::{
+    CONDITION_READY, CONDITION_STALLED, Phase, PredictionBatch, PredictionBatchStatus, Stage, StageState,
+};
 use crate::context::Context;
 use crate::error::{Error, Retry};
 use crate::labels::FIELD_MANAGER;
+use crate::metrics::OutcomeLabels;
 
 /// Proof that a plan's status is on record: written, confirmed current, or unchanged with
 /// nothing to fence. Holds the plan's actions; nothing else gives them out.
@@ -137,7 +140,19 @@ async fn write_status(
     let phase = plan.status.phase.map(|p| p.as_str()).unwrap_or("-");
     info!(phase, progress = plan.status.progress.as_deref().unwrap_or("-"), "status written");
     observe_stage_durations(ctx, batch.status.as_ref(), &plan.status);
+    count_completion(ctx, batch.status.as_ref(), &plan.status);
     Ok(written)
+}
+
+/// One more `prediction_batch_completions_total` when this write ends the batch.
+fn count_completion(ctx: &Context, prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) {
+    let Some(outcome) = next.phase.filter(|p| p.is_terminal()) else { return };
+    if prev.and_then(|p| p.phase) == Some(outcome) {
+        return;
+    }
+    let kind = if outcome == Phase::Failed { CONDITION_STALLED } else { CONDITION_READY };
+    let reason = next.conditions.iter().find(|c| c.type_ == kind).map(|c| c.reason.clone()).unwrap_or_default();
+    ctx.metrics.completions.get_or_create(&OutcomeLabels { outcome: outcome.as_str(), reason }).inc();
 }
 
 fn observe_stage_durations(ctx: &Context, prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) {

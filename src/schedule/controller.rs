@@ -20,7 +20,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::reconcile::{ScheduleContext, error_policy, reconcile, schedule_name};
 use crate::api::{PredictionBatch, PredictionSchedule};
-use crate::controller::Settings;
+use crate::controller::{Settings, Shared};
 use crate::leadership::Leadership;
 use crate::metrics::{Metrics, WatchLabel};
 
@@ -41,6 +41,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     recorder: Recorder,
     leadership: Arc<Leadership>,
+    shared: Arc<Shared>,
     batches: Store<PredictionBatch>,
     batch_trigger: impl Stream<Item = Arc<PredictionBatch>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -50,6 +51,7 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let (store, writer) = reflector::store();
+    *shared.schedules.lock().expect("poisoned") = Some(store.clone());
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .inspect(move |item| {

@@ -28,7 +28,13 @@ pub(super) struct Wanted {
     message: String,
 }
 
-fn wanted(type_: &'static str, status: ConditionStatus, reason: impl ToString, message: String) -> Wanted {
+impl Wanted {
+    pub(super) fn is(&self, type_: &str) -> bool {
+        self.type_ == type_
+    }
+}
+
+pub(super) fn wanted(type_: &'static str, status: ConditionStatus, reason: impl ToString, message: String) -> Wanted {
     Wanted { type_, status, reason: reason.to_string(), message }
 }
 
@@ -78,7 +84,9 @@ impl Lifecycle {
 impl Planner<'_> {
     pub(super) fn conditions(&self, layout: ShardLayout) -> Vec<Wanted> {
         let Lifecycle { ready, reconciling, stalled } = self.lifecycle(layout);
-        vec![ready, reconciling, stalled, self.degraded(layout)]
+        let mut all = vec![ready, reconciling, stalled, self.degraded(layout)];
+        all.extend(self.at_risk());
+        all
     }
 
     fn lifecycle(&self, layout: ShardLayout) -> Lifecycle {

@@ -46,6 +46,12 @@ pub(super) fn transition_events(
             _ => {}
         }
     }
+    let at_risk = |st: &PredictionBatchStatus| {
+        st.conditions.iter().find(|c| c.type_ == crate::api::CONDITION_AT_RISK && c.status == "True").cloned()
+    };
+    if let (None, Some(c)) = (at_risk(prev), at_risk(next)) {
+        note(true, EventReason::AtRisk, c.message);
+    }
     if let Some(s) = stop.filter(|s| !s.terminal) {
         let was = prev
             .conditions

@@ -37,6 +37,7 @@ mod quorum;
 mod rerun;
 mod rerun_shards;
 mod stages;
+mod timing;
 mod validate;
 mod workers;
 

@@ -94,6 +94,8 @@ impl Planner<'_> {
         }
         self.st.phase = None;
         self.st.completion_time = None;
+        self.st.duration = None;
+        self.st.eta = None;
         let what =
             if shards.is_empty() { from.label().to_string() } else { format!("shards {shards} and what follows") };
         let note = format!("attempt {attempt} (token {:?}): running {what} again", rerun.token);

@@ -37,6 +37,7 @@ impl Planner<'_> {
         let (succeeded, failed) = self.shards_of(job, n);
         let (succeeded, failed) = self.settle_backups(succeeded, failed);
         self.record_shards(layout, &succeeded, &failed, job.active);
+        self.estimate_eta(layout, &succeeded, &failed);
 
         let stopping = self.st.workers.as_ref().is_some_and(|w| w.state == StageState::Stopping);
         if stopping {

@@ -265,6 +265,7 @@ mod quorum;
 mod rerun;
 mod simulation;
 mod suspend_ttl;
+mod timing;
 
 /// The planner is a pure function: no API client, no clock (the time comes in `Observed`).
 #[test]

@@ -116,6 +116,7 @@ fn arb_stage_status(stage: Stage) -> impl Strategy<Value = Option<StageStatus>> 
                 start_time: start.map(Time),
                 stop_time: stop.map(Time),
                 completion_time: done.map(Time),
+                duration: None,
                 message: None,
             }),
     )
@@ -183,6 +184,8 @@ fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
                         export,
                         start_time: start.map(Time),
                         completion_time: done.map(Time),
+                        duration: None,
+                        eta: None,
                         rerun_token: suspended.map(|_| "a".to_string()),
                         attempts: Vec::new(),
                         conditions,

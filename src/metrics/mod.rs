@@ -1,4 +1,16 @@
-//! Prometheus metrics. Labels are bounded (result, error kind, phase, stage): never per object.
+//! Prometheus metrics, documented in the README's metrics table (which a test checks against
+//! `/metrics`). Labels are bounded (result, error kind, phase, stage, outcome, reason), with one
+//! exception: the gauges of batches that have not ended yet and of schedules carry `namespace`
+//! and `batch` / `schedule`, so an alert can name the batch; they are rebuilt from the caches on
+//! each scrape, so a batch that ended or went away leaves them at once.
+
+mod process;
+mod queue;
+mod snapshot;
+
+pub use process::{ProcessCollector, ProcessSample};
+pub use queue::QueueClock;
+pub use snapshot::{BatchGauges, batch_gauges, schedule_last_success};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -6,8 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
-use crate::api::Phase;
 use crate::watch_health::{Failing, Watch};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,6 +47,35 @@ pub struct StageLabel {
     pub stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Succeeded or Failed.
+    pub outcome: &'static str,
+    /// The reason of the Ready (succeeded) or Stalled (failed) condition.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    pub namespace: String,
+    pub batch: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScheduleLabels {
+    pub namespace: String,
+    pub schedule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    /// The reconciler: batches (the mirror and the schedules have their own passes, not counted).
+    pub controller: &'static str,
+}
+
+/// Value of the `controller` label of the batch reconciler's queue metrics.
+pub const BATCH_CONTROLLER: &str = "batches";
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Family<ResultLabel, Counter>,
@@ -51,11 +92,23 @@ pub struct Metrics {
     pub invalid_objects: Gauge,
     pub watch_errors: Family<WatchLabel, Counter>,
     pub watch_failing: Family<WatchLabel, Gauge>,
+    pub completions: Family<OutcomeLabels, Counter>,
+    pub in_flight: Gauge,
+    pub progress: Family<BatchLabels, Gauge<f64, AtomicU64>>,
+    pub eta: Family<BatchLabels, Gauge>,
+    pub complete_by: Family<BatchLabels, Gauge>,
+    pub schedule_last_success: Family<ScheduleLabels, Gauge>,
+    pub mirror_out_of_sync: Gauge,
+    pub queue_depth: Family<ControllerLabel, Gauge>,
+    pub queue_wait: Family<ControllerLabel, Histogram>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("prediction_batch");
+        let mut root = Registry::default();
+        // The standard, unprefixed process_* metrics.
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("prediction_batch");
         // The usual `_build_info` gauge: always 1, the version and revision in its labels.
         let build_info = prometheus_client::metrics::info::Info::new(vec![
             ("version", env!("CARGO_PKG_VERSION")),
@@ -124,8 +177,68 @@ impl Default for Metrics {
             let _ = watch_errors.get_or_create(&WatchLabel { watch: watch.label() });
             let _ = watch_failing.get_or_create(&WatchLabel { watch: watch.label() });
         }
+        let completions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "completions",
+            "Batches that ended, by outcome (Succeeded, Failed) and reason, counted by the replica that wrote the outcome",
+            completions.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight",
+            "Batches in the cache that have not ended (Pending, Loading, Running, Consolidating, Exporting)",
+            in_flight.clone(),
+        );
+        let progress = Family::<BatchLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "progress_ratio",
+            "Succeeded items / target items of each batch that has not ended",
+            progress.clone(),
+        );
+        let eta = Family::<BatchLabels, Gauge>::default();
+        registry.register(
+            "eta_timestamp_seconds",
+            "When the quorum of each running batch is expected (status.eta.quorumTime), until it is met",
+            eta.clone(),
+        );
+        let complete_by = Family::<BatchLabels, Gauge>::default();
+        registry.register(
+            "complete_by_timestamp_seconds",
+            "The completeBy deadline of each batch that has not ended and has one",
+            complete_by.clone(),
+        );
+        let schedule_last_success = Family::<ScheduleLabels, Gauge>::default();
+        registry.register(
+            "schedule_last_success_timestamp_seconds",
+            "Each schedule's status.lastSuccessfulTime, or its creation time while none of its batches succeeded",
+            schedule_last_success.clone(),
+        );
+        let mirror_out_of_sync = Gauge::default();
+        registry.register(
+            "mirror_out_of_sync",
+            "Batches whose Firestore document lags their status (a write pending or failing)",
+            mirror_out_of_sync.clone(),
+        );
+        let queue_depth = Family::<ControllerLabel, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Batches with a change the reconciler has not started a pass on yet",
+            queue_depth.clone(),
+        );
+        let queue_wait = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "queue_wait_seconds",
+            "From a batch's change (or its Job's) arriving on the watch to the start of the pass that handles it",
+            queue_wait.clone(),
+        );
+        for label in [ControllerLabel { controller: BATCH_CONTROLLER }] {
+            let _ = queue_depth.get_or_create(&label);
+            let _ = queue_wait.get_or_create(&label);
+        }
         Metrics {
-            registry,
+            registry: root,
             reconciles,
             errors,
             reconcile_duration,
@@ -140,28 +253,20 @@ impl Default for Metrics {
             invalid_objects,
             watch_errors,
             watch_failing,
+            completions,
+            in_flight,
+            progress,
+            eta,
+            complete_by,
+            schedule_last_success,
+            mirror_out_of_sync,
+            queue_depth,
+            queue_wait,
         }
     }
 }
 
 impl Metrics {
-    /// Sets the per-phase gauges from a full count (called at scrape time from the cache).
-    pub fn set_phases(&self, counts: &[(Phase, i64)]) {
-        for phase in [
-            Phase::Pending,
-            Phase::Loading,
-            Phase::Running,
-            Phase::Consolidating,
-            Phase::Exporting,
-            Phase::Succeeded,
-            Phase::Failed,
-            Phase::Suspended,
-        ] {
-            let n = counts.iter().filter(|(p, _)| *p == phase).map(|(_, n)| n).sum();
-            self.batches.get_or_create(&PhaseLabel { phase: phase.as_str() }).set(n);
-        }
-    }
-
     /// Sets the per-watch failure gauges (called at scrape time).
     pub fn set_watch_failing(&self, failing: &[Failing]) {
         for watch in Watch::ALL {
