@@ -281,3 +281,109 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every family with one series (the exhaustive pattern breaks the build when a field is
+    /// added, so a new metric cannot skip this test), encoded as `/metrics` serves it.
+    fn every_family_encoded() -> String {
+        let m = Metrics::default();
+        let Metrics {
+            registry: _,
+            reconciles,
+            errors,
+            reconcile_duration,
+            batches,
+            stage_duration,
+            status_writes,
+            status_conflicts,
+            mirror_failures,
+            mirror_reconciles,
+            mirror_errors,
+            is_leader,
+            invalid_objects,
+            watch_errors,
+            watch_failing,
+            completions,
+            in_flight,
+            progress,
+            eta,
+            complete_by,
+            schedule_last_success,
+            mirror_out_of_sync,
+            queue_depth,
+            queue_wait,
+        } = &m;
+        let batch = BatchLabels { namespace: "ns".into(), batch: "b".into() };
+        reconciles.get_or_create(&ResultLabel { result: "ok" }).inc();
+        errors.get_or_create(&KindLabel { kind: "kube" }).inc();
+        reconcile_duration.observe(0.1);
+        batches.get_or_create(&PhaseLabel { phase: "Running" }).set(1);
+        stage_duration.get_or_create(&StageLabel { stage: "workers" }).observe(1.0);
+        status_writes.inc();
+        status_conflicts.inc();
+        mirror_failures.inc();
+        mirror_reconciles.get_or_create(&ResultLabel { result: "ok" }).inc();
+        mirror_errors.get_or_create(&KindLabel { kind: "client" }).inc();
+        is_leader.set(1);
+        invalid_objects.set(0);
+        watch_errors.get_or_create(&WatchLabel { watch: "batches" }).inc();
+        watch_failing.get_or_create(&WatchLabel { watch: "batches" }).set(0);
+        completions.get_or_create(&OutcomeLabels { outcome: "Succeeded", reason: "Succeeded".into() }).inc();
+        in_flight.set(1);
+        progress.get_or_create(&batch).set(0.5);
+        eta.get_or_create(&batch).set(1);
+        complete_by.get_or_create(&batch).set(1);
+        schedule_last_success.get_or_create(&ScheduleLabels { namespace: "ns".into(), schedule: "s".into() }).set(1);
+        mirror_out_of_sync.set(0);
+        queue_depth.get_or_create(&ControllerLabel { controller: BATCH_CONTROLLER }).set(0);
+        queue_wait.get_or_create(&ControllerLabel { controller: BATCH_CONTROLLER }).observe(0.01);
+        m.encode()
+    }
+
+    /// Sample names of the families (a counter as `<name>_total`, an info as `<name>_info`).
+    fn families(exposition: &str) -> BTreeSet<String> {
+        exposition
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                let (name, kind) = (parts.next()?, parts.next()?);
+                Some(match kind {
+                    "counter" => format!("{name}_total"),
+                    "info" => format!("{name}_info"),
+                    _ => name.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_metrics_table_lists_every_family_and_nothing_else() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("\n### Metrics\n").nth(1).expect("README has '### Metrics'");
+        let section = section.split("\n#").next().unwrap_or_default();
+        let documented: BTreeSet<String> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('`').nth(1))
+            .map(|n| n.split('{').next().unwrap_or(n).to_string())
+            .collect();
+        let served = families(&every_family_encoded());
+        assert!(served.len() >= 30, "{served:?}");
+        assert_eq!(documented, served, "README's metrics table vs the registered families");
+    }
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        for name in families(&every_family_encoded()) {
+            assert!(name.starts_with("prediction_batch_") || name.starts_with("process_"), "{name}");
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{name}");
+            assert!(!name.ends_with("_total_total") && !name.contains("__"), "{name}");
+        }
+    }
+}
