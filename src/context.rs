@@ -26,6 +26,10 @@ pub struct Context {
     pub written: Mutex<HashMap<ObjectRef<PredictionBatch>, Written>>,
     /// Per batch: consecutive failed reconciles, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<PredictionBatch>, u32>>,
+    /// Stuck pods by batch, kept by the pod watch.
+    pub stuck: Arc<crate::reconcile::stuck::StuckPods>,
+    /// See `--stuck-pod-after`.
+    pub stuck_after_secs: i64,
 }
 
 /// A status write of ours: when, and the object it returned until the cache has caught up.
@@ -48,6 +52,8 @@ impl Context {
             leadership: Arc::new(Leadership::unelected()),
             written: Default::default(),
             failures: Default::default(),
+            stuck: Default::default(),
+            stuck_after_secs: crate::reconcile::observed::DEFAULT_STUCK_AFTER_SECS,
         }
     }
 }

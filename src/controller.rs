@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -30,6 +31,7 @@ use crate::leadership::Leadership;
 use crate::metrics::{BATCH_CONTROLLER, ControllerLabel, Metrics, QueueClock, WatchLabel};
 use crate::mirror::MirrorHandle;
 use crate::mirror::controller::MirrorContext;
+use crate::reconcile::stuck::StuckPods;
 use crate::reconcile::{reconcile, release_jobs_of};
 use crate::watch_health::{Watch, WatchHealth};
 
@@ -47,6 +49,8 @@ pub struct Settings {
     /// lease duration, so a leader cut off from the apiserver stops before a standby can take over.
     pub lease_renew_deadline: Duration,
     pub concurrency: u16,
+    /// See `--stuck-pod-after`.
+    pub stuck_pod_after_secs: i64,
 }
 
 /// What the HTTP server reads: readiness, the health of the watches, and the batch cache (for
@@ -146,6 +150,9 @@ fn job_arrived(shared: Arc<Shared>) -> impl FnMut(&Result<Job, watcher::Error>) 
         shared.queue.arrived(batch, Instant::now());
     }
 }
+
+/// Value of the `watch` label of the pod watch's error counter.
+pub const PODS_WATCH_LABEL: &str = "pods";
 
 /// How long a shutdown lets in-flight reconciles finish before it drops them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -381,6 +388,7 @@ async fn run_controller(
     };
     shared.watches.reset();
     shared.queue.reset();
+    let stuck = Arc::new(StuckPods::default());
     *shared.mirror.lock().expect("poisoned") = mirror.clone();
     let (job_store, job_writer) = reflector::store();
     let job_stream =
@@ -392,6 +400,30 @@ async fn run_controller(
             .inspect(synced(shared.clone(), Cache::Jobs, settings.leader_elect))
             .touched_objects()
             .inspect(job_arrived(shared.clone()));
+    // Pods of our Jobs, not cached: each event only updates the index of stuck pods, and a batch
+    // is reconciled only when its stuck pods change. Not part of /readyz (a controller without
+    // the right to watch pods still runs batches); its errors are counted as watch="pods".
+    let pods: Api<Pod> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let pod_trigger = {
+        let (stuck, jobs, metrics) = (stuck.clone(), job_store.clone(), metrics.clone());
+        watcher(pods, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
+            .default_backoff()
+            .filter_map(move |item| {
+                let changed = match item {
+                    Ok(event) => stuck.on_event(&event, &jobs),
+                    Err(e) => {
+                        metrics.watch_errors.get_or_create(&WatchLabel { watch: PODS_WATCH_LABEL }).inc();
+                        warn!(error = %e, "cannot watch the pods of our Jobs (may the controller watch pods?)");
+                        Vec::new()
+                    }
+                };
+                future::ready((!changed.is_empty()).then(|| futures::stream::iter(changed)))
+            })
+            .flatten()
+    };
     // Batches are listed and watched as `Listed` and decoded one by one: one that does not decode
     // is left out of the cache, counted and marked (see `decode`), and never fails the list.
     // One watch for both reconcilers: the batch reconciler drives it, and the mirror's follows
@@ -437,6 +469,8 @@ async fn run_controller(
         leadership,
         written: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
+        stuck,
+        stuck_after_secs: settings.stuck_pod_after_secs,
     });
     *shared.batches.lock().expect("poisoned") = Some(batch_store.clone());
     let marker = Marker { client: ctx.client.clone(), recorder: ctx.recorder.clone() };
@@ -445,6 +479,7 @@ async fn run_controller(
     let (queue, queue_for_orphans) = (shared.clone(), shared.clone());
     let controller = Controller::for_stream(batch_stream, batch_store)
         .owns_stream(job_stream)
+        .reconcile_on(pod_trigger)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(wait_for(shutdown))
         .run(

@@ -57,7 +57,11 @@ impl Error {
         }
     }
 
-    /// A short label for metrics (bounded cardinality).
+    /// Every value of [`Error::kind`] (exported at 0 from the start).
+    pub const KINDS: [&'static str; 7] =
+        ["conflict", "throttled", "server", "client", "transport", "object", "not_leading"];
+
+    /// A short label for metrics (bounded cardinality), one of [`Error::KINDS`].
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Kube { source, .. } => match status_code(source) {

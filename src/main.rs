@@ -115,6 +115,11 @@ struct RunArgs {
     /// Batches reconciled at once (0 = unbounded).
     #[arg(long, env = "PBC_CONCURRENCY", default_value_t = 0)]
     concurrency: u16,
+    /// Seconds a pod of a batch may wait for an image, its configuration or a node (ImagePullBackOff,
+    /// ErrImagePull, CreateContainerConfigError, Unschedulable, ...) before the batch shows it in
+    /// status.stuckPods and the PodsStuck condition.
+    #[arg(long, env = "PBC_STUCK_POD_AFTER", default_value_t = prediction_batch_controller::reconcile::observed::DEFAULT_STUCK_AFTER_SECS as u32)]
+    stuck_pod_after: u32,
     /// Test only: fail this share (0..1) of API requests with 409/429/500/timeouts. Needs a build
     /// with the `test-faults` feature (every `cargo test` build); refused otherwise.
     #[arg(long, hide = true, default_value_t = 0.0)]
@@ -271,6 +276,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         lease_duration_secs: args.lease_duration,
         lease_renew_deadline,
         concurrency: args.concurrency,
+        stuck_pod_after_secs: i64::from(args.stuck_pod_after),
     };
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared::default());

@@ -363,7 +363,7 @@ fn reference_documents_every_field_and_shows_the_full_example() {
     assert!(missing.is_empty(), "README.md does not document {missing:?}");
     let example = std::fs::read_to_string(repo().join(FULL_EXAMPLE)).unwrap();
     assert!(doc.contains(&example), "README.md must show {FULL_EXAMPLE} verbatim");
-    for column in ["DATE", "PHASE", "PROGRESS", "FAILED", "AGE", "SHARDS", "MESSAGE"] {
+    for column in ["DATE", "PHASE", "PROGRESS", "FAILED", "DURATION", "AGE", "SHARDS", "ETA", "MESSAGE"] {
         assert!(doc.contains(&format!("| {column} |")), "printer column {column} not documented");
     }
 }
@@ -881,7 +881,7 @@ fn row<'a>(table: &'a str, name: &str) -> &'a str {
 }
 
 #[test]
-fn printer_columns_show_date_phase_progress_failed_and_wide_shards_message() {
+fn printer_columns_show_date_phase_progress_failed_duration_and_wide_shards_eta_message() {
     crd_installed();
     let ns = TestNamespace::new("adm-columns");
     let file = repo().join(FULL_EXAMPLE);
@@ -895,6 +895,7 @@ fn printer_columns_show_date_phase_progress_failed_and_wide_shards_message() {
         "progress": "112/450",
         "items": {"target": 450, "succeeded": 112, "failed": 5},
         "shards": {"total": 90, "succeeded": 22, "failed": 1, "active": 30},
+        "eta": {"completionTime": "2026-01-02T12:09:40Z", "shardsPerMinute": "12.5"},
         "conditions": [{
             "type": "Ready", "status": "False", "reason": "Running", "observedGeneration": 1,
             "message": "23 of 90 shards done", "lastTransitionTime": "2026-01-02T12:00:00Z"
@@ -912,7 +913,7 @@ fn printer_columns_show_date_phase_progress_failed_and_wide_shards_message() {
         &status.to_string(),
     ]);
 
-    let narrow = ["NAME", "DATE", "PHASE", "PROGRESS", "FAILED", "AGE"];
+    let narrow = ["NAME", "DATE", "PHASE", "PROGRESS", "FAILED", "DURATION", "AGE"];
     for resource in ["pb", "predictions", "predictionbatches", "predictionbatch.predictions.dev"] {
         let table = kubectl(&["get", resource, "-n", ns.name()]);
         assert_eq!(header(&table), narrow, "kubectl get {resource}:\n{table}");
@@ -929,11 +930,21 @@ fn printer_columns_show_date_phase_progress_failed_and_wide_shards_message() {
 
     let wide = kubectl(&["get", "pb", "-o", "wide", "-n", ns.name()]);
     let mut want: Vec<&str> = narrow.to_vec();
-    want.extend(["SHARDS", "MESSAGE"]);
+    want.extend(["SHARDS", "ETA", "MESSAGE"]);
     assert_eq!(header(&wide), want, "kubectl get pb -o wide:\n{wide}");
     let line = row(&wide, &name);
     let cells: Vec<&str> = line.split_whitespace().collect();
+    // DURATION is empty while the batch runs, so the cells after FAILED move up by one.
     assert_eq!(cells[6], "90", "SHARDS column:\n{wide}");
+    assert_eq!(cells[7], "2026-01-02T12:09:40Z", "ETA column:\n{wide}");
+
+    // Once ended, DURATION shows.
+    let ended = json!({"status": {"phase": "Succeeded", "duration": "4m12s", "eta": null}});
+    let patch = ended.to_string();
+    kubectl(&["patch", "pb", &name, "-n", ns.name(), "--subresource=status", "--type=merge", "-p", &patch]);
+    let table = kubectl(&["get", "pb", "-n", ns.name()]);
+    let cells: Vec<String> = row(&table, &name).split_whitespace().map(str::to_string).collect();
+    assert_eq!(cells[5], "4m12s", "DURATION column:\n{table}");
     assert!(line.trim_end().ends_with("23 of 90 shards done"), "MESSAGE column:\n{wide}");
 }
 

@@ -57,6 +57,10 @@ fn variants() -> Vec<(&'static str, Vec<&'static str>)> {
                 "networkPolicy.enabled=true",
                 "--set",
                 "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "--set",
+                "alerts.enabled=true",
+                "--set",
+                "dashboard.enabled=true",
             ],
         ),
         (
@@ -113,6 +117,9 @@ fn helm_lint_is_clean() {
         (vec!["--set", "controller.logFormat=xml"], "logFormat"),
         (vec!["--set", "unknownKey=1"], "unknownKey"),
         (vec!["--set", "controller.leaderElection.enabled=false"], "leaderElection"),
+        (vec!["--set", "alerts.for.PredictionBatchAtRisk=soon"], "PredictionBatchAtRisk"),
+        (vec!["--set", "alerts.atRiskMinutes=0"], "atRiskMinutes"),
+        (vec!["--set", "alerts.runbookBaseUrl=README.md#runbooks"], "runbookBaseUrl"),
     ] {
         assert_template_fails(&bad, expect);
     }
@@ -250,7 +257,7 @@ fn rendered_rbac_is_least_privilege() {
         rule(&["predictions.dev"], &["predictionschedules/status"], &["patch", "update"]),
         rule(&["predictions.dev"], &["predictionschedules/finalizers"], &["update"]),
         rule(&["batch"], &["jobs"], &["get", "list", "watch", "create", "patch", "delete"]),
-        rule(&[""], &["pods"], &["get", "list"]),
+        rule(&[""], &["pods"], &["get", "list", "watch"]),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         rule(&[""], &["events"], &["create", "patch"]),
     ];
@@ -268,8 +275,8 @@ fn rendered_rbac_is_least_privilege() {
                 assert!(!text.contains('*'), "wildcard in {} ({what}): {text}", d["metadata"]["name"]);
                 for res in r["resources"].as_array().unwrap() {
                     let res = res.as_str().unwrap();
-                    if res == "pods" && r["verbs"] == json!(["get", "list"]) {
-                        // Reading the loader's termination message; never a write.
+                    if res == "pods" && r["verbs"] == json!(["get", "list", "watch"]) {
+                        // The loader's termination message, shard run times, stuck pods; never a write.
                         continue;
                     }
                     assert!(
@@ -404,14 +411,38 @@ fn optional_objects_render_only_when_enabled() {
     let all = render(
         "r",
         "pbc-system",
-        &["--set", "metrics.serviceMonitor.enabled=true", "--set", "networkPolicy.enabled=true"],
+        &[
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "alerts.enabled=true",
+            "--set",
+            "dashboard.enabled=true",
+        ],
     );
     let sm = one_of_kind(&all, "ServiceMonitor");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "http");
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    // The per-batch series keep their `namespace` label (the batch's), which the alerts group by.
+    assert_eq!(sm["spec"]["endpoints"][0]["honorLabels"], true);
     assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["spec"]["selector"]);
     let np = one_of_kind(&all, "NetworkPolicy");
     assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    // The alerts (a PrometheusRule) and the Grafana dashboard (a ConfigMap for its sidecar); what
+    // they contain is tests/alerts.rs's business.
+    let rule = one_of_kind(&all, "PrometheusRule");
+    assert_eq!(rule["metadata"]["namespace"], "pbc-system");
+    assert!(rule["spec"]["groups"][0]["rules"].as_array().is_some_and(|r| !r.is_empty()), "{rule:#}");
+    let dashboard = one_of_kind(&all, "ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert!(dashboard["data"]["prediction-batches.json"].is_string(), "{dashboard:#}");
+    assert_eq!(
+        all.len(),
+        defaults.len() + 4,
+        "enabled, only the ServiceMonitor, NetworkPolicy, PrometheusRule and ConfigMap come in addition"
+    );
 }
 
 /// One switch, `firestore.enabled`, turns on everything the mirror needs together: the flags,
@@ -529,7 +560,7 @@ fn helm_template_passes_a_server_side_dry_run() {
     let ns = TestNamespace::new("chart-dry-run");
     for (what, extra) in variants() {
         if what == "everything on" {
-            continue; // the ServiceMonitor CRD (prometheus-operator) is not installed here
+            continue; // the ServiceMonitor and PrometheusRule CRDs (prometheus-operator) are not installed here
         }
         let release = unique("dry");
         let mut extra = extra.clone();
@@ -544,11 +575,13 @@ fn helm_template_passes_a_server_side_dry_run() {
         let out = kubectl_stdin(&["apply", "--dry-run=server", "-n", ns.name(), "-f", "-"], &manifests);
         assert!(out.contains("deployment.apps/") && out.contains("(server dry run)"), "{what}: {out}");
     }
-    // With the NetworkPolicy too (it needs no CRD).
+    // With the NetworkPolicy and the dashboard's ConfigMap too (they need no CRD).
     let mut cmd = tool_command("helm");
-    cmd.args(["template", &unique("dry"), CHART_DIR, "--namespace", ns.name(), "--set", "networkPolicy.enabled=true"]);
+    cmd.args(["template", &unique("dry"), CHART_DIR, "--namespace", ns.name(), "--set", "networkPolicy.enabled=true"])
+        .args(["--set", "dashboard.enabled=true"]);
     let out = kubectl_stdin(&["apply", "--dry-run=server", "-n", ns.name(), "-f", "-"], &run_ok(cmd));
     assert!(out.contains("networkpolicy.networking.k8s.io/"), "{out}");
+    assert!(out.contains("configmap/"), "{out}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Operating it (issue 18) on the real control plane: the ETA of a steady batch, `AtRisk` for a
-//! deadline that cannot be met, the DURATION and ETA columns, and the README's metrics table
-//! checked against what `/metrics` serves.
+//! deadline that cannot be met, stuck pods (a kwok stage holds a shard in ImagePullBackOff; a
+//! nodeSelector no node matches makes the real scheduler report Unschedulable), the DURATION and
+//! ETA columns, and the README's metrics table checked against what `/metrics` serves.
 
 mod support;
 
@@ -11,6 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use support::batch::{apply, batch, batch_json, condition, wait_batch, wait_for_phase};
 use support::controller::Controller;
+use support::kwok_stage::TestStage;
 use support::{TestNamespace, ensure_crd, kubectl, kubectl_json};
 
 fn ts(v: &Value) -> Option<Timestamp> {
@@ -147,6 +149,76 @@ async fn a_deadline_that_cannot_be_met_raises_at_risk_once_then_fails_and_is_cou
         "an ended batch leaves the per-batch gauges"
     );
     assert!(batch_json(ns.name(), "late").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_stuck_on_its_image_shows_on_the_batch_within_30s_and_clears_when_it_moves_on() {
+    ensure_crd();
+    let ns = TestNamespace::new("stuck");
+    let ctl = Controller::start("stuck", ns.name(), &[]);
+    let hold = TestStage::waiting(ns.name(), &["3"], "ImagePullBackOff");
+    // 30 shards of 3 s, 10 at a time: shard 3 starts in the first wave and never runs.
+    // A retry per shard: the held pod is deleted below, which the Job controller counts as a failure.
+    let retry = json!({ "worker": { "backoffLimitPerShard": 2 } });
+    apply(ns.name(), &batch("img", retry, json!({ "annotations": { "test.predictions.dev/run-for": "3s" } })));
+    let started = Instant::now();
+    let stuck = wait_batch(ns.name(), "img", &ctl, Duration::from_secs(60), "PodsStuck=True", |b| {
+        condition(b, "PodsStuck").is_some_and(|(status, _)| status == "True")
+    });
+    let shown_after = started.elapsed();
+    eprintln!("stuck figures: shard 3 in ImagePullBackOff shown on the batch {shown_after:.1?} after the apply");
+    assert!(shown_after < Duration::from_secs(30), "shown after {shown_after:?}");
+    let (_, reason) = condition(&stuck, "PodsStuck").unwrap();
+    assert_eq!(reason, "ImagePullBackOff");
+    let message =
+        support::batch::condition_object(&stuck, "PodsStuck").unwrap()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("shard 3: ImagePullBackOff"), "{message}");
+    let listed = &stuck["status"]["stuckPods"];
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed:#}");
+    assert_eq!((listed[0]["shard"].as_u64(), listed[0]["stage"].as_str()), (Some(3), Some("workers")));
+    let events = kubectl_json(&[
+        "get",
+        "events",
+        "-n",
+        ns.name(),
+        "--field-selector",
+        "involvedObject.name=img,reason=PodsStuck",
+    ]);
+    let events = events["items"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert!(events[0]["message"].as_str().unwrap_or_default().contains("shard 3"), "{:#}", events[0]);
+
+    // The image is fixed: the held pod is replaced by one that runs, and the batch moves on.
+    let pod = listed[0]["pod"].as_str().unwrap().to_string();
+    drop(hold);
+    kubectl(&["delete", "pod", &pod, "-n", ns.name(), "--wait=false"]);
+    let cleared = wait_batch(ns.name(), "img", &ctl, Duration::from_secs(60), "PodsStuck=False", |b| {
+        condition(b, "PodsStuck").is_some_and(|(status, _)| status == "False")
+    });
+    assert!(cleared["status"]["stuckPods"].is_null(), "{:#}", cleared["status"]);
+    let done = wait_for_phase(ns.name(), "img", "Succeeded", Duration::from_secs(120), &ctl);
+    assert!(condition(&done, "PodsStuck").is_none(), "an ended batch has no PodsStuck: {:#}", done["status"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_no_node_can_take_shows_unschedulable_pods() {
+    ensure_crd();
+    let ns = TestNamespace::new("unsched");
+    let ctl = Controller::start("unsched", ns.name(), &[]);
+    let mut b = batch("nowhere", json!({ "targetCount": 8 }), json!({}));
+    b["spec"]["worker"]["template"]["spec"]["nodeSelector"] = json!({ "example.com/no-such-node": "true" });
+    apply(ns.name(), &b);
+    let stuck = wait_batch(ns.name(), "nowhere", &ctl, Duration::from_secs(60), "PodsStuck=True", |b| {
+        condition(b, "PodsStuck").is_some_and(|(status, _)| status == "True")
+    });
+    assert_eq!(condition(&stuck, "PodsStuck").unwrap().1, "Unschedulable");
+    let pods = stuck["status"]["stuckPods"].as_array().unwrap();
+    assert_eq!(pods.len(), 2, "both shards: {pods:#?}");
+    assert!(
+        pods.iter()
+            .all(|p| p["reason"] == "Unschedulable" && p["message"].as_str().is_some_and(|m| m.contains("node"))),
+        "{pods:#?}"
+    );
 }
 
 /// Sample names of every family `/metrics` serves (a counter as `<name>_total`, an info metric as

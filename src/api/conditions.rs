@@ -19,6 +19,49 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
 /// `EtaPastDeadline`) when the quorum is expected after the deadline, `False` (`OnTrack`) when
 /// before. Absent otherwise.
 pub const CONDITION_AT_RISK: &str = "AtRisk";
+/// While the batch has not ended: `True` (reason: a [`StuckReason`]) when pods of it have waited
+/// longer than `--stuck-pod-after` for something that needs someone to act, `False`
+/// (`NoStuckPods`) once they moved on. Absent for a batch that never had one.
+pub const CONDITION_PODS_STUCK: &str = "PodsStuck";
+
+/// Why a pod of a batch is stuck: the container waiting reason the kubelet reports, or the
+/// scheduler's `Unschedulable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StuckReason {
+    ImagePullBackOff,
+    ErrImagePull,
+    InvalidImageName,
+    CreateContainerConfigError,
+    CreateContainerError,
+    Unschedulable,
+}
+
+impl StuckReason {
+    pub const ALL: [StuckReason; 6] = [
+        StuckReason::ImagePullBackOff,
+        StuckReason::ErrImagePull,
+        StuckReason::InvalidImageName,
+        StuckReason::CreateContainerConfigError,
+        StuckReason::CreateContainerError,
+        StuckReason::Unschedulable,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StuckReason::ImagePullBackOff => "ImagePullBackOff",
+            StuckReason::ErrImagePull => "ErrImagePull",
+            StuckReason::InvalidImageName => "InvalidImageName",
+            StuckReason::CreateContainerConfigError => "CreateContainerConfigError",
+            StuckReason::CreateContainerError => "CreateContainerError",
+            StuckReason::Unschedulable => "Unschedulable",
+        }
+    }
+
+    /// The reason of a container's `waiting` state, if it is one of ours.
+    pub fn from_waiting(reason: &str) -> Option<StuckReason> {
+        StuckReason::ALL.into_iter().find(|r| r.as_str() == reason && *r != StuckReason::Unschedulable)
+    }
+}
 
 /// Why a batch is `Stalled=True`: failed, or (the recoverable ones) stuck until something changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -166,6 +209,10 @@ pub enum Reason {
     EtaPastDeadline,
     /// `AtRisk=False`: the quorum is expected before `completeBy`.
     OnTrack,
+    /// `PodsStuck=True`: the first stuck pod's reason.
+    Stuck(StuckReason),
+    /// `PodsStuck=False`: the pods that were stuck moved on.
+    NoStuckPods,
 }
 
 impl Reason {
@@ -181,6 +228,8 @@ impl Reason {
             Reason::NoFailedShards => "NoFailedShards",
             Reason::EtaPastDeadline => "EtaPastDeadline",
             Reason::OnTrack => "OnTrack",
+            Reason::Stuck(r) => r.as_str(),
+            Reason::NoStuckPods => "NoStuckPods",
         }
     }
 }
@@ -215,6 +264,8 @@ pub enum EventReason {
     BackupWon,
     /// The quorum's ETA moved past `completeBy` (Warning; once each time `AtRisk` turns `True`).
     AtRisk,
+    /// Pods of the batch became stuck (Warning; names the shards or stages and the reasons).
+    PodsStuck,
 }
 
 impl EventReason {
@@ -232,6 +283,7 @@ impl EventReason {
             EventReason::BackupStarted => "BackupStarted".into(),
             EventReason::BackupWon => "BackupWon".into(),
             EventReason::AtRisk => "AtRisk".into(),
+            EventReason::PodsStuck => "PodsStuck".into(),
         }
     }
 }

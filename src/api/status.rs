@@ -87,6 +87,11 @@ pub struct PredictionBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
 
+    /// Pods of the batch that have waited longer than the controller's --stuck-pod-after for something that needs someone to act (an image that cannot be pulled, a missing Secret or ConfigMap, no node that fits), by stage and shard; at most 10. Cleared when they move on and when the batch ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub stuck_pods: Vec<StuckPodStatus>,
+
     /// While the workers run: their throughput and when the quorum and the last shard are expected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta: Option<EtaStatus>,
@@ -147,6 +152,26 @@ pub struct EtaStatus {
     /// Shards finished (succeeded or failed) at windowStartTime.
     #[serde(default)]
     pub window_finished_shards: u32,
+}
+
+/// One stuck pod.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StuckPodStatus {
+    /// loader, workers, consolidation or export.
+    pub stage: String,
+    /// The worker shard (its completion index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
+    pub pod: String,
+    /// ImagePullBackOff, ErrImagePull, InvalidImageName, CreateContainerConfigError, CreateContainerError or Unschedulable.
+    pub reason: String,
+    /// The kubelet's or the scheduler's message.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Since when it has been waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 /// One attempt of a batch: the first run, or a rerun.

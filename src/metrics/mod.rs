@@ -233,9 +233,19 @@ impl Default for Metrics {
             "From a batch's change (or its Job's) arriving on the watch to the start of the pass that handles it",
             queue_wait.clone(),
         );
-        for label in [ControllerLabel { controller: BATCH_CONTROLLER }] {
-            let _ = queue_depth.get_or_create(&label);
-            let _ = queue_wait.get_or_create(&label);
+        let label = ControllerLabel { controller: BATCH_CONTROLLER };
+        let _ = queue_depth.get_or_create(&label);
+        let _ = queue_wait.get_or_create(&label);
+        // Counters an alert takes increase() of are exported at 0 from the start, so the first
+        // error or outcome of a fresh process counts too.
+        for kind in crate::error::Error::KINDS {
+            let _ = errors.get_or_create(&KindLabel { kind });
+        }
+        for result in ["ok", "error"] {
+            let _ = reconciles.get_or_create(&ResultLabel { result });
+        }
+        for (outcome, reason) in completion_outcomes() {
+            let _ = completions.get_or_create(&OutcomeLabels { outcome, reason: reason.to_string() });
         }
         Metrics {
             registry: root,
@@ -264,6 +274,13 @@ impl Default for Metrics {
             queue_wait,
         }
     }
+}
+
+/// Every (outcome, reason) a batch can end with.
+pub fn completion_outcomes() -> Vec<(&'static str, &'static str)> {
+    let succeeded = [crate::api::Reason::Succeeded, crate::api::Reason::NoItems].map(|r| ("Succeeded", r.as_str()));
+    let failed = crate::api::StallReason::ALL.into_iter().filter(|r| !r.recoverable()).map(|r| ("Failed", r.as_str()));
+    succeeded.into_iter().chain(failed).collect()
 }
 
 impl Metrics {

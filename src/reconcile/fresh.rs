@@ -135,6 +135,8 @@ impl<'l> View<'l> {
         observed.backup_jobs = self.backup_jobs(ctx, uid);
         observed.shard_times = self.read_shard_times(ctx, &observed).await?;
         observed.leftover_jobs = self.leftover_jobs(ctx, uid);
+        observed.stuck = ctx.stuck.of(&ObjectRef::from_obj(&self.batch));
+        observed.stuck_after_secs = ctx.stuck_after_secs;
         Ok(observed)
     }
 

@@ -23,6 +23,7 @@ mod record;
 mod run;
 pub mod shards;
 pub mod stragglers;
+pub mod stuck;
 
 pub use act::release_jobs_of;
 pub use run::reconcile;

@@ -102,6 +102,9 @@ pub fn loader_message(pods: &[Pod]) -> Option<String> {
     terminated.message.clone()
 }
 
+/// Default of `--stuck-pod-after`.
+pub const DEFAULT_STUCK_AFTER_SECS: i64 = 15;
+
 /// Everything one pass observed about a batch besides the batch itself.
 #[derive(Clone, Debug)]
 pub struct Observed {
@@ -122,6 +125,10 @@ pub struct Observed {
     /// The other Jobs this batch owns (earlier attempts', rerun shards', backup runs'), by name
     /// and UID, not being deleted: read only for a finished batch with `ttlSecondsAfterFinished`.
     pub leftover_jobs: Vec<(String, String)>,
+    /// Pods of the batch that wait for something that needs someone to act, by stage and shard
+    /// (from the pod watch's index), and how long they may wait before the batch says so.
+    pub stuck: Vec<super::stuck::StuckPod>,
+    pub stuck_after_secs: i64,
     pub now: Timestamp,
 }
 
@@ -135,6 +142,8 @@ impl Observed {
             backup_jobs: Default::default(),
             shard_times: None,
             leftover_jobs: Vec::new(),
+            stuck: Vec::new(),
+            stuck_after_secs: DEFAULT_STUCK_AFTER_SECS,
             now,
         }
     }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
 /// Annotation the Job controller puts on Indexed Job pods.
-const COMPLETION_INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
+pub const COMPLETION_INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
 
 /// How the rule is tuned (documented in the README, "Backup runs for stragglers").
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,7 +1,7 @@
 //! Helpers of the install tests (tests/chart.rs, tests/chart_oci.rs, tests/gitops.rs,
-//! tests/dockerfile.rs): the Go tools of tests/tools (built on demand into the cache, like the
-//! cluster binaries), Helm against the test cluster, ServiceAccount kubeconfigs, and the release
-//! chart's identity for the release binary ([`Release::controller_command`]).
+//! tests/dockerfile.rs, tests/alerts.rs): the Go tools of tests/tools (built on demand into the
+//! cache, like the cluster binaries), Helm against the test cluster, ServiceAccount kubeconfigs,
+//! and the release chart's identity for the release binary ([`Release::controller_command`]).
 //!
 //! Nothing here skips: a missing tool, Go toolchain or cluster is a failure that says what to do.
 
@@ -19,9 +19,10 @@ use super::{cluster, cluster_dir, kubectl, kubectl_output, repo};
 pub const CHART_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/prediction-batch-controller");
 
 /// Path of a tool of tests/tools/build (`helm`, `helm3`, `kstatus`, `dockerfile-lint`,
-/// `argocd-lua`, `registry`), building it into the cache when missing (Helm: about 2.5 minutes,
-/// the registry about 4.5 under load, once per machine). Panics with the build log when it cannot
-/// be built (e.g. no Go toolchain).
+/// `argocd-lua`, `registry`, `prometheus`, `promtool`), building it into the cache when missing
+/// (Helm: about 2.5 minutes, the registry about 4.5 under load, Prometheus and promtool together
+/// about 7, once per machine). Panics with the build log when it cannot be built (e.g. no Go
+/// toolchain).
 pub fn tool(name: &str) -> PathBuf {
     static TOOLS: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut tools = TOOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());

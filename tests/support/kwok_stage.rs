@@ -91,6 +91,43 @@ impl TestStage {
         TestStage::new("pod-fail.yaml", "pod-fail-shards-3-7", ns, indexes, |_| {})
     }
 
+    /// Worker pods of `ns` with these completion indexes stay Pending with every container
+    /// waiting for `reason` (e.g. `ImagePullBackOff`), as the kubelet reports a pull that fails.
+    /// Its times are the pod's creation, so applying it again changes nothing (no event loop).
+    pub fn waiting(ns: &str, indexes: &[&str], reason: &str) -> TestStage {
+        TestStage::new("pod-ready.yaml", "pod-ready", ns, indexes, |spec| {
+            let status = format!(
+                r#"{{{{ $now := .metadata.creationTimestamp }}}}
+conditions:
+- type: PodScheduled
+  status: "True"
+  lastTransitionTime: {{{{ $now | Quote }}}}
+- type: Ready
+  status: "False"
+  reason: ContainersNotReady
+  lastTransitionTime: {{{{ $now | Quote }}}}
+containerStatuses:
+{{{{ range .spec.containers }}}}
+- name: {{{{ .name | Quote }}}}
+  image: {{{{ .image | Quote }}}}
+  imageID: ""
+  ready: false
+  started: false
+  restartCount: 0
+  state:
+    waiting:
+      reason: {reason}
+      message: {{{{ printf "Back-off pulling image %q" .image | Quote }}}}
+{{{{ end }}}}
+hostIP: {{{{ NodeIPWith .spec.nodeName | Quote }}}}
+phase: Pending
+startTime: {{{{ $now | Quote }}}}
+"#
+            );
+            spec["next"]["statusTemplate"] = json!(status);
+        })
+    }
+
     /// Worker pods of `ns` with these completion indexes run for an hour (stragglers).
     pub fn straggle(ns: &str, indexes: &[&str]) -> TestStage {
         TestStage::new("pod-complete.yaml", "pod-complete", ns, indexes, |spec| {

@@ -13,6 +13,7 @@ DOCKERFILE_LINT_DIR="$CACHE_ROOT/dockerfile-lint-buildkit-$BUILDKIT_VERSION"
 ARGOCD_LUA_DIR="$CACHE_ROOT/argocd-lua-gopher-lua-$GOPHER_LUA_VERSION"
 # A released module, built as is (like Helm): keyed by its version alone.
 REGISTRY_BIN="$CACHE_ROOT/registry-$DISTRIBUTION_VERSION/bin"
+PROMETHEUS_BIN="$CACHE_ROOT/prometheus-$PROMETHEUS_VERSION/bin"
 
 tools_log() { printf '[tools %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 tools_die() { tools_log "ERROR: $*"; exit 1; }

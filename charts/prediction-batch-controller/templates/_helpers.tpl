@@ -100,11 +100,12 @@ src/mirror/finalizer.rs). Shared by the ClusterRole (all namespaces) and the Rol
 # The loader's result: its count is the termination message of the loader Job's finished pod,
 # read once (a list by the Job's controller-uid label) when the loader Job has succeeded; and,
 # with completion.backupStragglers, the worker Job's pods near the end of the stage, for their
-# run times. Read only: the controller never creates, changes or deletes a pod (the Job
-# controller does).
+# run times; and a watch of the pods of our Jobs (label-selected, not cached) to show pods stuck
+# in ImagePullBackOff, CreateContainerConfigError or Unschedulable on their batch. Read only:
+# the controller never creates, changes or deletes a pod (the Job controller does).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "watch"]
 # Kubernetes events about batches and schedules (kube-runtime's Recorder: events.k8s.io/v1
 # create, and patch to count repeats; core/v1 for older tooling).
 - apiGroups: ["events.k8s.io"]
@@ -150,4 +151,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/hook: post-delete
 helm.sh/hook-weight: {{ . | quote }}
 helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end }}
+
+{{/*
+What every alert of templates/prometheusrule.yaml has: `for`, the labels (severity, the rule's
+own, alerts.alertLabels) and the start of its annotations, runbook_url (the runbook's heading is
+the alert's name, so its anchor is the name in lower case). The caller adds summary and
+description under `annotations:`. Argument: dict "root" $ "alert" <name> ["labels" <dict>].
+*/}}
+{{- define "pbc.alertCommon" -}}
+{{- $a := .root.Values.alerts -}}
+{{- $severity := required (printf "alerts.severity.%s is required" .alert) (index $a.severity .alert) -}}
+{{- $labels := merge (dict "severity" $severity) (.labels | default dict) ($a.alertLabels | default dict) -}}
+for: {{ required (printf "alerts.for.%s is required" .alert) (index $a.for .alert) }}
+labels:
+  {{- toYaml $labels | nindent 2 }}
+annotations:
+  runbook_url: {{ printf "%s#%s" $a.runbookBaseUrl (lower .alert) | quote }}
 {{- end }}

@@ -86,6 +86,7 @@ impl Planner<'_> {
         let Lifecycle { ready, reconciling, stalled } = self.lifecycle(layout);
         let mut all = vec![ready, reconciling, stalled, self.degraded(layout)];
         all.extend(self.at_risk());
+        all.extend(self.pods_stuck());
         all
     }
 

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use super::conditions::merge_conditions;
 use super::events::transition_events;
 use super::{Action, Plan, Planner};
-use crate::api::{CONDITION_AT_RISK, Phase, Stage, StageState, StageStatus};
+use crate::api::{CONDITION_AT_RISK, CONDITION_PODS_STUCK, Phase, Stage, StageState, StageStatus};
 use crate::reconcile::deadline::add_secs;
 use crate::reconcile::shards::ShardLayout;
 
@@ -83,12 +83,13 @@ impl Planner<'_> {
         let generation = self.batch.metadata.generation;
         self.st.observed_generation = generation;
         self.settle_timing();
+        self.stuck_pods();
         let wanted = self.conditions(layout);
-        let at_risk = wanted.iter().any(|w| w.is(CONDITION_AT_RISK));
+        // Conditions that are there only while they have something to say.
+        let absent: Vec<&str> =
+            [CONDITION_AT_RISK, CONDITION_PODS_STUCK].into_iter().filter(|t| !wanted.iter().any(|w| w.is(t))).collect();
         self.st.conditions = merge_conditions(&self.prev.conditions, wanted, generation, self.now);
-        if !at_risk {
-            self.st.conditions.retain(|c| c.type_ != CONDITION_AT_RISK);
-        }
+        self.st.conditions.retain(|c| !absent.contains(&c.type_.as_str()));
         self.close_attempt();
         let mut events = std::mem::take(&mut self.notes);
         events.extend(transition_events(&self.prev, &self.st, self.stop.as_ref()));

@@ -37,6 +37,7 @@ mod quorum;
 mod rerun;
 mod rerun_shards;
 mod stages;
+mod stuck;
 mod timing;
 mod validate;
 mod workers;
@@ -143,6 +144,8 @@ struct Planner<'a> {
     no_items: bool,
     /// Events beyond the status transitions (a rerun started or refused).
     notes: Vec<EventNote>,
+    /// Stuck pods past the threshold, all of them (status lists at most [`stuck::MAX_LISTED`]).
+    stuck_total: usize,
 }
 
 impl<'a> Planner<'a> {
@@ -159,6 +162,7 @@ impl<'a> Planner<'a> {
             stop: None,
             no_items: false,
             notes: Vec::new(),
+            stuck_total: 0,
         }
     }
 

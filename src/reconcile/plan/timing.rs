@@ -79,9 +79,8 @@ impl Planner<'_> {
 
     /// The durations of what ended in this pass, and no ETA once the workers are not running.
     pub(super) fn settle_timing(&mut self) {
-        if !self.st.workers.as_ref().is_some_and(|w| w.state == StageState::Running)
-            || self.st.phase.is_some_and(Phase::is_terminal)
-        {
+        let running = self.st.workers.as_ref().is_some_and(|w| w.state == StageState::Running);
+        if !running || self.st.phase.is_some_and(Phase::is_terminal) {
             self.st.eta = None;
         }
         for stage in Stage::ALL {

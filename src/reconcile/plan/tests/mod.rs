@@ -264,6 +264,7 @@ mod properties;
 mod quorum;
 mod rerun;
 mod simulation;
+mod stuck;
 mod suspend_ttl;
 mod timing;
 

@@ -186,6 +186,7 @@ fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
                         completion_time: done.map(Time),
                         duration: None,
                         eta: None,
+                        stuck_pods: Vec::new(),
                         rerun_token: suspended.map(|_| "a".to_string()),
                         attempts: Vec::new(),
                         conditions,
@@ -276,20 +277,37 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
                 proptest::collection::btree_map(0u32..40, arb_time(), 0..4),
             )),
         ),
+        proptest::collection::vec((proptest::option::of(0u32..40), arb_time(), 0usize..6, -5i64..100), 0..4),
     )
-        .prop_map(|((loader, loader_message), workers, consolidation, export, rejected, now, (backups, times))| {
-            Observed {
-                jobs: crate::api::StageMap { loader, workers, consolidation, export },
-                rejected,
-                loader_message,
-                shard_jobs: Default::default(),
-                backup_jobs: backups,
-                shard_times: times
-                    .map(|(finished, running)| crate::reconcile::stragglers::ShardTimes { finished, running }),
-                leftover_jobs: Vec::new(),
-                now,
-            }
-        })
+        .prop_map(
+            |((loader, loader_message), workers, consolidation, export, rejected, now, (backups, times), stuck)| {
+                let stuck_after_secs = stuck.first().map_or(15, |s| s.3);
+                let stuck = stuck
+                    .into_iter()
+                    .map(|(shard, since, reason, _)| crate::reconcile::stuck::StuckPod {
+                        stage: if shard.is_some() { Stage::Workers } else { Stage::Export },
+                        shard,
+                        pod: format!("pod-{shard:?}"),
+                        reason: crate::api::StuckReason::ALL[reason],
+                        message: "m".into(),
+                        since,
+                    })
+                    .collect();
+                Observed {
+                    jobs: crate::api::StageMap { loader, workers, consolidation, export },
+                    rejected,
+                    loader_message,
+                    shard_jobs: Default::default(),
+                    backup_jobs: backups,
+                    shard_times: times
+                        .map(|(finished, running)| crate::reconcile::stragglers::ShardTimes { finished, running }),
+                    leftover_jobs: Vec::new(),
+                    stuck,
+                    stuck_after_secs,
+                    now,
+                }
+            },
+        )
 }
 
 proptest! {
