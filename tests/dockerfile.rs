@@ -192,7 +192,9 @@ fn final_image_is_pinned_distroless_and_runs_as_the_charts_non_root_user() {
                 "!hack/build-image-binary",
                 "!src",
                 "!bench/Cargo.toml",
-                "!bench/src"
+                "!bench/src",
+                "!plugin/Cargo.toml",
+                "!plugin/src"
             ]
             .contains(allowed),
             "unexpected .dockerignore rule {allowed}"
