@@ -33,10 +33,12 @@ WORKDIR /build
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY hack/build-image-binary ./hack/
 COPY src ./src
-# Cargo.toml names bench/ as a workspace member, so cargo cannot load the manifest without it;
-# `cargo build` at the root still builds only the controller package.
+# Cargo.toml names bench/ and plugin/ as workspace members, so cargo cannot load the manifest
+# without them; `cargo build` at the root still builds only the controller package.
 COPY bench/Cargo.toml ./bench/
 COPY bench/src ./bench/src
+COPY plugin/Cargo.toml ./plugin/
+COPY plugin/src ./plugin/src
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
     PBC_GIT_REVISION=$GIT_REVISION sh hack/build-image-binary /out/prediction-batch-controller
