@@ -18,6 +18,8 @@ pub struct Context {
     /// Our child Jobs (label-selected, trimmed), kept by the controller's Job watch.
     pub jobs: Store<Job>,
     pub recorder: Recorder,
+    /// Paces each batch's routine Events (`reconcile::publish`).
+    pub events: Arc<crate::reconcile::publish::EventPacer>,
     pub metrics: Arc<Metrics>,
     /// Asked before every action on a Job: a replica that may no longer lead must not act.
     pub leadership: Arc<Leadership>,
@@ -48,6 +50,7 @@ impl Context {
             client: client.clone(),
             jobs,
             recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
+            events: Default::default(),
             metrics: Default::default(),
             leadership: Arc::new(Leadership::unelected()),
             written: Default::default(),

@@ -465,6 +465,7 @@ async fn run_controller(
         client,
         jobs: job_store.clone(),
         recorder,
+        events: Default::default(),
         metrics,
         leadership,
         written: Mutex::new(HashMap::new()),

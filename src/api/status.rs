@@ -75,7 +75,7 @@ pub struct PredictionBatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_paused_seconds: Option<i64>,
 
-    /// When the worker Job was created.
+    /// When the batch started: the worker Job's creation was put on record (the create follows at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
 
@@ -279,12 +279,15 @@ pub struct ItemCounts {
 pub struct StageStatus {
     /// Name of the stage's Job (deterministic).
     pub job_name: String,
-    /// UID of the stage's Job, once created.
+    /// UID of the stage's Job once the controller has seen it. It rides on the stage's next status
+    /// write (its Job is found by `jobName` meanwhile), so it can be absent while the stage runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_uid: Option<String>,
-    /// Pending (about to be created), Running, Stopping (ending early, pods being stopped), Succeeded or Failed.
+    /// Pending (planned while the batch is suspended, no Job yet), Running (its Job is created, or its
+    /// create is on record and follows this write), Stopping (ending early, pods being stopped),
+    /// Succeeded or Failed.
     pub state: StageState,
-    /// When the stage's Job started.
+    /// When the stage started: its Job's creation was put on record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     /// When the stage began ending early (state Stopping): it ends once its Job confirms the stop, and at the latest a minute later or at completeBy.

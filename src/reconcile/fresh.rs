@@ -12,7 +12,7 @@
 //! | the Job cache, after our own Job writes  | what our writes returned overlays the cache for    |
 //! |                                          | the rest of the pass ([`Learned::job_written`])    |
 //! | the Job cache, for a Job status names    | a direct read before concluding it was deleted     |
-//! |                                          | ([`View::observe`])                                |
+//! | (by UID, or by an intent to create it)   | or was never made ([`View::observe`])              |
 //! | anything, as the apiserver proves by 409 | read the batch and plan again, [`MAX_CONFLICT_REREADS`]  |
 //! | on a status write                        | times a pass ([`View::reread_after_conflict`])     |
 //! | a copy without its templates (a trimmed  | read the batch in full before a Job is built       |
@@ -51,7 +51,9 @@ const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 pub const MAX_CONFLICT_REREADS: u32 = 2;
 /// Progress-only status changes (counts, not stage transitions) are written at most this often
 /// per batch; [`remember`] keeps the time of the last write for that.
-pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// Five seconds: a worker stage's counts still move visibly, and a 10-second stage costs two
+/// writes for them rather than eight (at 1 s) while the apiserver is busy with its pods.
+pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a written object stands in for a cache that has not caught up with it.
 const WRITTEN_OBJECT_TTL: Duration = Duration::from_secs(60);
 
@@ -124,6 +126,13 @@ impl<'l> View<'l> {
                                 .map_err(|e| Error::kube(format!("get Job {job_name}"), e))?;
                             job.map(|j| JobView::from_job(&j, uid))
                         }
+                        // The intent to create is on record but the cache has no Job: it may
+                        // lag our own create (a read, not a second create, tells).
+                        (None, None) if recorded.is_some_and(|s| s.state == StageState::Running) => api
+                            .get_opt(&job_name)
+                            .await
+                            .map_err(|e| Error::kube(format!("get Job {job_name}"), e))?
+                            .map(|j| JobView::from_job(&j, uid)),
                         (cached, None) => cached,
                     }
                 }

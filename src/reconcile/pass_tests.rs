@@ -234,8 +234,17 @@ async fn a_job_that_already_exists_and_is_ours_is_adopted_not_made_twice() {
     assert!(creates[0].ends_with("-> 409"), "{log:#?}");
     let status = stored(&fake).status.unwrap();
     let workers = status.workers.unwrap();
+    assert_eq!(workers.job_name, Stage::Workers.job_name(NAME));
+    assert_eq!(workers.state, StageState::Running, "the intent is on record");
+    // The next pass (the Job now cached) adopts it: no second create; its UID rides on the
+    // write of the progress it brings (a shard active).
+    let before = log.len();
+    let again = fake.lock().unwrap().batch.clone();
+    pass(&fake, again, vec![serde_json::from_value(owned_job(Stage::Workers, 2)).unwrap()]).await;
+    let after = fake.lock().unwrap().log[before..].to_vec();
+    assert!(after.iter().all(|l| !l.starts_with("POST")), "{after:#?}");
+    let workers = stored(&fake).status.unwrap().workers.unwrap();
     assert_eq!(workers.job_uid.as_deref(), Some(format!("uid-{}", Stage::Workers.job_name(NAME)).as_str()));
-    assert_eq!(workers.state, StageState::Running);
 }
 
 #[tokio::test]

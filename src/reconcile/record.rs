@@ -58,8 +58,9 @@ impl StatusRecorded {
 /// How putting a status on record came out.
 pub enum Recording {
     Recorded(StatusRecorded),
-    /// Only counts moved and the last write was less than [`PROGRESS_WRITE_INTERVAL`] ago:
-    /// write (and act) after this long instead.
+    /// Only counts moved and the last write was less than [`PROGRESS_WRITE_INTERVAL`] ago (or
+    /// [`TRANSITION_PENDING_HOLD`] while every shard has finished and the stage's outcome is
+    /// due): write (and act) after this long instead.
     Coalesced(Duration),
     /// The apiserver refused the write as stale (409): re-read and plan again.
     Stale(Error),
@@ -74,11 +75,28 @@ pub async fn record(ctx: &Context, batch: &mut PredictionBatch, plan: Plan) -> R
     // the same resourceVersion-conditional write (a no-op for the apiserver when it is).
     let fence = !changed && plan.actions.iter().any(Action::needs_fence);
     if changed || fence {
-        if plan.actions.is_empty() && progress_only(batch.status.as_ref(), &plan.status) {
-            let since = last_write(ctx, batch).and_then(|t| PROGRESS_WRITE_INTERVAL.checked_sub(t.elapsed()));
-            if let Some(wait) = since {
-                debug!(?wait, "coalescing a progress-only status change");
-                return Ok(Recording::Coalesced(wait));
+        if plan.actions.is_empty() {
+            match worth(batch.status.as_ref(), &plan.status) {
+                Worth::Transition => {}
+                Worth::Incidental => {
+                    debug!("only a new Job's UID to record; it rides on the stage's next write");
+                    return Ok(Recording::Recorded(StatusRecorded {
+                        actions: vec![],
+                        requeue_after: plan.requeue_after,
+                    }));
+                }
+                Worth::Progress => {
+                    let interval = if transition_pending(&plan.status) {
+                        TRANSITION_PENDING_HOLD
+                    } else {
+                        PROGRESS_WRITE_INTERVAL
+                    };
+                    let since = last_write(ctx, batch).and_then(|t| interval.checked_sub(t.elapsed()));
+                    if let Some(wait) = since {
+                        debug!(?wait, "coalescing a progress-only status change");
+                        return Ok(Recording::Coalesced(wait));
+                    }
+                }
             }
         }
         match write_status(ctx, batch, &plan, changed).await {
@@ -94,17 +112,55 @@ pub async fn record(ctx: &Context, batch: &mut PredictionBatch, plan: Plan) -> R
     Ok(Recording::Recorded(StatusRecorded { actions: plan.actions, requeue_after: plan.requeue_after }))
 }
 
-/// True when only counts and messages moved: no phase, stage, condition-status or backup change.
-fn progress_only(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) -> bool {
-    let Some(prev) = prev else { return false };
+/// While every shard has finished, the worker stage's outcome is due within moments and will
+/// carry the counts: a progress write then only competes with that transition.
+pub const TRANSITION_PENDING_HOLD: Duration = Duration::from_secs(10);
+
+/// What a status change is worth writing for, with no action waiting on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Worth {
+    /// Only a new Job's UID: every pass re-derives it from the Job (by its deterministic name),
+    /// so it waits for the stage's next write.
+    Incidental,
+    /// Counts, messages, the ETA: written at most every [`PROGRESS_WRITE_INTERVAL`].
+    Progress,
+    /// A phase, stage state, condition or backup changed: written now.
+    Transition,
+}
+
+fn worth(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) -> Worth {
+    let Some(prev) = prev else { return Worth::Transition };
+    // A UID newly learned is not a transition; one replaced or dropped is.
+    let mut next_known = next.clone();
+    for stage in Stage::ALL {
+        let had = prev.stage(stage).as_ref().and_then(|s| s.job_uid.clone());
+        if let Some(s) = next_known.stage_mut(stage).as_mut()
+            && had.is_none()
+        {
+            s.job_uid = None;
+        }
+    }
+    if &next_known == prev {
+        return Worth::Incidental;
+    }
+    // The quorum met by every shard is the stage's outcome, moments away: that write records it.
+    let all_succeeded = next.shards.as_ref().is_some_and(|s| s.total > 0 && s.succeeded == s.total);
     let shape = |s: &PredictionBatchStatus| {
         let stages: Vec<_> =
             Stage::ALL.iter().map(|st| s.stage(*st).as_ref().map(|st| (st.state, st.job_uid.clone()))).collect();
         let conditions: Vec<_> =
             s.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect();
-        (s.phase, stages, s.quorum_time.clone(), s.observed_generation, conditions, s.backups.clone())
+        let quorum = if all_succeeded { None } else { s.quorum_time.clone() };
+        (s.phase, stages, quorum, s.observed_generation, conditions, s.backups.clone())
     };
-    shape(prev) == shape(next)
+    if shape(prev) == shape(&next_known) { Worth::Progress } else { Worth::Transition }
+}
+
+/// The worker stage runs and every shard has finished: its outcome is the next write.
+fn transition_pending(next: &PredictionBatchStatus) -> bool {
+    let running = next.workers.as_ref().is_some_and(|w| w.state == StageState::Running);
+    let shards = next.shards.as_ref();
+    running && shards.is_some_and(|s| s.total > 0 && s.succeeded + s.failed >= s.total)
 }
 
 /// Server-side apply of the whole status, conditional on the resourceVersion we planned from:
@@ -169,5 +225,44 @@ fn observe_stage_durations(ctx: &Context, prev: Option<&PredictionBatchStatus>, 
                 .get_or_create(&crate::metrics::StageLabel { stage: stage.label() })
                 .observe(secs);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ShardCounts, StageStatus};
+
+    fn running(uid: Option<&str>, succeeded: u32, failed: u32) -> PredictionBatchStatus {
+        PredictionBatchStatus {
+            workers: Some(StageStatus {
+                job_name: "b-workers".into(),
+                job_uid: uid.map(str::to_string),
+                state: StageState::Running,
+                ..Default::default()
+            }),
+            shards: Some(ShardCounts { total: 4, succeeded, failed, active: 4 - succeeded - failed }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_new_uid_alone_is_incidental_but_a_replaced_one_is_a_transition() {
+        let intent = running(None, 0, 0);
+        assert_eq!(worth(Some(&intent), &running(Some("u1"), 0, 0)), Worth::Incidental);
+        assert_eq!(worth(Some(&intent), &running(Some("u1"), 1, 0)), Worth::Progress, "it rides on progress");
+        assert_eq!(worth(Some(&running(Some("u1"), 0, 0)), &running(Some("u2"), 0, 0)), Worth::Transition);
+        assert_eq!(worth(Some(&running(Some("u1"), 0, 0)), &running(None, 0, 0)), Worth::Transition);
+        assert_eq!(worth(None, &intent), Worth::Transition, "the first status is always written");
+    }
+
+    #[test]
+    fn every_shard_finished_holds_progress_for_the_outcome() {
+        assert!(!transition_pending(&running(Some("u"), 3, 0)));
+        assert!(transition_pending(&running(Some("u"), 3, 1)));
+        let mut done = running(Some("u"), 4, 0);
+        assert!(transition_pending(&done));
+        done.workers.as_mut().unwrap().state = StageState::Succeeded;
+        assert!(!transition_pending(&done), "the outcome is written");
     }
 }

@@ -14,12 +14,13 @@ pub(super) fn transition_events(
     let mut note = |warning, reason, note: String| events.push(EventNote { warning, reason, note });
     for stage in Stage::ALL {
         let (before, Some(after)) = (prev.stage(stage), next.stage(stage)) else { continue };
-        let before_state = before.as_ref().map(|b| (b.state, b.job_uid.is_some()));
+        let before_state = before.as_ref().map(|b| b.state);
         let label = stage.label();
-        if after.job_uid.is_some() && before_state.is_none_or(|(_, had_uid)| !had_uid) {
+        // Started when the intent to create its Job is written (the create follows that write).
+        if after.state == StageState::Running && before_state.is_none_or(|b| b == StageState::Pending) {
             note(false, EventReason::StageStarted(stage), format!("{label} Job {} started", after.job_name));
         }
-        if before_state.map(|b| b.0) != Some(after.state) {
+        if before_state != Some(after.state) {
             let message = after.message.clone().unwrap_or_default();
             match after.state {
                 StageState::Stopping => note(

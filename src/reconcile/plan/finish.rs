@@ -66,7 +66,7 @@ impl Planner<'_> {
             Phase::Consolidating
         } else if self.st.workers.as_ref().is_some_and(|w| w.job_uid.is_some() || w.state == StageState::Running) {
             Phase::Running
-        } else if self.st.loader.as_ref().is_some_and(|l| l.job_uid.is_some()) {
+        } else if self.st.loader.as_ref().is_some_and(|l| l.job_uid.is_some() || l.state == StageState::Running) {
             Phase::Loading
         } else {
             Phase::Pending

@@ -113,24 +113,43 @@ impl<'a> Planner<'a> {
         entry.job_name = job.name.clone();
         entry.job_uid = Some(job.uid.clone());
         entry.state = StageState::Running;
-        entry.start_time = job.start_time.or(job.created).map(Time);
+        // The intent written before the create already says when the stage started; keeping it
+        // leaves the UID the only change, which rides on the stage's next write.
+        if entry.start_time.is_none() {
+            entry.start_time = job.start_time.or(job.created).map(Time);
+        }
     }
 
-    /// No Job yet: record the stage as Pending (written before the create) and plan the create,
-    /// unless the apiserver already refused it or the batch is suspended.
+    /// No Job yet: record the stage as Running (written before the create, so a restart finds
+    /// the intent and never plans a second Job under another name) and plan the create, unless
+    /// the apiserver already refused it or the batch is suspended (then Pending). The new Job's
+    /// UID is not worth a write of its own: it rides on the stage's next write.
     fn plan_create(&mut self, stage: Stage) {
         if let Some(message) = self.obs.rejection(stage) {
             let message = format!("the apiserver rejected the {} Job: {message}", stage.label());
             return self.fail(stage, StallReason::JobRejected, message);
         }
         let job_name = self.job_name(stage);
-        *self.st.stage_mut(stage) = Some(StageStatus { job_name, state: StageState::Pending, ..Default::default() });
-        if !self.batch.spec.suspend {
-            if stage == self.batch.spec.first_stage() {
-                self.actions.push(Action::Validate);
-            }
-            self.actions.push(Action::Create(stage));
+        let suspended = self.batch.spec.suspend;
+        let state = if suspended { StageState::Pending } else { StageState::Running };
+        // An intent already on record (the create did not happen, or its Job is not seen yet)
+        // keeps its start time: planning it again changes nothing, so costs no write.
+        let recorded = self.st.stage(stage).as_ref().filter(|s| s.job_name == job_name && s.job_uid.is_none());
+        let start_time = match recorded {
+            Some(s) if s.state == state => s.start_time.clone(),
+            _ => (!suspended).then_some(Time(self.now)),
+        };
+        *self.st.stage_mut(stage) = Some(StageStatus { job_name, state, start_time, ..Default::default() });
+        if suspended {
+            return;
         }
+        if stage == Stage::Workers && self.st.start_time.is_none() {
+            self.st.start_time = Some(Time(self.now));
+        }
+        if stage == self.batch.spec.first_stage() {
+            self.actions.push(Action::Validate);
+        }
+        self.actions.push(Action::Create(stage));
     }
 
     /// Keep a running Job's suspension in line with `spec.suspend`.

@@ -47,7 +47,8 @@ impl Planner<'_> {
     /// Job's create: fail now, before anything runs (the spec is immutable).
     pub(super) fn refuse_rejected_templates(&mut self) {
         for stage in Stage::ALL {
-            let created = self.st.stage(stage).as_ref().is_some_and(|s| s.job_uid.is_some());
+            let created =
+                self.st.stage(stage).as_ref().is_some_and(|s| s.job_uid.is_some()) || self.obs.job(stage).is_some();
             if let Some(message) = self.obs.rejection(stage).filter(|_| !created) {
                 let message = format!("the apiserver rejected the {} Job: {message}", stage.label());
                 return self.fail(stage, StallReason::JobRejected, message);

@@ -157,7 +157,8 @@ fn step(b: &PredictionBatch, obs: &Observed) -> (Plan, PredictionBatch) {
 
 /// Status after a first pass and the adoption of the created workers Job: the batch is Running.
 fn running_status(spec: &PredictionBatchSpec) -> PredictionBatchStatus {
-    let (_, b) = step(&batch(spec.clone(), None), &observed(0));
+    // The intent (and so the stage's start) is written at t(1), when the Job then starts.
+    let (_, b) = step(&batch(spec.clone(), None), &observed(1));
     let (p, _) = step(&b, &obs_with(2, &[job(Stage::Workers)]));
     assert_eq!(p.status.phase, Some(Phase::Running));
     p.status

@@ -4,12 +4,19 @@
 use super::*;
 
 #[test]
-fn first_pass_writes_pending_and_creates_workers() {
+fn first_pass_writes_the_intent_and_creates_workers() {
     let p = plan(&batch(spec(), None), &observed(0));
-    assert_eq!(p.status.phase, Some(Phase::Pending));
+    // The stage is on record as started, with its Job's name, before that Job is created.
+    assert_eq!(p.status.phase, Some(Phase::Running));
     assert_eq!(p.actions, vec![Action::Validate, Action::Create(Stage::Workers)]);
     let w = p.status.workers.as_ref().unwrap();
-    assert_eq!(w.state, StageState::Pending);
+    assert_eq!(w.state, StageState::Running);
+    assert!(w.start_time.is_some() && p.status.start_time == w.start_time, "{:?}", p.status);
+    assert!(
+        p.events.iter().any(|e| e.reason == EventReason::StageStarted(Stage::Workers)),
+        "started with the intent: {:?}",
+        p.events
+    );
     assert_eq!(w.job_name, "nba-2026-01-02-workers");
     assert_eq!(w.job_uid, None);
     assert_eq!(p.status.shards.as_ref().unwrap().total, 30);
@@ -25,13 +32,16 @@ fn first_pass_writes_pending_and_creates_workers() {
 fn owned_job_without_uid_in_status_is_adopted_not_recreated() {
     // Crash between the create and the status write: the status has no UID yet.
     for prev in [None, Some(plan(&batch(spec(), None), &observed(0)).status)] {
+        let intent_written = prev.is_some();
         let p = plan(&batch(spec(), prev), &obs_with(5, &[job(Stage::Workers)]));
         assert!(creates(&p).is_empty(), "{:?}", p.actions);
         let w = p.status.workers.as_ref().unwrap();
         assert_eq!(w.job_uid.as_deref(), Some("uid-workers"));
         assert_eq!(w.state, StageState::Running);
         assert_eq!(p.status.phase, Some(Phase::Running));
-        assert!(p.events.iter().any(|e| e.reason == "WorkersStarted"));
+        // The start was announced with the intent; adopting the Job does not announce it again.
+        let started = p.events.iter().filter(|e| e.reason == "WorkersStarted").count();
+        assert_eq!(started, usize::from(!intent_written), "{:?}", p.events);
     }
 }
 
@@ -75,8 +85,13 @@ fn status_with_workers_succeeded_plans_consolidation() {
     assert_eq!(stage_state(b.status.as_ref().unwrap(), Stage::Workers), Some(StageState::Succeeded));
     let p = plan(&b, &obs_with(101, &jobs));
     assert_eq!(creates(&p), vec![Stage::Consolidation]);
-    assert_eq!(stage_state(&p.status, Stage::Consolidation), Some(StageState::Pending));
+    assert_eq!(stage_state(&p.status, Stage::Consolidation), Some(StageState::Running));
     assert_eq!(p.status.phase, Some(Phase::Consolidating));
+    // Planned again before its Job is seen: the same intent, so nothing new to write.
+    let (_, b) = step(&b, &obs_with(101, &jobs));
+    let again = plan(&b, &obs_with(103, &jobs));
+    assert_eq!(Some(&again.status), b.status.as_ref());
+    assert_eq!(creates(&again), vec![Stage::Consolidation]);
 }
 
 #[test]
