@@ -26,12 +26,21 @@ pub struct Context {
     /// Per batch: our last status write, to coalesce progress-only writes and to plan from it
     /// while the batch cache has not caught up with it.
     pub written: Mutex<HashMap<ObjectRef<PredictionBatch>, Written>>,
+    /// Our Job writes (creates, patches) as they returned the Job, until the Job cache has
+    /// caught up with them (`reconcile::fresh`).
+    pub job_writes: Mutex<HashMap<ObjectRef<Job>, JobWritten>>,
     /// Per batch: consecutive failed reconciles, for exponential backoff.
     pub failures: Mutex<HashMap<ObjectRef<PredictionBatch>, u32>>,
     /// Stuck pods by batch, kept by the pod watch.
     pub stuck: Arc<crate::reconcile::stuck::StuckPods>,
     /// See `--stuck-pod-after`.
     pub stuck_after_secs: i64,
+}
+
+/// A Job write of ours: when, and the Job it returned (trimmed like the cache's copies).
+pub struct JobWritten {
+    pub at: Instant,
+    pub job: Arc<Job>,
 }
 
 /// A status write of ours: when, and the object it returned until the cache has caught up.
@@ -54,6 +63,7 @@ impl Context {
             metrics: Default::default(),
             leadership: Arc::new(Leadership::unelected()),
             written: Default::default(),
+            job_writes: Default::default(),
             failures: Default::default(),
             stuck: Default::default(),
             stuck_after_secs: crate::reconcile::observed::DEFAULT_STUCK_AFTER_SECS,

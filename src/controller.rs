@@ -469,6 +469,7 @@ async fn run_controller(
         metrics,
         leadership,
         written: Mutex::new(HashMap::new()),
+        job_writes: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
         stuck,
         stuck_after_secs: settings.stuck_pod_after_secs,

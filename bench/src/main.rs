@@ -69,6 +69,9 @@ struct RunArgs {
     /// The CI guard fails above this ours/baseline ratio.
     #[arg(long, default_value_t = 1.5)]
     max_ratio: f64,
+    /// The CI guard fails above this many API writes per batch (default: the measured figure + 2).
+    #[arg(long, default_value_t = core::MEASURED_WRITES_PER_BATCH + 2.0)]
+    max_writes: f64,
     /// Workload of the custom preset.
     #[arg(long, default_value_t = 20)]
     batches: usize,
@@ -248,7 +251,8 @@ async fn run(args: RunArgs) -> Result<()> {
                 let mut verdict = Err(String::new());
                 for attempt in 0..3 {
                     let pair = bench.pair("ci", attempt, w, Mode::Baseline, false).await?;
-                    verdict = core::ci_check(&pair.baseline, &pair.ours, bench.args.max_ratio);
+                    verdict =
+                        core::ci_check(&pair.baseline, &pair.ours, bench.args.max_ratio, Some(bench.args.max_writes));
                     match &verdict {
                         Ok(ratio) => {
                             bench.results.checks.push(format!(

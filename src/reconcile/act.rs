@@ -36,6 +36,7 @@ pub async fn act(
             match api.create(&pp, &job).await {
                 Ok(created) => {
                     info!(job = job_name, stage = stage.label(), "created Job");
+                    learned.job_returned(&created);
                     learned.job_written(stage, Some(JobView::from_job(&created, uid)));
                 }
                 Err(e) if status_code(&e) == Some(409) => {
@@ -118,6 +119,9 @@ pub async fn act(
         Action::Release { stage, uid: ref job_uid, index } => {
             let job_name = batch.job_name(stage);
             let view = release(api, &job_name, job_uid, index).await?;
+            if let Some(job) = &view {
+                learned.job_returned(job);
+            }
             learned.job_written(stage, view.map(|j| JobView::from_job(&j, uid)));
         }
         Action::Delete { stage, uid: ref job_uid } => {
@@ -254,6 +258,7 @@ async fn patch_job(
         .await
     {
         Ok(job) => {
+            learned.job_returned(&job);
             learned.job_written(stage, Some(JobView::from_job(&job, uid)));
             Ok(())
         }

@@ -10,7 +10,9 @@
 //! | the batch cache, after our status write  | plan from our last write until the cache has it    |
 //! |                                          | ([`View::start`], [`remember`])                    |
 //! | the Job cache, after our own Job writes  | what our writes returned overlays the cache for    |
-//! |                                          | the rest of the pass ([`Learned::job_written`])    |
+//! |                                          | the rest of the pass ([`Learned::job_written`]),   |
+//! |                                          | and for later passes until the cache has caught up |
+//! |                                          | (by resourceVersion, [`remember_jobs`])            |
 //! | the Job cache, for a Job status names    | a direct read before concluding it was deleted     |
 //! | (by UID, or by an intent to create it)   | or was never made ([`View::observe`])              |
 //! | anything, as the apiserver proves by 409 | read the batch and plan again, [`MAX_CONFLICT_REREADS`]  |
@@ -67,6 +69,8 @@ pub struct Learned {
     pub rejected: Vec<(Stage, String)>,
     /// The batch generation whose templates passed the dry run.
     pub validated: Option<i64>,
+    /// Jobs as our writes returned them, for [`remember_jobs`] to keep beyond this pass.
+    returned: Vec<Job>,
 }
 
 impl Learned {
@@ -74,6 +78,49 @@ impl Learned {
     pub fn job_written(&mut self, stage: Stage, job: Option<JobView>) {
         *self.overlay.get_mut(stage) = Some(job);
     }
+
+    /// Our write returned `job`: later passes trust it over a cache that has not caught up.
+    pub fn job_returned(&mut self, job: &Job) {
+        self.returned.push(job.clone());
+    }
+}
+
+/// How long a Job our write returned stands in for a Job cache that has not caught up with it.
+/// The cache normally does within milliseconds; a Job deleted meanwhile looks present this long
+/// at most, and is then found gone by a direct read.
+const WRITTEN_JOB_TTL: Duration = Duration::from_secs(10);
+
+/// Keeps the Jobs this pass's writes returned for later passes: the pass that our own status
+/// write wakes runs before the Job watch has delivered the Job we created (or released) just
+/// after it, and would otherwise read it directly, or release it a second time.
+pub fn remember_jobs(ctx: &Context, learned: &mut Learned) {
+    if learned.returned.is_empty() {
+        return;
+    }
+    let mut all = ctx.job_writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if all.len() > 256 {
+        all.retain(|_, w| w.at.elapsed() < WRITTEN_JOB_TTL);
+    }
+    for mut job in learned.returned.drain(..) {
+        crate::cache::trim_job(&mut job);
+        all.insert(ObjectRef::from_obj(&job), crate::context::JobWritten { at: Instant::now(), job: Arc::new(job) });
+    }
+}
+
+/// The Job by that name as the cache has it, or as our last write returned it while the cache
+/// lacks it or holds an older copy (by resourceVersion; unparsable ones leave the cache the truth).
+fn cached_job(ctx: &Context, key: &ObjectRef<Job>) -> Option<Arc<Job>> {
+    let cached = ctx.jobs.get(key);
+    let mut all = ctx.job_writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(written) = all.get(key) else { return cached };
+    let rv = |j: &Job| j.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+    let stale = |c: &Job| matches!((rv(c), rv(&written.job)), (Some(c), Some(w)) if w > c);
+    if written.at.elapsed() >= WRITTEN_JOB_TTL || cached.as_deref().is_some_and(|c| !stale(c)) {
+        all.remove(key);
+        return cached;
+    }
+    debug!(job = key.name, "planning from our last write of the Job");
+    Some(written.job.clone())
 }
 
 /// How a re-read came out.
@@ -115,7 +162,7 @@ impl<'l> View<'l> {
                 Some(written) => written.clone(),
                 None => {
                     let cached =
-                        ctx.jobs.get(&ObjectRef::new(&job_name).within(&ns)).map(|j| JobView::from_job(&j, uid));
+                        cached_job(ctx, &ObjectRef::new(&job_name).within(&ns)).map(|j| JobView::from_job(&j, uid));
                     let recorded = status.stage(stage).as_ref().filter(|s| !s.state.is_finished());
                     match (cached, recorded.and_then(|s| s.job_uid.as_deref())) {
                         (Some(v), Some(r)) if v.uid == r => Some(v),

@@ -309,3 +309,19 @@ async fn a_copy_without_templates_is_read_whole_before_a_job_is_built_and_a_newe
     assert!(matches!(view.fill_templates(&api, [Stage::Workers]).await.unwrap(), Reread::Replan));
     assert_eq!(view.batch.metadata.generation, Some(2));
 }
+
+#[tokio::test]
+async fn the_pass_after_a_create_plans_from_the_created_job_while_the_job_cache_lags() {
+    // The pass our own status write wakes runs before the Job watch has delivered the Job we
+    // created just after that write: it must neither read the Job nor create it again.
+    let fake = fake_with(stored_batch("10", json!(null)));
+    let ctx = context(serve(fake.clone()), vec![]);
+    let first: PredictionBatch = serde_json::from_value(stored_batch("10", json!(null))).unwrap();
+    reconcile_inner(&first, &ctx, &mut Learned::default()).await.expect("the first pass");
+    assert!(log(&fake).iter().any(|l| l.starts_with("POST") && !l.contains("dry run") && l.ends_with("201")));
+    let before = log(&fake).len();
+    let woken = stored(&fake);
+    reconcile_inner(&woken, &ctx, &mut Learned::default()).await.expect("the woken pass");
+    let after = fake.lock().unwrap().log[before..].to_vec();
+    assert!(after.is_empty(), "the woken pass asked the apiserver nothing: {after:#?}");
+}

@@ -115,7 +115,9 @@ pub(super) async fn reconcile_inner(
             if !ctx.leadership.may_act() {
                 return Err(Error::NotLeading);
             }
-            act(&jobs_api, &view.batch, &uid, action, view.learned).await?;
+            let acted = act(&jobs_api, &view.batch, &uid, action, view.learned).await;
+            super::fresh::remember_jobs(ctx, view.learned);
+            acted?;
             if *action == Action::Validate {
                 if !view.learned.rejected.is_empty() {
                     // A refused template fails the batch: plan again before creating anything.
