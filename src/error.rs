@@ -49,10 +49,7 @@ impl Error {
     /// that did land is harmless.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Kube { source, .. } => match status_code(source) {
-                Some(code) => code == 429 || code >= 500,
-                None => true,
-            },
+            Error::Kube { source, .. } => is_transient(source),
             Error::MissingObjectKey(_) | Error::NotLeading => false,
         }
     }
@@ -78,6 +75,39 @@ impl Error {
 }
 
 /// HTTP status of an apiserver error response, if it was one.
+/// See [`Error::is_transient`].
+pub fn is_transient(e: &kube::Error) -> bool {
+    match status_code(e) {
+        Some(code) => code == 429 || code >= 500,
+        None => true,
+    }
+}
+
+/// The pause before a call of a pass is tried a second time.
+pub const CALL_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Makes one call of a pass, and once more after [`CALL_RETRY_PAUSE`] if it failed transiently.
+///
+/// Why: a pass makes several calls in a row (confirm the status, release a Job, read a Job the
+/// cache lacks, create the next one), and restarting the whole pass for one flaky call multiplies
+/// the odds against it: at a 50% failure rate a four-call pass succeeded 1 time in 16 and a batch
+/// could sit minutes in backoff. Every call of a pass is idempotent (see [`Error::is_transient`]),
+/// so repeating one that did land is harmless; a second failure goes to the pass's own retries.
+pub async fn call_twice<T, F, Fut>(mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    match call().await {
+        Err(e) if is_transient(&e) => {
+            tracing::debug!(error = %e, "transient API error; trying the call again");
+            tokio::time::sleep(CALL_RETRY_PAUSE).await;
+            call().await
+        }
+        other => other,
+    }
+}
+
 pub fn status_code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(status) => Some(status.code),

@@ -15,7 +15,7 @@ use super::record::Cleared;
 use crate::api::stage::{backup_job_name, shard_job_name};
 use crate::api::{PredictionBatch, Stage};
 use crate::context::Context;
-use crate::error::{Error, status_code};
+use crate::error::{Error, call_twice, status_code};
 use crate::labels::{FIELD_MANAGER, OUTCOME_FINALIZER};
 
 /// Carries out one action of a plan whose status is on record. Every call is idempotent:
@@ -33,7 +33,7 @@ pub async fn act(
             let Some(job) = jobs::build(batch, stage) else { return Ok(()) };
             let job_name = batch.job_name(stage);
             let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            match api.create(&pp, &job).await {
+            match call_twice(|| api.create(&pp, &job)).await {
                 Ok(created) => {
                     info!(job = job_name, stage = stage.label(), "created Job");
                     learned.job_returned(&created);
@@ -104,7 +104,7 @@ pub async fn act(
                 let Some(job) = jobs::build_for_dry_run(batch, stage) else { continue };
                 let job_name = batch.job_name(stage);
                 let pp = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
-                match api.create(&pp, &job).await {
+                match call_twice(|| api.create(&pp, &job)).await {
                     Ok(_) => {}
                     // A Job by that name exists already: the real create will say whose it is.
                     Err(e) if status_code(&e) == Some(409) => {}
@@ -145,7 +145,7 @@ async fn create_shard_job(api: &Api<Job>, job: Option<Job>, what: &str) -> Resul
     let Some(job) = job else { return Ok(()) };
     let job_name = job.metadata.name.clone().unwrap_or_default();
     let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    match api.create(&pp, &job).await {
+    match call_twice(|| api.create(&pp, &job)).await {
         Ok(_) => info!(job = job_name, "created the Job of {what}"),
         Err(e) if status_code(&e) == Some(409) => {}
         Err(e) => return Err(Error::kube(format!("create Job {job_name}"), e)),
@@ -175,8 +175,9 @@ async fn release(api: &Api<Job>, job_name: &str, job_uid: &str, index: usize) ->
             { "op": "remove", "path": format!("/metadata/finalizers/{index}") },
         ]);
         let patch: json_patch::Patch = serde_json::from_value(patch).expect("a JSON patch");
+        let patch = Patch::<()>::Json(patch);
         let pp = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        match api.patch(job_name, &pp, &Patch::<()>::Json(patch)).await {
+        match call_twice(|| api.patch(job_name, &pp, &patch)).await {
             Ok(job) => {
                 debug!(job = job_name, "released the outcome finalizer");
                 return Ok(Some(job));
@@ -249,14 +250,9 @@ async fn patch_job(
     patch: serde_json::Value,
     learned: &mut Learned,
 ) -> Result<(), Error> {
-    match api
-        .patch(
-            job_name,
-            &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
+    let (params, patch) =
+        (PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, Patch::Merge(&patch));
+    match call_twice(|| api.patch(job_name, &params, &patch)).await {
         Ok(job) => {
             learned.job_returned(&job);
             learned.job_written(stage, Some(JobView::from_job(&job, uid)));

@@ -43,7 +43,7 @@ use crate::api::stage::{backup_job_name, shard_job_name};
 use crate::api::{PredictionBatch, RerunFrom, Stage, StageMap, StageState};
 use crate::cache::trim_batch;
 use crate::context::{Context, Written};
-use crate::error::Error;
+use crate::error::{Error, call_twice};
 
 /// The label the Job controller puts on a Job's pods: the Job's UID, so a list finds this Job's
 /// pods only, not those of a same-named Job before it.
@@ -167,19 +167,19 @@ impl<'l> View<'l> {
                     match (cached, recorded.and_then(|s| s.job_uid.as_deref())) {
                         (Some(v), Some(r)) if v.uid == r => Some(v),
                         (_, Some(_)) => {
-                            let job = api
-                                .get_opt(&job_name)
+                            let job = call_twice(|| api.get_opt(&job_name))
                                 .await
                                 .map_err(|e| Error::kube(format!("get Job {job_name}"), e))?;
                             job.map(|j| JobView::from_job(&j, uid))
                         }
                         // The intent to create is on record but the cache has no Job: it may
                         // lag our own create (a read, not a second create, tells).
-                        (None, None) if recorded.is_some_and(|s| s.state == StageState::Running) => api
-                            .get_opt(&job_name)
-                            .await
-                            .map_err(|e| Error::kube(format!("get Job {job_name}"), e))?
-                            .map(|j| JobView::from_job(&j, uid)),
+                        (None, None) if recorded.is_some_and(|s| s.state == StageState::Running) => {
+                            call_twice(|| api.get_opt(&job_name))
+                                .await
+                                .map_err(|e| Error::kube(format!("get Job {job_name}"), e))?
+                                .map(|j| JobView::from_job(&j, uid))
+                        }
                         (cached, None) => cached,
                     }
                 }
@@ -358,7 +358,7 @@ impl<'l> View<'l> {
 
 /// The batch as the apiserver has it now (`None` once it is gone).
 async fn read_batch(api: &Api<PredictionBatch>, name: &str) -> Result<Option<PredictionBatch>, Error> {
-    api.get_opt(name).await.map_err(|e| Error::kube("read batch", e))
+    call_twice(|| api.get_opt(name)).await.map_err(|e| Error::kube("read batch", e))
 }
 
 fn latest(ctx: &Context, cached: &PredictionBatch) -> PredictionBatch {

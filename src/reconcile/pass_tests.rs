@@ -325,3 +325,36 @@ async fn the_pass_after_a_create_plans_from_the_created_job_while_the_job_cache_
     let after = fake.lock().unwrap().log[before..].to_vec();
     assert!(after.is_empty(), "the woken pass asked the apiserver nothing: {after:#?}");
 }
+
+/// One flaky call costs one repeat of that call, not the pass: a pass meeting a throttled dry
+/// run, a failed status write and a failed create still creates the workers' Job, once.
+#[tokio::test]
+async fn a_call_that_fails_transiently_is_tried_again_within_the_pass() {
+    let fake = fake_with(stored_batch("10", json!(null)));
+    let refusals = [
+        (Method::POST, "dryRun", 429, "TooManyRequests"),
+        (Method::PATCH, "/status", 500, "InternalError"),
+        (Method::POST, "/jobs?&fieldManager", 503, "ServiceUnavailable"),
+    ];
+    for (method, path_has, code, reason) in refusals {
+        fake.lock().unwrap().refusals.push(Refusal { method, path_has, code, reason });
+    }
+    pass(&fake, stored_batch("10", json!(null)), vec![]).await;
+    let log = log(&fake);
+    let batch_path = format!("/apis/predictions.dev/v1alpha1/namespaces/{NS}/predictionbatches/{NAME}");
+    let jobs_path = format!("/apis/batch/v1/namespaces/{NS}/jobs");
+    assert_eq!(
+        log,
+        [
+            format!("PATCH {batch_path}/status -> 500"),
+            format!("PATCH {batch_path}/status -> 200"),
+            format!("POST {jobs_path} (dry run) -> 429"),
+            format!("POST {jobs_path} (dry run) -> 201"),
+            format!("POST {jobs_path} -> 503"),
+            format!("POST {jobs_path} -> 201"),
+        ],
+        "{log:#?}"
+    );
+    assert!(fake.lock().unwrap().jobs.contains_key(&Stage::Workers.job_name(NAME)));
+    assert!(fake.lock().unwrap().refusals.is_empty(), "every refusal was met");
+}

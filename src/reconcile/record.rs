@@ -19,7 +19,7 @@ use crate::api::{
     CONDITION_READY, CONDITION_STALLED, Phase, PredictionBatch, PredictionBatchStatus, Stage, StageState,
 };
 use crate::context::Context;
-use crate::error::{Error, Retry};
+use crate::error::{Error, Retry, call_twice};
 use crate::labels::FIELD_MANAGER;
 use crate::metrics::OutcomeLabels;
 
@@ -184,8 +184,8 @@ async fn write_status(
         "metadata": { "name": batch.name_any(), "resourceVersion": batch.resource_version() },
         "status": status,
     });
-    let written = api
-        .patch_status(&batch.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    let (name, params, apply) = (batch.name_any(), PatchParams::apply(FIELD_MANAGER).force(), Patch::Apply(&patch));
+    let written = call_twice(|| api.patch_status(&name, &params, &apply))
         .await
         .map_err(|e| Error::kube(if changed { "write status" } else { "confirm status is current" }, e))?;
     if !changed {
