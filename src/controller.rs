@@ -26,6 +26,7 @@ use crate::cache::{trim_batch, trim_job};
 use crate::context::Context;
 use crate::decode::{Decoder, Listed, Marker};
 use crate::error::{Error, count_failure, retry_after};
+use crate::initial_list::ListStrategy;
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::leadership::Leadership;
 use crate::metrics::{BATCH_CONTROLLER, ControllerLabel, Metrics, QueueClock, WatchLabel};
@@ -48,7 +49,10 @@ pub struct Settings {
     /// How long after its last successful Lease renewal a leader may still act; shorter than the
     /// lease duration, so a leader cut off from the apiserver stops before a standby can take over.
     pub lease_renew_deadline: Duration,
+    /// Passes run at once (0 = unbounded; see `--concurrency`).
     pub concurrency: u16,
+    /// How the watches fill their caches (`--initial-list`, resolved at start).
+    pub initial_list: ListStrategy,
     /// See `--stuck-pod-after`.
     pub stuck_pod_after_secs: i64,
 }
@@ -150,6 +154,11 @@ fn job_arrived(shared: Arc<Shared>) -> impl FnMut(&Result<Job, watcher::Error>) 
         shared.queue.arrived(batch, Instant::now());
     }
 }
+
+/// Default of `--concurrency`: passes at once. Unbounded, kube-runtime starts every queued pass
+/// together, and a restart over 10,000 batches held about 18 MiB more at its peak
+/// (docs/benchmarks.md, issue 19); 256 in flight is far more than the apiserver serves at once.
+pub const DEFAULT_CONCURRENCY: u16 = 256;
 
 /// Value of the `watch` label of the pod watch's error counter.
 pub const PODS_WATCH_LABEL: &str = "pods";
@@ -392,7 +401,7 @@ async fn run_controller(
     *shared.mirror.lock().expect("poisoned") = mirror.clone();
     let (job_store, job_writer) = reflector::store();
     let job_stream =
-        watcher(jobs, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
+        watcher(jobs, settings.initial_list.config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
             .default_backoff()
             .inspect(watch_health(shared.clone(), metrics.clone(), Watch::Jobs))
             .modify(trim_job)
@@ -409,7 +418,7 @@ async fn run_controller(
     };
     let pod_trigger = {
         let (stuck, jobs, metrics) = (stuck.clone(), job_store.clone(), metrics.clone());
-        watcher(pods, watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
+        watcher(pods, settings.initial_list.config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
             .default_backoff()
             .filter_map(move |item| {
                 let changed = match item {
@@ -433,7 +442,7 @@ async fn run_controller(
     let schedule_trigger = batch_writer.subscribe().expect("a shared store takes subscribers");
     let (marks, marks_rx) = mpsc::unbounded_channel();
     let mut decoder = Decoder::new(metrics.clone(), marks);
-    let batch_stream = watcher(listed, watcher::Config::default())
+    let batch_stream = watcher(listed, settings.initial_list.config())
         .default_backoff()
         .inspect(watch_health(shared.clone(), metrics.clone(), Watch::Batches))
         .filter_map(move |item| future::ready(item.map(|event| decoder.on_event(event)).transpose()))

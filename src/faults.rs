@@ -43,6 +43,8 @@ pub struct FaultLayer {
     state: Arc<AtomicU64>,
     pub injected: Arc<AtomicU64>,
     partition: Option<Arc<Partition>>,
+    /// Answer streaming lists (`sendInitialEvents=true`) as an apiserver without WatchList does.
+    refuse_streaming_lists: bool,
 }
 
 impl FaultLayer {
@@ -52,12 +54,20 @@ impl FaultLayer {
             state: Arc::new(AtomicU64::new(seed | 1)),
             injected: Default::default(),
             partition: None,
+            refuse_streaming_lists: false,
         }
     }
 
     /// Cut the replica off from the apiserver while `file` exists (see [`Partition`]).
     pub fn with_partition(mut self, file: PathBuf) -> Self {
         self.partition = Some(Arc::new(Partition { file, active: AtomicBool::new(false) }));
+        self
+    }
+
+    /// Refuse every streaming list (see [`WATCH_LIST_REFUSED`]), as an apiserver whose WatchList
+    /// feature is off does (hidden flag `--inject-no-streaming-lists`).
+    pub fn refusing_streaming_lists(mut self) -> Self {
+        self.refuse_streaming_lists = true;
         self
     }
 
@@ -159,9 +169,15 @@ where
         if write {
             debug!(method = %req.method(), path, "api write");
         }
+        let query = req.uri().query().unwrap_or_default().to_string();
+        if self.faults.refuse_streaming_lists && query.split('&').any(|kv| kv == "sendInitialEvents=true") {
+            debug!(path, "refused a streaming list (test only)");
+            let resp = status_response(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", WATCH_LIST_REFUSED);
+            return Box::pin(async move { Ok(resp) });
+        }
         // Watches are long-lived streams whose failures only delay the caches; faults target
         // the calls a reconcile makes (reads, lists, creates, patches, deletes).
-        let is_watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+        let is_watch = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
         if is_watch || self.faults.next() >= self.faults.rate {
             let response = self.inner.call(req);
             let Some(partition) = self.faults.partition.clone() else {
@@ -190,16 +206,26 @@ where
             (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
         };
         debug!(target, code = code.as_u16(), "injected fault");
-        let body = serde_json::json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "message": format!("injected fault ({reason})"), "reason": reason, "code": code.as_u16()
-        });
-        let body: Box<DynBody> = Box::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}));
-        let mut resp = Response::new(body);
-        *resp.status_mut() = code;
-        resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        let resp = status_response(code, reason, &format!("injected fault ({reason})"));
         Box::pin(async move { Ok(resp) })
     }
+}
+
+/// What an apiserver whose WatchList feature is off answers a streaming list (kube-apiserver's
+/// validation message for `sendInitialEvents` without the feature gate).
+pub const WATCH_LIST_REFUSED: &str = "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled";
+
+/// A `Status` failure as the apiserver sends one.
+fn status_response(code: StatusCode, reason: &str, message: &str) -> BoxedResponse {
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16()
+    });
+    let body: Box<DynBody> = Box::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}));
+    let mut resp = Response::new(body);
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// A response body that fails at its next chunk once `partition` cuts `path`: an open watch

@@ -13,6 +13,7 @@ pub mod error;
 #[cfg(feature = "test-faults")]
 pub mod faults;
 pub mod http;
+pub mod initial_list;
 pub mod labels;
 pub mod leadership;
 pub mod metrics;

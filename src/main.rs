@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use prediction_batch_controller::controller::{self, Settings, Shared};
+use prediction_batch_controller::initial_list::{self, InitialList};
 use prediction_batch_controller::metrics::Metrics;
 use prediction_batch_controller::mirror::{self, MirrorHandle};
 use prediction_batch_controller::{api, http};
@@ -112,9 +113,18 @@ struct RunArgs {
     /// Identity in the lease and in events (default: POD_NAME, the pod name, else hostname-pid).
     #[arg(long, env = "PBC_IDENTITY")]
     identity: Option<String>,
-    /// Batches reconciled at once (0 = unbounded).
-    #[arg(long, env = "PBC_CONCURRENCY", default_value_t = 0)]
+    /// Batches reconciled at once (0 = unbounded). Bounded by default: unbounded, a restart over
+    /// thousands of batches starts every pass at once and holds their memory together.
+    #[arg(long, env = "PBC_CONCURRENCY", default_value_t = controller::DEFAULT_CONCURRENCY)]
     concurrency: u16,
+    /// How the watches fill their caches at start: `auto` (streaming lists when the apiserver
+    /// serves them, checked once at start, else pages), `streaming`, or `paged`.
+    #[arg(long, env = "PBC_INITIAL_LIST", value_enum, default_value_t = InitialList::Auto)]
+    initial_list: InitialList,
+    /// Objects per page of a paged initial list (at least 1).
+    #[arg(long, env = "PBC_LIST_PAGE_SIZE", default_value_t = initial_list::DEFAULT_PAGE_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    list_page_size: u32,
     /// Seconds a pod of a batch may wait for an image, its configuration or a node (ImagePullBackOff,
     /// ErrImagePull, CreateContainerConfigError, Unschedulable, ...) before the batch shows it in
     /// status.stuckPods and the PodsStuck condition.
@@ -128,6 +138,10 @@ struct RunArgs {
     /// or only URL paths containing one of the file's lines). Needs the `test-faults` feature too.
     #[arg(long, hide = true)]
     inject_api_partition: Option<std::path::PathBuf>,
+    /// Test only: answer streaming lists as an apiserver without the WatchList feature does (422).
+    /// Needs the `test-faults` feature too.
+    #[arg(long, hide = true, default_value_t = false)]
+    inject_no_streaming_lists: bool,
     /// Log format.
     #[arg(long, env = "PBC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -267,7 +281,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         format!("{host}-{}", std::process::id())
     });
-    let settings = Settings {
+    let mut settings = Settings {
         namespace: args.namespace.clone(),
         leader_elect: args.leader_elect,
         lease_name: args.lease_name.clone(),
@@ -276,6 +290,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         lease_duration_secs: args.lease_duration,
         lease_renew_deadline,
         concurrency: args.concurrency,
+        initial_list: Default::default(),
         stuck_pod_after_secs: i64::from(args.stuck_pod_after),
     };
     let metrics = Arc::new(Metrics::default());
@@ -294,6 +309,17 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         leader_elect = settings.leader_elect,
         "starting"
     );
+    let listed = match &settings.namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    };
+    settings.initial_list = tokio::select! {
+        strategy = initial_list::resolve(listed, args.initial_list, args.list_page_size) => strategy,
+        _ = shutdown_rx.wait_for(|s| *s) => {
+            info!("stopped before starting");
+            return Ok(());
+        }
+    };
     // --- Firestore mirror ---
     let mirror = match &args.firestore_project {
         Some(project) => {
@@ -358,14 +384,18 @@ type FaultLayer = prediction_batch_controller::faults::FaultLayer;
 #[cfg(feature = "test-faults")]
 fn fault_layer(args: &RunArgs) -> anyhow::Result<Option<FaultLayer>> {
     let (fault_rate, partition) = (args.inject_api_faults, args.inject_api_partition.clone());
-    if fault_rate <= 0.0 && partition.is_none() {
+    let no_streaming = args.inject_no_streaming_lists;
+    if fault_rate <= 0.0 && partition.is_none() && !no_streaming {
         return Ok(None);
     }
-    warn!(fault_rate, partition = ?partition, "injecting API faults (test only)");
+    warn!(fault_rate, partition = ?partition, no_streaming, "injecting API faults (test only)");
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
     let mut layer = FaultLayer::new(fault_rate, seed);
     if let Some(file) = partition {
         layer = layer.with_partition(file);
+    }
+    if no_streaming {
+        layer = layer.refusing_streaming_lists();
     }
     Ok(Some(layer))
 }
@@ -378,8 +408,8 @@ type FaultLayer = tower::layer::util::Identity;
 #[cfg(not(feature = "test-faults"))]
 fn fault_layer(args: &RunArgs) -> anyhow::Result<Option<FaultLayer>> {
     anyhow::ensure!(
-        args.inject_api_faults <= 0.0 && args.inject_api_partition.is_none(),
-        "--inject-api-faults and --inject-api-partition are test-only: this binary was built without \
+        args.inject_api_faults <= 0.0 && args.inject_api_partition.is_none() && !args.inject_no_streaming_lists,
+        "--inject-api-faults, --inject-api-partition and --inject-no-streaming-lists are test-only: this binary was built without \
          the `test-faults` cargo feature (`cargo test` and tests/run-all build the tests' binary with it)"
     );
     Ok(None)

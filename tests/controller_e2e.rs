@@ -293,6 +293,57 @@ async fn batch_created_suspended_runs_from_its_templates_when_resumed() {
     assert_eq!(workers["spec"]["template"]["metadata"]["labels"]["app"], "prediction-worker");
 }
 
+/// Issue 19: the caches are filled by streaming lists where the apiserver serves them and by pages
+/// otherwise (`--initial-list`). Whichever way a restarted controller lists, it must see every
+/// batch, including those changed while it was down, and run them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_fill_their_caches_by_streaming_or_paged_lists_and_miss_no_batch() {
+    ensure_crd();
+    let ns = TestNamespace::new("lists");
+    let names = ["l-1", "l-2", "l-3", "l-4", "l-5"];
+    for name in names {
+        apply(ns.name(), &batch(name, json!({ "suspend": true, "targetCount": 4 }), json!({})));
+    }
+    let resume = |name: &str| {
+        kubectl(&["patch", "pb", name, "-n", ns.name(), "--type=merge", "-p", r#"{"spec":{"suspend":false}}"#]);
+    };
+    let t = Instant::now();
+
+    // Pages of 2: three pages, and every batch gets its pass.
+    let mut ctl = Controller::start("lists-paged", ns.name(), &["--initial-list", "paged", "--list-page-size", "2"]);
+    ctl.wait_for_log("initial_list=paged (2 per page)", Duration::from_secs(30));
+    for name in names {
+        wait_batch(ns.name(), name, &ctl, Duration::from_secs(30), "Suspended", |b| phase(b) == "Suspended");
+    }
+    assert!(ctl.terminate(Duration::from_secs(30)).success());
+
+    // Two batches resumed while no controller runs; `auto` chooses streaming lists on this
+    // apiserver (v1.35 serves them) and the restarted controller runs both.
+    resume("l-1");
+    resume("l-2");
+    let mut ctl = Controller::start("lists-auto", ns.name(), &[]);
+    ctl.wait_for_log("initial_list=streaming", Duration::from_secs(30));
+    for name in ["l-1", "l-2"] {
+        wait_batch(ns.name(), name, &ctl, Duration::from_secs(90), "Succeeded", |b| phase(b) == "Succeeded");
+    }
+    assert!(ctl.terminate(Duration::from_secs(30)).success());
+
+    // An apiserver without WatchList refuses the probe: `auto` falls back to pages of 100 and
+    // says why, and the caches still fill (a batch resumed after the start runs).
+    let mut ctl = Controller::start("lists-refused", ns.name(), &["--inject-no-streaming-lists"]);
+    ctl.wait_for_log("initial_list=paged (100 per page)", Duration::from_secs(30));
+    ctl.wait_for_log("caches synced", Duration::from_secs(30));
+    let log = ctl.log_text();
+    assert!(log.contains("sendInitialEvents is forbidden"), "the fallback names the refusal:\n{}", ctl.log_tail());
+    assert!(log.contains("using paged lists"), "{}", ctl.log_tail());
+    resume("l-3");
+    wait_batch(ns.name(), "l-3", &ctl, Duration::from_secs(90), "Succeeded", |b| phase(b) == "Succeeded");
+    for name in ["l-4", "l-5"] {
+        assert_eq!(phase(&batch_json(ns.name(), name).unwrap()), "Suspended", "{name}");
+    }
+    println!("three restarts (paged 2, auto → streaming, auto → paged 100) in {:.1?}", t.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_batch_collects_its_jobs_and_pods() {
     ensure_crd();

@@ -121,6 +121,9 @@ impl Workload {
         }
         let mut job = jobs::build(&batch, stage).ok_or_else(|| anyhow!("no {stage:?} Job for {name}"))?;
         job.metadata.owner_references = None;
+        // The builder adds the controller's outcome finalizer; with no controller to release it,
+        // deleting the baseline's namespace would hang.
+        job.metadata.finalizers = None;
         let relabel = |labels: &mut Option<BTreeMap<String, String>>| {
             labels.get_or_insert_with(Default::default).insert(MANAGED_BY_LABEL.into(), BASELINE_MANAGER.into());
         };
@@ -665,6 +668,11 @@ pub enum DriverKind {
 /// Starts `prediction-batch-controller run --http-addr 127.0.0.1:0` as user pbc-controller and
 /// waits until /readyz answers 200 (caches synced).
 pub async fn start_controller(env: &Env, ns: Option<&str>, tag: &str) -> Result<Proc> {
+    start_controller_with(env, ns, tag, &[]).await
+}
+
+/// [`start_controller`] with extra environment variables (`PBC_*` settings) for the process.
+pub async fn start_controller_with(env: &Env, ns: Option<&str>, tag: &str, vars: &[(&str, &str)]) -> Result<Proc> {
     let log = env.logs.join(format!("bench-controller-{tag}.log"));
     let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
     let audit_from = audit_offset(env.audit_log.as_deref());
@@ -673,6 +681,7 @@ pub async fn start_controller(env: &Env, ns: Option<&str>, tag: &str) -> Result<
     if let Some(ns) = ns {
         cmd.args(["--namespace", ns]);
     }
+    cmd.envs(vars.iter().copied());
     let child = cmd
         .env("KUBECONFIG", &env.controller_kubeconfig)
         .env("RUST_LOG", "info,kube=warn")
@@ -1234,6 +1243,8 @@ pub async fn measure_idle(env: &Env, p: &mut Proc, window: Duration) -> Result<I
 pub struct MemoryResult {
     pub batches: usize,
     pub namespace: String,
+    /// How many namespaces the batches were spread over (the first is `namespace`).
+    pub namespaces: usize,
     /// Creating them all, and until the controller had written a status to every one.
     pub submit_s: f64,
     pub all_reconciled_s: f64,
@@ -1245,31 +1256,84 @@ pub struct MemoryResult {
     pub reconciles: Option<f64>,
     pub cpu_per_reconcile_ms: Option<f64>,
     pub api: Option<ApiCount>,
-    /// A fresh controller that lists all of them at start.
+    /// A fresh controller with the defaults that lists all of them at start (the first of
+    /// `restarts`, repeated here for the summaries that read these fields).
     pub restart_ready_s: f64,
     pub restart_peak_rss_kib: Option<u64>,
     pub restart_rss_kib: Option<u64>,
     pub restart_cpu_s: Option<f64>,
     pub restart_reconciles: Option<f64>,
     pub restart_api: Option<ApiCount>,
+    /// One fresh controller per way of filling the caches ([`RESTART_LISTS`]).
+    pub restarts: Vec<RestartPoint>,
     pub load_before: String,
     pub load_after: String,
 }
 
-/// N suspended batches (no Jobs, no pods) in the controller's cache: its memory and CPU.
-pub async fn memory_suspended(env: &Env, w: Workload, opts: &ModeOptions) -> Result<MemoryResult> {
-    let ns = unique_namespace("bench-mem");
-    create_namespace(&env.admin, &ns).await?;
-    let watches = Watches::start(&env.admin, &ns, true).await?;
+/// A fresh controller started over the batches, with one initial-list setting.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestartPoint {
+    pub lists: String,
+    /// Until the "caches synced" log line (the audit log's watch requests open at the start of
+    /// a streaming list, so they cannot tell when it ended).
+    pub ready_s: f64,
+    /// Until every batch had a pass (`prediction_batch_reconciles_total`).
+    pub all_passed_s: f64,
+    pub peak_rss_kib: Option<u64>,
+    pub rss_kib: Option<u64>,
+    pub cpu_s: Option<f64>,
+    pub reconciles: Option<f64>,
+    pub cpu_per_reconcile_ms: Option<f64>,
+    pub api: Option<ApiCount>,
+}
+
+/// The restarts of the memory preset: the defaults (auto: streaming on this apiserver), each
+/// initial list forced, kube's default page size, and the unbounded concurrency of old.
+pub const RESTART_LISTS: &[(&str, &[(&str, &str)])] = &[
+    ("defaults (auto, concurrency 256)", &[]),
+    ("streaming", &[("PBC_INITIAL_LIST", "streaming")]),
+    ("paged, 100 per page", &[("PBC_INITIAL_LIST", "paged")]),
+    ("paged, 500 per page (kube's default)", &[("PBC_INITIAL_LIST", "paged"), ("PBC_LIST_PAGE_SIZE", "500")]),
+    ("auto, unbounded concurrency", &[("PBC_CONCURRENCY", "0")]),
+];
+
+/// N suspended batches (no Jobs, no pods) in the controller's cache, spread over `namespaces`:
+/// its memory and CPU as they arrive, then a fresh controller over them per [`RESTART_LISTS`]
+/// (only the first when `all_lists` is false).
+pub async fn memory_suspended(
+    env: &Env,
+    w: Workload,
+    namespaces: usize,
+    all_lists: bool,
+    opts: &ModeOptions,
+) -> Result<MemoryResult> {
+    let namespaces = namespaces.clamp(1, w.batches.max(1));
+    let first = unique_namespace("bench-mem");
+    let names: Vec<String> =
+        if namespaces == 1 { vec![first.clone()] } else { (0..namespaces).map(|i| format!("{first}-{i}")).collect() };
+    // A controller scoped to one namespace cannot see batches spread over several.
+    let scope = (env.scope_namespace && namespaces == 1).then_some(first.as_str());
+    let mut watches = Vec::new();
+    for ns in &names {
+        create_namespace(&env.admin, ns).await?;
+        watches.push(Watches::start(&env.admin, ns, true).await?);
+    }
     let audit_from = audit_offset(env.audit_log.as_deref());
-    let mut ctl = start_controller(env, env.scope_namespace.then_some(ns.as_str()), &format!("mem-{ns}")).await?;
+    let mut ctl = start_controller(env, scope, &format!("mem-{first}")).await?;
     let load_before = loadavg();
     let t0 = Instant::now();
-    submit(&env.admin, Mode::Ours, w, &ns, &watches.record, true).await?;
+    let per = w.batches.div_ceil(namespaces);
+    for (i, (ns, watch)) in names.iter().zip(&watches).enumerate() {
+        let n = per.min(w.batches.saturating_sub(i * per));
+        submit(&env.admin, Mode::Ours, Workload { batches: n, ..w }, ns, &watch.record, true).await?;
+    }
     let submit_s = t0.elapsed().as_secs_f64();
+    let suspended = || -> usize {
+        watches.iter().map(|w| w.record.lock().unwrap().count(|b| b.phase.as_deref() == Some("Suspended"))).sum()
+    };
     let mut last_report = Instant::now();
     loop {
-        let n = watches.record.lock().unwrap().count(|b| b.phase.as_deref() == Some("Suspended"));
+        let n = suspended();
         if n >= w.batches {
             break;
         }
@@ -1277,14 +1341,15 @@ pub async fn memory_suspended(env: &Env, w: Workload, opts: &ModeOptions) -> Res
             bail!("only {n}/{} batches Suspended after {:?}\n{}", w.batches, opts.timeout, ctl.log_tail(20));
         }
         if last_report.elapsed() > Duration::from_secs(30) {
-            eprintln!("[bench] mem {ns} {:.0}s: {n}/{} suspended", t0.elapsed().as_secs_f64(), w.batches);
+            eprintln!("[bench] mem {first} {:.0}s: {n}/{} suspended", t0.elapsed().as_secs_f64(), w.batches);
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let all_reconciled_s = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let jobs_created = watches.record.lock().unwrap().count(|b| b.seen.iter().any(Option::is_some));
+    let jobs_created: usize =
+        watches.iter().map(|w| w.record.lock().unwrap().count(|b| b.seen.iter().any(Option::is_some))).sum();
     let (peak_rss_kib, rss_kib, cpu_s) = (ctl.hwm_kib(), ctl.rss_kib(), ctl.cpu());
     let reconciles = ctl.metric("prediction_batch_reconciles_total");
     ctl.stop(Duration::from_secs(25));
@@ -1293,34 +1358,31 @@ pub async fn memory_suspended(env: &Env, w: Workload, opts: &ModeOptions) -> Res
         Some(p) => Some(audit_count(p, &audit_from, CONTROLLER_USER)?),
         None => None,
     };
-
-    let from = audit_offset(env.audit_log.as_deref());
-    let t = Instant::now();
-    let mut fresh =
-        start_controller(env, env.scope_namespace.then_some(ns.as_str()), &format!("mem-{ns}-restart")).await?;
-    let restart_ready_s = t.elapsed().as_secs_f64();
-    let until = Instant::now() + Duration::from_secs(300);
-    while fresh.metric("prediction_batch_reconciles_total").unwrap_or(0.0) < w.batches as f64 && Instant::now() < until
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let (restart_peak_rss_kib, restart_rss_kib, restart_cpu_s) = (fresh.hwm_kib(), fresh.rss_kib(), fresh.cpu());
-    let restart_reconciles = fresh.metric("prediction_batch_reconciles_total");
-    fresh.stop(Duration::from_secs(25));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let restart_api = match env.audit_log.as_deref() {
-        Some(p) => Some(audit_count(p, &from, CONTROLLER_USER)?),
-        None => None,
-    };
-    let load_after = loadavg();
     drop(watches);
-    if opts.cleanup {
-        delete_namespace(&env.admin, &ns, Duration::from_secs(20 * 60)).await?;
+
+    let lists = if all_lists { RESTART_LISTS } else { &RESTART_LISTS[..1] };
+    let mut restarts = Vec::new();
+    for (i, (label, vars)) in lists.iter().enumerate() {
+        let point = restart_over(env, scope, &format!("mem-{first}-restart-{i}"), w.batches, label, vars).await?;
+        eprintln!(
+            "[bench] mem restart ({label}): ready {:.2}s, every batch passed {:.2}s, peak RSS {:.1} MiB",
+            point.ready_s,
+            point.all_passed_s,
+            point.peak_rss_kib.unwrap_or(0) as f64 / 1024.0
+        );
+        restarts.push(point);
     }
+    let load_after = loadavg();
+    if opts.cleanup {
+        for ns in &names {
+            delete_namespace(&env.admin, ns, Duration::from_secs(20 * 60)).await?;
+        }
+    }
+    let defaults = restarts[0].clone();
     Ok(MemoryResult {
         batches: w.batches,
-        namespace: ns,
+        namespace: first,
+        namespaces,
         submit_s,
         all_reconciled_s,
         jobs_created,
@@ -1330,14 +1392,65 @@ pub async fn memory_suspended(env: &Env, w: Workload, opts: &ModeOptions) -> Res
         reconciles,
         cpu_per_reconcile_ms: cpu_s.zip(reconciles).filter(|(_, r)| *r > 0.0).map(|(c, r)| c * 1e3 / r),
         api,
-        restart_ready_s,
-        restart_peak_rss_kib,
-        restart_rss_kib,
-        restart_cpu_s,
-        restart_reconciles,
-        restart_api,
+        restart_ready_s: defaults.ready_s,
+        restart_peak_rss_kib: defaults.peak_rss_kib,
+        restart_rss_kib: defaults.rss_kib,
+        restart_cpu_s: defaults.cpu_s,
+        restart_reconciles: defaults.reconciles,
+        restart_api: defaults.api,
+        restarts,
         load_before,
         load_after,
+    })
+}
+
+/// One fresh controller over `batches` batches already in the cluster: until its caches synced,
+/// until each batch had its pass, its memory, CPU and API requests (0 writes expected: every
+/// batch already carries its status).
+async fn restart_over(
+    env: &Env,
+    scope: Option<&str>,
+    tag: &str,
+    batches: usize,
+    label: &str,
+    vars: &[(&str, &str)],
+) -> Result<RestartPoint> {
+    let from = audit_offset(env.audit_log.as_deref());
+    let t = Instant::now();
+    let mut fresh = start_controller_with(env, scope, tag, vars).await?;
+    let until = t + Duration::from_secs(600);
+    let ready_s = loop {
+        if std::fs::read_to_string(&fresh.log).unwrap_or_default().contains("caches synced") {
+            break t.elapsed().as_secs_f64();
+        }
+        if Instant::now() > until {
+            bail!("{label}: caches not synced after 600 s\n{}", fresh.log_tail(20));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    while fresh.metric("prediction_batch_reconciles_total").unwrap_or(0.0) < batches as f64 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_passed_s = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (peak_rss_kib, rss_kib, cpu_s) = (fresh.hwm_kib(), fresh.rss_kib(), fresh.cpu());
+    let reconciles = fresh.metric("prediction_batch_reconciles_total");
+    fresh.stop(Duration::from_secs(25));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let api = match env.audit_log.as_deref() {
+        Some(p) => Some(audit_count(p, &from, CONTROLLER_USER)?),
+        None => None,
+    };
+    Ok(RestartPoint {
+        lists: label.to_string(),
+        ready_s,
+        all_passed_s,
+        peak_rss_kib,
+        rss_kib,
+        cpu_s,
+        reconciles,
+        cpu_per_reconcile_ms: cpu_s.zip(reconciles).filter(|(_, r)| *r > 0.0).map(|(c, r)| c * 1e3 / r),
+        api,
     })
 }
 

@@ -43,7 +43,8 @@ struct RunArgs {
     controller_bin: PathBuf,
     /// Comma-separated: ci (10x20, guard), repeat (N pairs 20x20), full (100x100), scaling
     /// (1,10,100,1000 batches, idle cost after the largest), idle (1,000 one-shard batches, then
-    /// idle cost), mem (10,000 suspended batches), custom (--batches x --shards).
+    /// idle cost), mem (10,000 suspended batches, a restart per initial list), scale (100,000
+    /// suspended batches in one namespace, then over 100), custom (--batches x --shards).
     #[arg(long, value_delimiter = ',', default_value = "ci")]
     preset: Vec<String>,
     /// Worker pods per batch at once, in both modes.
@@ -63,6 +64,15 @@ struct RunArgs {
     idle_batches: usize,
     #[arg(long, default_value_t = 10_000)]
     mem_batches: usize,
+    /// Namespaces the memory preset spreads its batches over.
+    #[arg(long, default_value_t = 1)]
+    mem_namespaces: usize,
+    /// Batches of the scale preset (suspended): once in one namespace, then spread over
+    /// --scale-namespaces; a restart with the defaults over each.
+    #[arg(long, default_value_t = 100_000)]
+    scale_batches: usize,
+    #[arg(long, default_value_t = 100)]
+    scale_namespaces: usize,
     /// Length of an idle window.
     #[arg(long, default_value_t = 60)]
     idle_seconds: u64,
@@ -303,17 +313,26 @@ async fn run(args: RunArgs) -> Result<()> {
                 eprintln!("[bench] mem: {} suspended batches ...", w.batches);
                 let opts =
                     ModeOptions { timeout: Duration::from_secs(1800), idle: None, cleanup: true, tag: "mem".into() };
-                let m = core::memory_suspended(&bench.env, w, &opts).await?;
-                eprintln!(
-                    "[bench] mem: {} batches, peak RSS {:.1} MiB (restart {:.1} MiB), {:.3} ms CPU/reconcile, {} Jobs",
-                    m.batches,
-                    m.peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
-                    m.restart_peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
-                    m.cpu_per_reconcile_ms.unwrap_or(f64::NAN),
-                    m.jobs_created
-                );
+                let m = core::memory_suspended(&bench.env, w, bench.args.mem_namespaces, true, &opts).await?;
+                report_memory("mem", &m);
                 bench.results.memory.push(m);
                 bench.save()?;
+            }
+            "scale" => {
+                let w = Workload::new(bench.args.scale_batches, 100, p);
+                for namespaces in [1, bench.args.scale_namespaces] {
+                    eprintln!("[bench] scale: {} suspended batches in {namespaces} namespace(s) ...", w.batches);
+                    let opts = ModeOptions {
+                        timeout: Duration::from_secs(4 * 3600),
+                        idle: None,
+                        cleanup: true,
+                        tag: "scale".into(),
+                    };
+                    let m = core::memory_suspended(&bench.env, w, namespaces, false, &opts).await?;
+                    report_memory("scale", &m);
+                    bench.results.memory.push(m);
+                    bench.save()?;
+                }
             }
             other => bail!("unknown preset {other:?}"),
         }
@@ -325,6 +344,19 @@ async fn run(args: RunArgs) -> Result<()> {
         bail!("FAILED: {}", failed.join("; "));
     }
     Ok(())
+}
+
+fn report_memory(preset: &str, m: &core::MemoryResult) {
+    eprintln!(
+        "[bench] {preset}: {} batches in {} namespace(s), peak RSS {:.1} MiB (restart {:.1} MiB, ready {:.1}s), {:.3} ms CPU/reconcile, {} Jobs",
+        m.batches,
+        m.namespaces,
+        m.peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
+        m.restart_peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
+        m.restart_ready_s,
+        m.cpu_per_reconcile_ms.unwrap_or(f64::NAN),
+        m.jobs_created
+    );
 }
 
 fn mib(k: Option<u64>) -> String {
@@ -446,8 +478,9 @@ fn summary(r: &Results) -> String {
     }
     for m in &r.memory {
         s += &format!(
-            "\nmemory with {} suspended batches: peak RSS {} MiB (RSS {} MiB) reconciling them as they arrived ({:.1}s), {} ms CPU per reconcile ({} reconciles), {} Jobs; a fresh controller over them: ready {:.1}s, peak RSS {} MiB, {} reconciles, API {}\n",
+            "\nmemory with {} suspended batches in {} namespace(s): peak RSS {} MiB (RSS {} MiB) reconciling them as they arrived ({:.1}s), {} ms CPU per reconcile ({} reconciles), {} Jobs; a fresh controller over them: ready {:.1}s, peak RSS {} MiB, {} reconciles, API {}\n",
             m.batches,
+            m.namespaces,
             mib(m.peak_rss_kib),
             mib(m.rss_kib),
             m.all_reconciled_s,
@@ -459,6 +492,22 @@ fn summary(r: &Results) -> String {
             opt(m.restart_reconciles, 0),
             verbs(m.restart_api.as_ref()),
         );
+        if !m.restarts.is_empty() {
+            s += "\n| restart over them | ready (caches synced) s | every batch passed s | peak RSS MiB | RSS MiB | CPU s | ms CPU/reconcile | API requests (writes) |\n|---|---|---|---|---|---|---|---|\n";
+            for p in &m.restarts {
+                s += &format!(
+                    "| {} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+                    p.lists,
+                    p.ready_s,
+                    p.all_passed_s,
+                    mib(p.peak_rss_kib),
+                    mib(p.rss_kib),
+                    opt(p.cpu_s, 2),
+                    opt(p.cpu_per_reconcile_ms, 3),
+                    p.api.as_ref().map_or("-".into(), |a| format!("{} ({})", a.total, a.writes)),
+                );
+            }
+        }
     }
     for c in &r.checks {
         s += &format!("\n{c}\n");

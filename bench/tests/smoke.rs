@@ -137,3 +137,21 @@ async fn ci_preset_ours_within_1_5_of_bare_jobs_every_stage_reacted_to_and_write
     }
     panic!("benchmark guard failed in all three pairs: {}", failures.join(" | "));
 }
+
+/// The baseline's Jobs are bare Jobs: no owner, and not the controller's outcome finalizer that
+/// its Job builder adds (with no controller to release it, deleting the baseline's namespace hung
+/// `bench/run` on the CI preset's first pair).
+#[test]
+fn baseline_jobs_carry_no_owner_and_no_finalizer_of_ours() {
+    use prediction_batch_controller::api::stage::Stage;
+    let w = Workload::new(1, 20, 10);
+    for stage in [Stage::Workers, Stage::Consolidation, Stage::Export] {
+        let job = w.baseline_job("ns", "b-0", stage).expect("a baseline Job");
+        assert!(job.metadata.owner_references.is_none(), "{stage:?}: {:?}", job.metadata.owner_references);
+        let finalizers = job.metadata.finalizers.unwrap_or_default();
+        assert!(
+            !finalizers.iter().any(|f| f == prediction_batch_controller::labels::OUTCOME_FINALIZER),
+            "{stage:?}: {finalizers:?}"
+        );
+    }
+}

@@ -52,7 +52,7 @@ pub async fn run(
     };
     let (store, writer) = reflector::store();
     *shared.schedules.lock().expect("poisoned") = Some(store.clone());
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, settings.initial_list.config())
         .default_backoff()
         .inspect(move |item| {
             if let Err(e) = item {
