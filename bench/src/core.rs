@@ -1319,7 +1319,7 @@ pub async fn memory_suspended(
         watches.push(Watches::start(&env.admin, ns, true).await?);
     }
     let audit_from = audit_offset(env.audit_log.as_deref());
-    let mut ctl = start_controller(env, scope, &format!("mem-{first}")).await?;
+    let ctl = start_controller(env, scope, &format!("mem-{first}")).await?;
     let load_before = loadavg();
     let t0 = Instant::now();
     let per = w.batches.div_ceil(namespaces);
@@ -1350,14 +1350,7 @@ pub async fn memory_suspended(
     tokio::time::sleep(Duration::from_secs(5)).await;
     let jobs_created: usize =
         watches.iter().map(|w| w.record.lock().unwrap().count(|b| b.seen.iter().any(Option::is_some))).sum();
-    let (peak_rss_kib, rss_kib, cpu_s) = (ctl.hwm_kib(), ctl.rss_kib(), ctl.cpu());
-    let reconciles = ctl.metric("prediction_batch_reconciles_total");
-    ctl.stop(Duration::from_secs(25));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let api = match env.audit_log.as_deref() {
-        Some(p) => Some(audit_count(p, &audit_from, CONTROLLER_USER)?),
-        None => None,
-    };
+    let Stopped { peak_rss_kib, rss_kib, cpu_s, reconciles, api } = stop_and_count(env, ctl, &audit_from).await?;
     drop(watches);
 
     let lists = if all_lists { RESTART_LISTS } else { &RESTART_LISTS[..1] };
@@ -1404,6 +1397,29 @@ pub async fn memory_suspended(
     })
 }
 
+/// A measured controller's figures, read just before it was stopped.
+struct Stopped {
+    peak_rss_kib: Option<u64>,
+    rss_kib: Option<u64>,
+    cpu_s: Option<f64>,
+    reconciles: Option<f64>,
+    /// Its requests since `from`, from the audit log (once the process is gone).
+    api: Option<ApiCount>,
+}
+
+/// Reads the controller's memory, CPU and reconciles, stops it, then counts its requests.
+async fn stop_and_count(env: &Env, mut ctl: Proc, from: &AuditMark) -> Result<Stopped> {
+    let (peak_rss_kib, rss_kib, cpu_s) = (ctl.hwm_kib(), ctl.rss_kib(), ctl.cpu());
+    let reconciles = ctl.metric("prediction_batch_reconciles_total");
+    ctl.stop(Duration::from_secs(25));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let api = match env.audit_log.as_deref() {
+        Some(p) => Some(audit_count(p, from, CONTROLLER_USER)?),
+        None => None,
+    };
+    Ok(Stopped { peak_rss_kib, rss_kib, cpu_s, reconciles, api })
+}
+
 /// One fresh controller over `batches` batches already in the cluster: until its caches synced,
 /// until each batch had its pass, its memory, CPU and API requests (0 writes expected: every
 /// batch already carries its status).
@@ -1417,7 +1433,7 @@ async fn restart_over(
 ) -> Result<RestartPoint> {
     let from = audit_offset(env.audit_log.as_deref());
     let t = Instant::now();
-    let mut fresh = start_controller_with(env, scope, tag, vars).await?;
+    let fresh = start_controller_with(env, scope, tag, vars).await?;
     let until = t + Duration::from_secs(600);
     let ready_s = loop {
         if std::fs::read_to_string(&fresh.log).unwrap_or_default().contains("caches synced") {
@@ -1433,14 +1449,7 @@ async fn restart_over(
     }
     let all_passed_s = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (peak_rss_kib, rss_kib, cpu_s) = (fresh.hwm_kib(), fresh.rss_kib(), fresh.cpu());
-    let reconciles = fresh.metric("prediction_batch_reconciles_total");
-    fresh.stop(Duration::from_secs(25));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let api = match env.audit_log.as_deref() {
-        Some(p) => Some(audit_count(p, &from, CONTROLLER_USER)?),
-        None => None,
-    };
+    let Stopped { peak_rss_kib, rss_kib, cpu_s, reconciles, api } = stop_and_count(env, fresh, &from).await?;
     Ok(RestartPoint {
         lists: label.to_string(),
         ready_s,
