@@ -35,6 +35,8 @@ pub struct Context {
     pub stuck: Arc<crate::reconcile::stuck::StuckPods>,
     /// See `--stuck-pod-after`.
     pub stuck_after_secs: i64,
+    /// Templates the apiserver accepted in a dry run lately (`--dry-run-verdict-ttl`).
+    pub dry_runs: crate::reconcile::verdicts::DryRunVerdicts,
 }
 
 /// A Job write of ours: when, and the Job it returned (trimmed like the cache's copies).
@@ -67,6 +69,7 @@ impl Context {
             failures: Default::default(),
             stuck: Default::default(),
             stuck_after_secs: crate::reconcile::observed::DEFAULT_STUCK_AFTER_SECS,
+            dry_runs: Default::default(),
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::metrics::{BATCH_CONTROLLER, ControllerLabel, Metrics, QueueClock, Wat
 use crate::mirror::MirrorHandle;
 use crate::mirror::controller::MirrorContext;
 use crate::reconcile::stuck::StuckPods;
-use crate::reconcile::{reconcile, release_jobs_of};
+use crate::reconcile::{reconcile_queued, release_jobs_of};
 use crate::watch_health::{Watch, WatchHealth};
 
 /// Settings of the `run` command that shape the controller.
@@ -55,6 +55,8 @@ pub struct Settings {
     pub initial_list: ListStrategy,
     /// See `--stuck-pod-after`.
     pub stuck_pod_after_secs: i64,
+    /// See `--dry-run-verdict-ttl`.
+    pub dry_run_verdict_ttl: Duration,
 }
 
 /// What the HTTP server reads: readiness, the health of the watches, and the batch cache (for
@@ -482,6 +484,7 @@ async fn run_controller(
         failures: Mutex::new(HashMap::new()),
         stuck,
         stuck_after_secs: settings.stuck_pod_after_secs,
+        dry_runs: crate::reconcile::verdicts::DryRunVerdicts::new(settings.dry_run_verdict_ttl),
     });
     *shared.batches.lock().expect("poisoned") = Some(batch_store.clone());
     let marker = Marker { client: ctx.client.clone(), recorder: ctx.recorder.clone() };
@@ -495,12 +498,13 @@ async fn run_controller(
         .graceful_shutdown_on(wait_for(shutdown))
         .run(
             move |batch, ctx| {
-                if let Some(wait) = queue.queue.started(&ObjectRef::from_obj(batch.as_ref()), Instant::now()) {
+                let waited = queue.queue.started(&ObjectRef::from_obj(batch.as_ref()), Instant::now());
+                if let Some(wait) = waited {
                     let label = ControllerLabel { controller: BATCH_CONTROLLER };
                     ctx.metrics.queue_wait.get_or_create(&label).observe(wait.as_secs_f64());
                 }
                 let span = info_span!("reconcile", batch = %batch_name(&batch));
-                reconcile(batch, ctx).instrument(span)
+                reconcile_queued(batch, ctx, waited).instrument(span)
             },
             error_policy,
             ctx,

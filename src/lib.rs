@@ -6,6 +6,7 @@ pub const REVISION: &str = env!("PBC_GIT_REVISION");
 
 pub mod api;
 pub mod cache;
+pub mod client;
 pub mod context;
 pub mod controller;
 pub mod decode;

@@ -117,6 +117,10 @@ struct RunArgs {
     /// thousands of batches starts every pass at once and holds their memory together.
     #[arg(long, env = "PBC_CONCURRENCY", default_value_t = controller::DEFAULT_CONCURRENCY)]
     concurrency: u16,
+    /// Offer HTTP/2 to the apiserver (ALPN), so concurrent requests share one connection as
+    /// streams instead of opening one each; HTTP/1.1 if the apiserver does not take it.
+    #[arg(long, env = "PBC_HTTP2")]
+    http2: bool,
     /// How the watches fill their caches at start: `auto` (streaming lists when the apiserver
     /// serves them, checked once at start, else pages), `streaming`, or `paged`.
     #[arg(long, env = "PBC_INITIAL_LIST", value_enum, default_value_t = InitialList::Auto)]
@@ -130,6 +134,11 @@ struct RunArgs {
     /// status.stuckPods and the PodsStuck condition.
     #[arg(long, env = "PBC_STUCK_POD_AFTER", default_value_t = prediction_batch_controller::reconcile::observed::DEFAULT_STUCK_AFTER_SECS as u32)]
     stuck_pod_after: u32,
+    /// Seconds a dry run's acceptance of a later stage's Job template stands for other batches of
+    /// the same template in the same namespace (0: every batch is dry-run on its own).
+    #[arg(long, env = "PBC_DRY_RUN_VERDICT_TTL",
+          default_value_t = prediction_batch_controller::reconcile::verdicts::DEFAULT_VERDICT_TTL.as_secs() as u32)]
+    dry_run_verdict_ttl: u32,
     /// Test only: fail this share (0..1) of API requests with 409/429/500/timeouts. Needs a build
     /// with the `test-faults` feature (every `cargo test` build); refused otherwise.
     #[arg(long, hide = true, default_value_t = 0.0)]
@@ -271,7 +280,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     });
 
     let client = tokio::select! {
-        client = build_client(faults) => client?,
+        client = build_client(faults, args.http2) => client?,
         _ = shutdown_rx.wait_for(|s| *s) => {
             info!("stopped before connecting");
             return Ok(());
@@ -292,6 +301,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         initial_list: Default::default(),
         stuck_pod_after_secs: i64::from(args.stuck_pod_after),
+        dry_run_verdict_ttl: std::time::Duration::from_secs(args.dry_run_verdict_ttl.into()),
     };
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared::default());
@@ -368,8 +378,15 @@ fn renew_deadline(args: &RunArgs) -> anyhow::Result<Duration> {
     Ok(deadline)
 }
 
-async fn build_client(faults: Option<FaultLayer>) -> anyhow::Result<kube::Client> {
+async fn build_client(faults: Option<FaultLayer>, http2: bool) -> anyhow::Result<kube::Client> {
     let config = kube::Config::infer().await?;
+    if http2 {
+        let builder = prediction_batch_controller::client::http2_builder(&config)?;
+        return Ok(match faults {
+            None => builder.build(),
+            Some(layer) => builder.with_layer(&layer).build(),
+        });
+    }
     Ok(match faults {
         None => kube::Client::try_from(config)?,
         Some(layer) => kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build(),

@@ -48,6 +48,13 @@ pub struct StageLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub stage: &'static str,
+    /// A [`TransitionStep`](crate::reconcile::TransitionStep)'s name.
+    pub step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// Succeeded or Failed.
     pub outcome: &'static str,
@@ -101,6 +108,7 @@ pub struct Metrics {
     pub mirror_out_of_sync: Gauge,
     pub queue_depth: Family<ControllerLabel, Gauge>,
     pub queue_wait: Family<ControllerLabel, Histogram>,
+    pub transition: Family<TransitionLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -233,6 +241,14 @@ impl Default for Metrics {
             "From a batch's change (or its Job's) arriving on the watch to the start of the pass that handles it",
             queue_wait.clone(),
         );
+        let transition = Family::<TransitionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "transition_seconds",
+            "The steps from a change arriving on the watch to a stage's Job created, for each Job create: queued, planned, status, create",
+            transition.clone(),
+        );
         let label = ControllerLabel { controller: BATCH_CONTROLLER };
         let _ = queue_depth.get_or_create(&label);
         let _ = queue_wait.get_or_create(&label);
@@ -272,6 +288,7 @@ impl Default for Metrics {
             mirror_out_of_sync,
             queue_depth,
             queue_wait,
+            transition,
         }
     }
 }
@@ -334,6 +351,7 @@ mod tests {
             mirror_out_of_sync,
             queue_depth,
             queue_wait,
+            transition,
         } = &m;
         let batch = BatchLabels { namespace: "ns".into(), batch: "b".into() };
         reconciles.get_or_create(&ResultLabel { result: "ok" }).inc();
@@ -359,6 +377,7 @@ mod tests {
         mirror_out_of_sync.set(0);
         queue_depth.get_or_create(&ControllerLabel { controller: BATCH_CONTROLLER }).set(0);
         queue_wait.get_or_create(&ControllerLabel { controller: BATCH_CONTROLLER }).observe(0.01);
+        transition.get_or_create(&TransitionLabels { stage: "export", step: "create" }).observe(0.01);
         m.encode()
     }
 

@@ -1,6 +1,8 @@
 //! Acting on the cluster: the Job calls a plan's actions stand for, each idempotent, and the
 //! release of our outcome finalizer from Jobs whose batch is gone or going.
 
+use std::time::Instant;
+
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy};
 use kube::{Resource, ResourceExt};
@@ -12,6 +14,7 @@ use super::jobs;
 use super::observed::JobView;
 use super::plan::Action;
 use super::record::Cleared;
+use super::verdicts::DryRunVerdicts;
 use crate::api::stage::{backup_job_name, shard_job_name};
 use crate::api::{PredictionBatch, Stage};
 use crate::context::Context;
@@ -27,6 +30,7 @@ pub async fn act(
     uid: &str,
     action: Cleared<'_>,
     learned: &mut Learned,
+    verdicts: &DryRunVerdicts,
 ) -> Result<(), Error> {
     match *action {
         Action::Create(stage) => {
@@ -36,6 +40,7 @@ pub async fn act(
             match call_twice(|| api.create(&pp, &job)).await {
                 Ok(created) => {
                     info!(job = job_name, stage = stage.label(), "created Job");
+                    learned.created = Some(stage);
                     learned.job_returned(&created);
                     learned.job_written(stage, Some(JobView::from_job(&created, uid)));
                 }
@@ -103,9 +108,13 @@ pub async fn act(
             for stage in batch.spec.later_stages() {
                 let Some(job) = jobs::build_for_dry_run(batch, stage) else { continue };
                 let job_name = batch.job_name(stage);
+                if verdicts.accepted(&job, Instant::now()) {
+                    debug!(job = job_name, "a Job of this template was accepted in this namespace lately; no dry run");
+                    continue;
+                }
                 let pp = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
                 match call_twice(|| api.create(&pp, &job)).await {
-                    Ok(_) => {}
+                    Ok(_) => verdicts.accept(&job, Instant::now()),
                     // A Job by that name exists already: the real create will say whose it is.
                     Err(e) if status_code(&e) == Some(409) => {}
                     Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {

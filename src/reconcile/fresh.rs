@@ -71,6 +71,8 @@ pub struct Learned {
     pub validated: Option<i64>,
     /// Jobs as our writes returned them, for [`remember_jobs`] to keep beyond this pass.
     returned: Vec<Job>,
+    /// The stage whose Job the last action created (for the transition's clock).
+    pub created: Option<Stage>,
 }
 
 impl Learned {

@@ -14,6 +14,7 @@ use kube::runtime::reflector;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
+use super::clock::PassClock;
 use super::fresh::{Learned, Reread, View};
 use super::run::reconcile_inner;
 use crate::api::{PredictionBatch, Stage, StageState};
@@ -177,7 +178,7 @@ async fn pass(
     let batch: PredictionBatch = serde_json::from_value(cached).unwrap();
     let action = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        reconcile_inner(&batch, &ctx, &mut Learned::default()),
+        reconcile_inner(&batch, &ctx, &mut Learned::default(), &PassClock::start(None)),
     )
     .await
     .expect("the pass finished")
@@ -317,11 +318,11 @@ async fn the_pass_after_a_create_plans_from_the_created_job_while_the_job_cache_
     let fake = fake_with(stored_batch("10", json!(null)));
     let ctx = context(serve(fake.clone()), vec![]);
     let first: PredictionBatch = serde_json::from_value(stored_batch("10", json!(null))).unwrap();
-    reconcile_inner(&first, &ctx, &mut Learned::default()).await.expect("the first pass");
+    reconcile_inner(&first, &ctx, &mut Learned::default(), &PassClock::start(None)).await.expect("the first pass");
     assert!(log(&fake).iter().any(|l| l.starts_with("POST") && !l.contains("dry run") && l.ends_with("201")));
     let before = log(&fake).len();
     let woken = stored(&fake);
-    reconcile_inner(&woken, &ctx, &mut Learned::default()).await.expect("the woken pass");
+    reconcile_inner(&woken, &ctx, &mut Learned::default(), &PassClock::start(None)).await.expect("the woken pass");
     let after = fake.lock().unwrap().log[before..].to_vec();
     assert!(after.is_empty(), "the woken pass asked the apiserver nothing: {after:#?}");
 }

@@ -3,10 +3,11 @@
 //! took 700 ms) and losing one never fails or repeats a pass.
 //!
 //! A batch's routine Events (a stage started, a stage succeeded) are paced: at most one per
-//! [`NORMAL_EVENT_INTERVAL`] per batch. The ones held back go out together, as one Event that
-//! names them, with the next Event that is published or when the interval is up, so a 3-stage
-//! batch that takes seconds costs two Events, not seven, while the apiserver is busy with its
-//! pods. Warnings and every other reason are never held.
+//! [`NORMAL_EVENT_INTERVAL`] per batch, the first one too (counted from the first routine Event
+//! the batch had). The ones held back go out together, as one Event that names them, with the
+//! next Event that is published or when the interval is up, so a 3-stage batch that takes less
+//! than the interval costs one Event (`BatchSucceeded`, naming the seven), not seven, while the
+//! apiserver is busy with its pods. Warnings and every other reason are never held.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -54,8 +55,8 @@ pub struct EventPacer {
 }
 
 struct Paced {
-    /// `None` until its first routine Event went out.
-    last: Option<Instant>,
+    /// When its last routine Event went out, or its first routine Event came (held).
+    last: Instant,
     held: Vec<EventNote>,
     /// A flush is scheduled for the held Events.
     flushing: bool,
@@ -76,9 +77,7 @@ impl EventPacer {
     pub fn pace(&self, key: &ObjectRef<PredictionBatch>, notes: Vec<EventNote>, now: Instant) -> PaceDecision {
         let mut all = self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if all.len() > MAX_PACED_BATCHES {
-            all.retain(|_, p| {
-                !p.held.is_empty() || p.last.is_some_and(|l| now.saturating_duration_since(l) < NORMAL_EVENT_INTERVAL)
-            });
+            all.retain(|_, p| !p.held.is_empty() || now.saturating_duration_since(p.last) < NORMAL_EVENT_INTERVAL);
         }
         let mut out = PaceDecision::default();
         for note in notes {
@@ -95,10 +94,10 @@ impl EventPacer {
                 out.now.push(note);
                 continue;
             }
-            let p = entry.or_insert(Paced { last: None, held: vec![], flushing: false });
-            let since = p.last.map_or(NORMAL_EVENT_INTERVAL, |l| now.saturating_duration_since(l));
+            let p = entry.or_insert(Paced { last: now, held: vec![], flushing: false });
+            let since = now.saturating_duration_since(p.last);
             if since >= NORMAL_EVENT_INTERVAL && p.held.is_empty() {
-                p.last = Some(now);
+                p.last = now;
                 out.now.push(note);
             } else {
                 p.held.push(note);
@@ -119,7 +118,7 @@ impl EventPacer {
         p.flushing = false;
         let mut held = std::mem::take(&mut p.held);
         let newest = held.pop()?;
-        p.last = Some(now);
+        p.last = now;
         Some(fold(held, newest))
     }
 }
@@ -199,12 +198,12 @@ mod tests {
     }
 
     #[test]
-    fn routine_events_of_a_short_batch_go_out_as_two() {
+    fn routine_events_of_a_short_batch_go_out_as_one() {
         let (p, t0) = (EventPacer::default(), Instant::now());
-        let started = p.pace(&key(), vec![n(EventReason::StageStarted(Stage::Workers), false)], t0);
-        assert_eq!(started.now.len(), 1, "the first goes out at once");
-        assert_eq!(started.flush_after, None);
         let s = Duration::from_secs;
+        let started = p.pace(&key(), vec![n(EventReason::StageStarted(Stage::Workers), false)], t0);
+        assert!(started.now.is_empty(), "the first is held too: {started:?}");
+        assert_eq!(started.flush_after, Some(s(30)), "one flush, when the interval is up");
         let mid = p.pace(
             &key(),
             vec![
@@ -214,7 +213,7 @@ mod tests {
             t0 + s(8),
         );
         assert!(mid.now.is_empty(), "{mid:?}");
-        assert_eq!(mid.flush_after, Some(s(22)), "one flush, when the interval is up");
+        assert_eq!(mid.flush_after, None, "the flush is already due");
         let end = p.pace(
             &key(),
             vec![n(EventReason::StageSucceeded(Stage::Consolidation), false), n(EventReason::BatchSucceeded, false)],
@@ -224,7 +223,7 @@ mod tests {
         assert_eq!(end.now[0].reason, EventReason::BatchSucceeded);
         assert_eq!(
             end.now[0].note,
-            "BatchSucceeded (after: WorkersSucceeded; ConsolidationStarted; ConsolidationSucceeded)"
+            "BatchSucceeded (after: WorkersStarted; WorkersSucceeded; ConsolidationStarted; ConsolidationSucceeded)"
         );
         assert_eq!(p.flush(&key(), t0 + s(30)), None, "the batch's end took them along");
     }
@@ -248,13 +247,15 @@ mod tests {
         p.pace(&key(), vec![n(EventReason::StageStarted(Stage::Workers), false)], t0 + s(2));
         let flushed = p.flush(&key(), t0 + s(30)).expect("held events");
         assert_eq!(flushed.reason, EventReason::StageStarted(Stage::Workers));
-        assert_eq!(flushed.note, "WorkersStarted (after: LoaderSucceeded)");
+        assert_eq!(flushed.note, "WorkersStarted (after: LoaderStarted; LoaderSucceeded)");
         // The interval starts again from the flush.
         let next = p.pace(&key(), vec![n(EventReason::StageSucceeded(Stage::Workers), false)], t0 + s(40));
         assert!(next.now.is_empty() && next.flush_after == Some(s(20)), "{next:?}");
         let later = EventPacer::default();
         let other: ObjectRef<PredictionBatch> = ObjectRef::new("c").within("ns");
-        assert_eq!(later.pace(&other, vec![n(EventReason::StageStarted(Stage::Workers), false)], t0).now.len(), 1);
+        let first = later.pace(&other, vec![n(EventReason::StageStarted(Stage::Workers), false)], t0);
+        assert!(first.now.is_empty() && first.flush_after == Some(s(30)), "{first:?}");
+        assert_eq!(later.flush(&other, t0 + s(30)).map(|e| e.reason), Some(EventReason::StageStarted(Stage::Workers)));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{debug, warn};
 
 use super::act::{act, release_jobs_of};
+use super::clock::PassClock;
 use super::fresh::{Learned, Reread, View};
 use super::plan::{Action, plan};
 use super::record::{Recording, record};
@@ -30,18 +31,28 @@ const TRANSIENT_RETRY_PAUSES: [Duration; 3] =
     [Duration::from_millis(100), Duration::from_millis(300), Duration::from_millis(900)];
 
 pub async fn reconcile(batch: Arc<PredictionBatch>, ctx: Arc<Context>) -> Result<ControllerAction, Error> {
-    let started = Instant::now();
+    reconcile_queued(batch, ctx, None).await
+}
+
+/// A pass started by a change that waited `queued` for it (see [`PassClock`]).
+pub async fn reconcile_queued(
+    batch: Arc<PredictionBatch>,
+    ctx: Arc<Context>,
+    queued: Option<Duration>,
+) -> Result<ControllerAction, Error> {
+    let clock = PassClock::start(queued);
+    let started = clock.started;
     // Boxed: the runner holds one future per batch it has started, thousands at a controller's
     // start, and the pass's own state (~12 KB) should only exist while the pass runs.
     let mut learned = Box::<Learned>::default();
-    let mut result = Box::pin(reconcile_inner(&batch, &ctx, &mut learned)).await;
+    let mut result = Box::pin(reconcile_inner(&batch, &ctx, &mut learned, &clock)).await;
     for pause in TRANSIENT_RETRY_PAUSES {
         match &result {
             Err(e) if e.is_transient() && ctx.leadership.may_act() => {
                 debug!(error = %e, ?pause, "transient API error; trying the pass again");
                 ctx.metrics.errors.get_or_create(&crate::metrics::KindLabel { kind: e.kind() }).inc();
                 tokio::time::sleep(pause).await;
-                result = Box::pin(reconcile_inner(&batch, &ctx, &mut learned)).await;
+                result = Box::pin(reconcile_inner(&batch, &ctx, &mut learned, &clock)).await;
             }
             _ => break,
         }
@@ -65,6 +76,7 @@ pub(super) async fn reconcile_inner(
     batch: &PredictionBatch,
     ctx: &Context,
     learned: &mut Learned,
+    clock: &PassClock,
 ) -> Result<ControllerAction, Error> {
     if batch.metadata.deletion_timestamp.is_some() {
         // Our outcome finalizers must not hold up the Jobs' deletion (foreground deletion of the
@@ -83,6 +95,7 @@ pub(super) async fn reconcile_inner(
     'rounds: for _round in 0..MAX_ROUNDS {
         let observed = view.observe(ctx, &jobs_api, &uid).await?;
         let plan = plan(&view.batch, &observed);
+        let sent = Instant::now();
         let recorded = match record(ctx, &mut view.batch, plan).await? {
             Recording::Recorded(recorded) => recorded,
             Recording::Coalesced(wait) => return Ok(ControllerAction::requeue(wait)),
@@ -91,6 +104,7 @@ pub(super) async fn reconcile_inner(
                 _ => continue,
             },
         };
+        let written = Instant::now();
         if recorded.is_empty() {
             return Ok(match recorded.requeue_after() {
                 Some(d) => ControllerAction::requeue(d),
@@ -115,7 +129,10 @@ pub(super) async fn reconcile_inner(
             if !ctx.leadership.may_act() {
                 return Err(Error::NotLeading);
             }
-            let acted = act(&jobs_api, &view.batch, &uid, action, view.learned).await;
+            let acted = act(&jobs_api, &view.batch, &uid, action, view.learned, &ctx.dry_runs).await;
+            if let Some(stage) = view.learned.created.take() {
+                clock.created(ctx, stage, sent, written);
+            }
             super::fresh::remember_jobs(ctx, view.learned);
             acted?;
             if *action == Action::Validate {

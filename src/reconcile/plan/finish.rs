@@ -94,10 +94,14 @@ impl Planner<'_> {
         let mut events = std::mem::take(&mut self.notes);
         events.extend(transition_events(&self.prev, &self.st, self.stop.as_ref()));
         let backups = self.backup_actions();
-        let mut actions = self.releases();
-        actions.extend(self.shard_releases());
-        actions.extend(backups);
-        for a in std::mem::take(&mut self.actions) {
+        // The next stage's Job (and the dry run that must precede it) first: it is what the
+        // batch waits for, and releasing finalizers can wait one round trip longer.
+        let (urgent, rest): (Vec<Action>, Vec<Action>) = std::mem::take(&mut self.actions)
+            .into_iter()
+            .partition(|a| matches!(a, Action::Validate | Action::Create(_)));
+        let mut actions = Vec::new();
+        let releases = self.releases().into_iter().chain(self.shard_releases()).chain(backups);
+        for a in urgent.into_iter().chain(releases.collect::<Vec<_>>()).chain(rest) {
             // A rule may plan what another already did: once is enough.
             if !actions.contains(&a) {
                 actions.push(a);
