@@ -339,6 +339,32 @@ pub fn stats(values: &[f64]) -> Stats {
     }
 }
 
+/// The steps of each stage transition the controller logged (`stage Job created stage=…
+/// queued_ms=… planned_ms=… status_ms=… create_ms=…`), as stats per `<stage> <step>`, plus
+/// `<stage> total` (their sum; a pass no watch change started has no `queued`, counted as 0).
+pub fn transition_steps(log: &str) -> BTreeMap<String, Stats> {
+    const STEPS: [&str; 4] = ["queued", "planned", "status", "create"];
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains("stage Job created")) {
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|t| t.strip_prefix(&format!("{key}=")))
+                .map(|v| v.trim_matches('"').to_string())
+        };
+        let Some(stage) = field("stage") else { continue };
+        let mut total = 0.0;
+        for step in STEPS {
+            let Some(v) = field(&format!("{step}_ms")).and_then(|v| v.parse::<f64>().ok()) else { continue };
+            if v >= 0.0 {
+                samples.entry(format!("{stage} {step}")).or_default().push(v);
+                total += v;
+            }
+        }
+        samples.entry(format!("{stage} total")).or_default().push(total);
+    }
+    samples.into_iter().map(|(k, v)| (k, stats(&v))).collect()
+}
+
 /// Signed milliseconds from `from` to `to`.
 pub fn ms(from: Instant, to: Instant) -> f64 {
     if to >= from {
@@ -882,6 +908,9 @@ pub struct ModeResult {
     pub reaction_export_ms: Stats,
     /// Create call returned → worker Job seen (ours: the controller's first reaction).
     pub start_ms: Stats,
+    /// Ours: where each stage transition's time went, from the controller's `stage Job created`
+    /// log lines, keyed `<stage> <step>` (queued, planned, status, create, total), in ms.
+    pub transition_ms: BTreeMap<String, Stats>,
     /// Batches whose worker or consolidation Job finished but whose next Job never appeared.
     pub unreacted: usize,
     pub failed_jobs: usize,
@@ -1135,6 +1164,7 @@ pub async fn run_mode(env: &Env, mode: Mode, w: Workload, opts: &ModeOptions) ->
         reaction_consolidation_ms: cons,
         reaction_export_ms: exp,
         start_ms: start,
+        transition_ms: BTreeMap::new(),
         unreacted,
         failed_jobs,
         cpu_s: None,
@@ -1162,6 +1192,7 @@ pub async fn run_mode(env: &Env, mode: Mode, w: Workload, opts: &ModeOptions) ->
         result.status_writes = p.metric("prediction_batch_status_writes_total");
         result.cpu_per_reconcile_ms =
             result.cpu_total_s.zip(result.reconciles).filter(|(_, r)| *r > 0.0).map(|(c, r)| c * 1e3 / r);
+        result.transition_ms = transition_steps(&std::fs::read_to_string(&p.log).unwrap_or_default());
     }
     if let Some(path) = env.audit_log.as_deref() {
         // Requests of the run itself (a watch counts when it starts): the idle windows and the
@@ -1533,4 +1564,24 @@ pub fn summary_line(r: &ModeResult) -> String {
         r.load_before,
         r.load_after,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_steps_are_read_from_the_controller_log() {
+        let log = "\
+2026-12-02T19:00:00Z  INFO reconcile{batch=ns/b1}: prediction_batch_controller::reconcile::clock: stage Job created stage=\"consolidation\" queued_ms=\"0.4\" planned_ms=\"1.0\" status_ms=\"6.5\" create_ms=\"9.1\"
+2026-12-02T19:00:01Z  INFO reconcile{batch=ns/b1}: created Job job=\"b1-export\"
+2026-12-02T19:00:01Z  INFO reconcile{batch=ns/b1}: prediction_batch_controller::reconcile::clock: stage Job created stage=\"export\" queued_ms=\"-1.0\" planned_ms=\"2.0\" status_ms=\"3.0\" create_ms=\"4.0\"
+";
+        let t = transition_steps(log);
+        assert_eq!(t["consolidation status"].p50, 6.5);
+        assert_eq!(t["consolidation total"].p50, 17.0);
+        assert!(!t.contains_key("export queued"), "a pass no change started has no queue time");
+        assert_eq!(t["export total"].p50, 9.0);
+        assert_eq!(t["export create"].n, 1);
+    }
 }

@@ -438,6 +438,27 @@ fn summary(r: &Results) -> String {
                 verbs(p.baseline.api.as_ref())
             );
         }
+        s += "\nWhere each transition's time went (ours; the controller's `stage Job created` lines, p50/p99 ms): change on the watch → pass start (queued) → status write sent (planned) → status written (status) → Job created (create):\n\n";
+        s += "| pair | stage | n | queued | planned | status | create | total |\n|---|---|---|---|---|---|---|---|\n";
+        for p in &r.pairs {
+            for stage in ["consolidation", "export"] {
+                let t = &p.ours.transition_ms;
+                let cell = |step: &str| {
+                    t.get(&format!("{stage} {step}")).map_or("-".into(), |x| format!("{:.1}/{:.1}", x.p50, x.p99))
+                };
+                let n = t.get(&format!("{stage} total")).map_or(0, |x| x.n);
+                s += &format!(
+                    "| {}-{} | {stage} | {n} | {} | {} | {} | {} | {} |\n",
+                    p.preset,
+                    p.index,
+                    cell("queued"),
+                    cell("planned"),
+                    cell("status"),
+                    cell("create"),
+                    cell("total")
+                );
+            }
+        }
         let repeat: Vec<f64> = r.pairs.iter().filter(|p| p.preset == "repeat").map(|p| p.ratio).collect();
         if !repeat.is_empty() {
             let min = repeat.iter().copied().fold(f64::INFINITY, f64::min);
