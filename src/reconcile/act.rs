@@ -108,6 +108,7 @@ pub async fn act(
             for stage in batch.spec.later_stages() {
                 let Some(job) = jobs::build_for_dry_run(batch, stage) else { continue };
                 let job_name = batch.job_name(stage);
+                let _gate = verdicts.gate(&job).await;
                 if verdicts.accepted(&job, Instant::now()) {
                     debug!(job = job_name, "a Job of this template was accepted in this namespace lately; no dry run");
                     continue;

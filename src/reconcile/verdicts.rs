@@ -9,16 +9,19 @@
 //! the batch (the Job's name, its owner reference, the batch label and `PREDICTION_BATCH`). Those
 //! are the same kind of value for every batch (names are cut to valid lengths before they reach
 //! a Job), so admission that accepted one accepts the other. A refusal is never remembered: each
-//! batch with a refused template sees its own refusal. A verdict that went stale within the TTL
+//! batch with a refused template sees its own refusal. Batches that arrive together (a burst
+//! of batches from one template reach their first pass at once) wait at one gate per shape for
+//! the first one's dry run instead of each sending its own. A verdict that went stale within the TTL
 //! (a policy added since) costs what it cost before dry runs existed: the real create is refused
 //! and the batch fails at that stage.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
+use tokio::sync::OwnedMutexGuard;
 
 use crate::api::env;
 use crate::labels::BATCH_LABEL;
@@ -32,6 +35,8 @@ const MAX_VERDICTS: usize = 4096;
 pub struct DryRunVerdicts {
     ttl: Duration,
     accepted: Mutex<HashMap<u64, Instant>>,
+    /// One per shape being checked: the first pass holds it through its dry run.
+    gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Default for DryRunVerdicts {
@@ -43,7 +48,25 @@ impl Default for DryRunVerdicts {
 impl DryRunVerdicts {
     /// `ttl` zero: nothing is remembered, every batch has its own dry runs.
     pub fn new(ttl: Duration) -> Self {
-        DryRunVerdicts { ttl, accepted: Mutex::new(HashMap::new()) }
+        DryRunVerdicts { ttl, accepted: Mutex::new(HashMap::new()), gates: Mutex::new(HashMap::new()) }
+    }
+
+    /// Waits until no other pass is dry-running a Job of `job`'s shape, and holds the gate for
+    /// this one's check: the passes waiting behind it then find its verdict.
+    pub async fn gate(&self, job: &Job) -> Option<OwnedMutexGuard<()>> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let key = shape(job);
+        let gate = {
+            let mut gates = self.gates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Gates nobody holds or waits for are only ours: dropped before the map grows.
+            if gates.len() >= MAX_VERDICTS {
+                gates.retain(|_, g| Arc::strong_count(g) > 1);
+            }
+            gates.entry(key).or_default().clone()
+        };
+        Some(gate.lock_owned().await)
     }
 
     /// True when a Job of `job`'s shape was accepted in its namespace less than the TTL ago.
@@ -136,6 +159,27 @@ mod tests {
         assert!(!v.accepted(&job("b", "ns", "c:1"), t0 + Duration::from_secs(60)), "expired");
         assert!(!v.accepted(&job("b", "other", "c:1"), t0), "another namespace has its own admission");
         assert!(!v.accepted(&job("b", "ns", "c:2"), t0), "another template is checked again");
+    }
+
+    #[tokio::test]
+    async fn passes_of_one_shape_wait_for_the_first_ones_verdict() {
+        let v = Arc::new(DryRunVerdicts::new(Duration::from_secs(60)));
+        let first = v.gate(&job("a", "ns", "c:1")).await.expect("a gate");
+        let waiter = tokio::spawn({
+            let v = v.clone();
+            async move {
+                let _gate = v.gate(&job("b", "ns", "c:1")).await;
+                v.accepted(&job("b", "ns", "c:1"), Instant::now())
+            }
+        });
+        // Another shape is not held up by this one.
+        let other = tokio::time::timeout(Duration::from_secs(1), v.gate(&job("a", "ns", "c:2"))).await;
+        assert!(other.is_ok(), "another template has its own gate");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "the second pass waits for the first one's dry run");
+        v.accept(&job("a", "ns", "c:1"), Instant::now());
+        drop(first);
+        assert!(waiter.await.expect("the waiter"), "and then finds its verdict");
     }
 
     #[test]
