@@ -86,7 +86,7 @@ pub async fn record(ctx: &Context, batch: &mut PredictionBatch, plan: Plan) -> R
                     }));
                 }
                 Worth::Progress => {
-                    let interval = if transition_pending(&plan.status) {
+                    let interval = if transition_pending(&plan.status, jiff::Timestamp::now()) {
                         TRANSITION_PENDING_HOLD
                     } else {
                         PROGRESS_WRITE_INTERVAL
@@ -112,8 +112,10 @@ pub async fn record(ctx: &Context, batch: &mut PredictionBatch, plan: Plan) -> R
     Ok(Recording::Recorded(StatusRecorded { actions: plan.actions, requeue_after: plan.requeue_after }))
 }
 
-/// While every shard has finished, the worker stage's outcome is due within moments and will
-/// carry the counts: a progress write then only competes with that transition.
+/// While every shard has finished, or the stage's ETA says the rest will have within a
+/// [`PROGRESS_WRITE_INTERVAL`], the worker stage's outcome is due within moments and will carry
+/// the counts: a progress write then only competes with that transition (and is one more write
+/// for the batch). Held this long since the last write, it goes out if the estimate was wrong.
 pub const TRANSITION_PENDING_HOLD: Duration = Duration::from_secs(10);
 
 /// What a status change is worth writing for, with no action waiting on it.
@@ -156,11 +158,18 @@ fn worth(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) -> 
     if shape(prev) == shape(&next_known) { Worth::Progress } else { Worth::Transition }
 }
 
-/// The worker stage runs and every shard has finished: its outcome is the next write.
-fn transition_pending(next: &PredictionBatchStatus) -> bool {
+/// The worker stage runs and every shard has finished, or is expected to (by `status.eta`)
+/// before another progress write would be due at `now`: its outcome is the next write.
+fn transition_pending(next: &PredictionBatchStatus, now: jiff::Timestamp) -> bool {
     let running = next.workers.as_ref().is_some_and(|w| w.state == StageState::Running);
     let shards = next.shards.as_ref();
-    running && shards.is_some_and(|s| s.total > 0 && s.succeeded + s.failed >= s.total)
+    let all_finished = shards.is_some_and(|s| s.total > 0 && s.succeeded + s.failed >= s.total);
+    let soon = next
+        .eta
+        .as_ref()
+        .and_then(|e| e.completion_time.as_ref())
+        .is_some_and(|t| t.0.duration_since(now).as_secs_f64() <= PROGRESS_WRITE_INTERVAL.as_secs_f64());
+    running && (all_finished || soon)
 }
 
 /// Server-side apply of the whole status, conditional on the resourceVersion we planned from:
@@ -256,13 +265,37 @@ mod tests {
         assert_eq!(worth(None, &intent), Worth::Transition, "the first status is always written");
     }
 
+    fn now() -> jiff::Timestamp {
+        "2026-12-03T08:00:00Z".parse().unwrap()
+    }
+
     #[test]
     fn every_shard_finished_holds_progress_for_the_outcome() {
-        assert!(!transition_pending(&running(Some("u"), 3, 0)));
-        assert!(transition_pending(&running(Some("u"), 3, 1)));
+        assert!(!transition_pending(&running(Some("u"), 3, 0), now()));
+        assert!(transition_pending(&running(Some("u"), 3, 1), now()));
         let mut done = running(Some("u"), 4, 0);
-        assert!(transition_pending(&done));
+        assert!(transition_pending(&done, now()));
         done.workers.as_mut().unwrap().state = StageState::Succeeded;
-        assert!(!transition_pending(&done), "the outcome is written");
+        assert!(!transition_pending(&done, now()), "the outcome is written");
+    }
+
+    #[test]
+    fn an_outcome_expected_within_the_progress_interval_holds_progress_too() {
+        let with_eta = |secs: i64| {
+            let mut st = running(Some("u"), 2, 0);
+            let at = now().checked_add(jiff::SignedDuration::from_secs(secs)).unwrap();
+            st.eta = Some(crate::api::EtaStatus {
+                completion_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at)),
+                ..Default::default()
+            });
+            st
+        };
+        assert!(transition_pending(&with_eta(1), now()), "the rest is expected within a second");
+        assert!(transition_pending(&with_eta(5), now()));
+        assert!(!transition_pending(&with_eta(6), now()), "progress is worth a write when the end is further");
+        assert!(transition_pending(&with_eta(-30), now()), "overdue: the hold still caps the wait");
+        let mut finished = with_eta(1);
+        finished.workers.as_mut().unwrap().state = StageState::Succeeded;
+        assert!(!transition_pending(&finished, now()));
     }
 }
