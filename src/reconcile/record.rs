@@ -58,9 +58,10 @@ impl StatusRecorded {
 /// How putting a status on record came out.
 pub enum Recording {
     Recorded(StatusRecorded),
-    /// Only counts moved and the last write was less than [`PROGRESS_WRITE_INTERVAL`] ago (or
-    /// [`TRANSITION_PENDING_HOLD`] while every shard has finished and the stage's outcome is
-    /// due): write (and act) after this long instead.
+    /// Only counts moved and the last write was less than [`PROGRESS_WRITE_INTERVAL`] ago
+    /// ([`ACTIVITY_WRITE_INTERVAL`] when only the running count moved,
+    /// [`TRANSITION_PENDING_HOLD`] while the stage's outcome is due): write (and act) after this
+    /// long instead.
     Coalesced(Duration),
     /// The apiserver refused the write as stale (409): re-read and plan again.
     Stale(Error),
@@ -85,9 +86,11 @@ pub async fn record(ctx: &Context, batch: &mut PredictionBatch, plan: Plan) -> R
                         requeue_after: plan.requeue_after,
                     }));
                 }
-                Worth::Progress => {
+                worth @ (Worth::Progress | Worth::Activity) => {
                     let interval = if transition_pending(&plan.status, jiff::Timestamp::now()) {
                         TRANSITION_PENDING_HOLD
+                    } else if worth == Worth::Activity {
+                        ACTIVITY_WRITE_INTERVAL
                     } else {
                         PROGRESS_WRITE_INTERVAL
                     };
@@ -124,6 +127,9 @@ enum Worth {
     /// Only a new Job's UID: every pass re-derives it from the Job (by its deterministic name),
     /// so it waits for the stage's next write.
     Incidental,
+    /// Only how many shards are running (and the messages that say so): written at most every
+    /// [`ACTIVITY_WRITE_INTERVAL`]; a short stage's outcome carries it.
+    Activity,
     /// Counts, messages, the ETA: written at most every [`PROGRESS_WRITE_INTERVAL`].
     Progress,
     /// A phase, stage state, condition or backup changed: written now.
@@ -155,8 +161,27 @@ fn worth(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) -> 
         let quorum = if all_succeeded { None } else { s.quorum_time.clone() };
         (s.phase, stages, quorum, s.observed_generation, conditions, s.backups.clone())
     };
-    if shape(prev) == shape(&next_known) { Worth::Progress } else { Worth::Transition }
+    if shape(prev) != shape(&next_known) {
+        return Worth::Transition;
+    }
+    // Pods starting or ending without a shard finishing: the running count, and the condition
+    // messages that quote it (types, statuses and reasons are equal, per the shape above).
+    let mut finished_alike = next_known;
+    if let (Some(n), Some(p)) = (finished_alike.shards.as_mut(), prev.shards.as_ref()) {
+        n.active = p.active;
+    }
+    for c in &mut finished_alike.conditions {
+        if let Some(p) = prev.conditions.iter().find(|p| p.type_ == c.type_) {
+            c.message.clone_from(&p.message);
+        }
+    }
+    if &finished_alike == prev { Worth::Activity } else { Worth::Progress }
 }
+
+/// A change of only the running shards' count is written when the last write is this old: a
+/// stage of long shards still shows its pods running within seconds, and a short stage (the
+/// running count moves as its pods start, seconds before they finish) writes none of its own.
+pub const ACTIVITY_WRITE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The worker stage runs and every shard has finished, or is expected to (by `status.eta`)
 /// before another progress write would be due at `now`: its outcome is the next write.
@@ -263,6 +288,30 @@ mod tests {
         assert_eq!(worth(Some(&running(Some("u1"), 0, 0)), &running(Some("u2"), 0, 0)), Worth::Transition);
         assert_eq!(worth(Some(&running(Some("u1"), 0, 0)), &running(None, 0, 0)), Worth::Transition);
         assert_eq!(worth(None, &intent), Worth::Transition, "the first status is always written");
+    }
+
+    #[test]
+    fn pods_starting_without_a_shard_finishing_is_activity_not_progress() {
+        let with_active = |active: u32, succeeded: u32| {
+            let mut st = running(Some("u1"), succeeded, 0);
+            st.shards.as_mut().unwrap().active = active;
+            st.conditions = vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Reconciling".into(),
+                status: "True".into(),
+                reason: "Workers".into(),
+                message: format!("workers: {succeeded}/4, {active} shards active"),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    "2026-12-03T08:00:00Z".parse().unwrap(),
+                ),
+                observed_generation: Some(1),
+            }];
+            st
+        };
+        assert_eq!(worth(Some(&with_active(0, 0)), &with_active(4, 0)), Worth::Activity);
+        assert_eq!(worth(Some(&with_active(4, 0)), &with_active(3, 1)), Worth::Progress, "a shard finished");
+        let mut eta_moved = with_active(4, 0);
+        eta_moved.eta = Some(crate::api::EtaStatus { window_finished_shards: 1, ..Default::default() });
+        assert_eq!(worth(Some(&with_active(0, 0)), &eta_moved), Worth::Progress);
     }
 
     fn now() -> jiff::Timestamp {
