@@ -105,25 +105,11 @@ pub async fn act(
             patch_job(api, uid, Stage::Workers, &job_name, patch, learned).await?;
         }
         Action::Validate => {
-            for stage in batch.spec.later_stages() {
-                let Some(job) = jobs::build_for_dry_run(batch, stage) else { continue };
-                let job_name = batch.job_name(stage);
-                let _gate = verdicts.gate(&job).await;
-                if verdicts.accepted(&job, Instant::now()) {
-                    debug!(job = job_name, "a Job of this template was accepted in this namespace lately; no dry run");
-                    continue;
-                }
-                let pp = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
-                match call_twice(|| api.create(&pp, &job)).await {
-                    Ok(_) => verdicts.accept(&job, Instant::now()),
-                    // A Job by that name exists already: the real create will say whose it is.
-                    Err(e) if status_code(&e) == Some(409) => {}
-                    Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
-                        warn!(job = job_name, message = %s.message, "the apiserver would reject the Job");
-                        learned.rejected.push((stage, s.message.clone()));
-                    }
-                    Err(e) => return Err(Error::kube(format!("validate Job {job_name} (dry run)"), e)),
-                }
+            // The later stages' templates are checked side by side: a batch's first Job waits
+            // for the slower of the two dry runs, not for both in turn.
+            let checks = batch.spec.later_stages().into_iter().map(|stage| dry_run(api, batch, stage, verdicts));
+            for refusal in futures::future::try_join_all(checks).await?.into_iter().flatten() {
+                learned.rejected.push(refusal);
             }
         }
         Action::Release { stage, uid: ref job_uid, index } => {
@@ -273,5 +259,36 @@ async fn patch_job(
             Ok(())
         }
         Err(e) => Err(Error::kube(format!("patch Job {job_name}"), e)),
+    }
+}
+
+/// The apiserver's verdict on `stage`'s Job for `batch` (a dry-run create), unless a Job of
+/// that shape was accepted lately: `Some(message)` when it would refuse it.
+async fn dry_run(
+    api: &Api<Job>,
+    batch: &PredictionBatch,
+    stage: Stage,
+    verdicts: &DryRunVerdicts,
+) -> Result<Option<(Stage, String)>, Error> {
+    let Some(job) = jobs::build_for_dry_run(batch, stage) else { return Ok(None) };
+    let job_name = batch.job_name(stage);
+    let _gate = verdicts.gate(&job).await;
+    if verdicts.accepted(&job, Instant::now()) {
+        debug!(job = job_name, "a Job of this template was accepted in this namespace lately; no dry run");
+        return Ok(None);
+    }
+    let pp = PostParams { dry_run: true, field_manager: Some(FIELD_MANAGER.into()) };
+    match call_twice(|| api.create(&pp, &job)).await {
+        Ok(_) => {
+            verdicts.accept(&job, Instant::now());
+            Ok(None)
+        }
+        // A Job by that name exists already: the real create will say whose it is.
+        Err(e) if status_code(&e) == Some(409) => Ok(None),
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+            warn!(job = job_name, message = %s.message, "the apiserver would reject the Job");
+            Ok(Some((stage, s.message)))
+        }
+        Err(e) => Err(Error::kube(format!("validate Job {job_name} (dry run)"), e)),
     }
 }
