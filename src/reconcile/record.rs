@@ -127,7 +127,7 @@ enum Worth {
     /// Only a new Job's UID: every pass re-derives it from the Job (by its deterministic name),
     /// so it waits for the stage's next write.
     Incidental,
-    /// Only how many shards are running (and the messages that say so): written at most every
+    /// No shard finished, only how many run (and what follows from it): written at most every
     /// [`ACTIVITY_WRITE_INTERVAL`]; a short stage's outcome carries it.
     Activity,
     /// Counts, messages, the ETA: written at most every [`PROGRESS_WRITE_INTERVAL`].
@@ -164,18 +164,15 @@ fn worth(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) -> 
     if shape(prev) != shape(&next_known) {
         return Worth::Transition;
     }
-    // Pods starting or ending without a shard finishing: the running count, and the condition
-    // messages that quote it (types, statuses and reasons are equal, per the shape above).
-    let mut finished_alike = next_known;
-    if let (Some(n), Some(p)) = (finished_alike.shards.as_mut(), prev.shards.as_ref()) {
-        n.active = p.active;
+    // Pods starting or ending, the Job's counts seen for the first time, with no shard finished
+    // since the last write: what changed (the running count, the `0/20` progress, the ETA's
+    // window, the messages quoting them) follows from the finished shards, which did not move.
+    let finished = |s: &PredictionBatchStatus| s.shards.as_ref().map_or((0, 0), |c| (c.succeeded, c.failed));
+    if finished(prev) == finished(&next_known) && prev.stuck_pods == next_known.stuck_pods {
+        Worth::Activity
+    } else {
+        Worth::Progress
     }
-    for c in &mut finished_alike.conditions {
-        if let Some(p) = prev.conditions.iter().find(|p| p.type_ == c.type_) {
-            c.message.clone_from(&p.message);
-        }
-    }
-    if &finished_alike == prev { Worth::Activity } else { Worth::Progress }
 }
 
 /// A change of only the running shards' count is written when the last write is this old: a
@@ -309,9 +306,15 @@ mod tests {
         };
         assert_eq!(worth(Some(&with_active(0, 0)), &with_active(4, 0)), Worth::Activity);
         assert_eq!(worth(Some(&with_active(4, 0)), &with_active(3, 1)), Worth::Progress, "a shard finished");
-        let mut eta_moved = with_active(4, 0);
-        eta_moved.eta = Some(crate::api::EtaStatus { window_finished_shards: 1, ..Default::default() });
-        assert_eq!(worth(Some(&with_active(0, 0)), &eta_moved), Worth::Progress);
+        let mut first_counts = with_active(4, 0);
+        first_counts.progress = Some("0/4".into());
+        first_counts.eta = Some(crate::api::EtaStatus { window_finished_shards: 0, ..Default::default() });
+        let mut intent = with_active(0, 0);
+        intent.shards = None;
+        assert_eq!(worth(Some(&intent), &first_counts), Worth::Activity, "the Job's first counts, none finished");
+        let mut stuck = with_active(4, 0);
+        stuck.stuck_pods = vec![crate::api::StuckPodStatus { pod: "p".into(), ..Default::default() }];
+        assert_eq!(worth(Some(&with_active(4, 0)), &stuck), Worth::Progress, "a stuck pod is news");
     }
 
     fn now() -> jiff::Timestamp {
