@@ -87,13 +87,8 @@ pub async fn record(ctx: &Context, batch: &mut PredictionBatch, plan: Plan) -> R
                     }));
                 }
                 worth @ (Worth::Progress | Worth::Activity) => {
-                    let interval = if transition_pending(&plan.status, jiff::Timestamp::now()) {
-                        TRANSITION_PENDING_HOLD
-                    } else if worth == Worth::Activity {
-                        ACTIVITY_WRITE_INTERVAL
-                    } else {
-                        PROGRESS_WRITE_INTERVAL
-                    };
+                    let interval =
+                        coalescing_interval(worth, batch.status.as_ref(), &plan.status, jiff::Timestamp::now());
                     let since = last_write(ctx, batch).and_then(|t| interval.checked_sub(t.elapsed()));
                     if let Some(wait) = since {
                         debug!(?wait, "coalescing a progress-only status change");
@@ -167,13 +162,40 @@ fn worth(prev: Option<&PredictionBatchStatus>, next: &PredictionBatchStatus) -> 
     // Pods starting or ending, the Job's counts seen for the first time, with no shard finished
     // since the last write: what changed (the running count, the `0/20` progress, the ETA's
     // window, the messages quoting them) follows from the finished shards, which did not move.
-    let finished = |s: &PredictionBatchStatus| s.shards.as_ref().map_or((0, 0), |c| (c.succeeded, c.failed));
-    if finished(prev) == finished(&next_known) && prev.stuck_pods == next_known.stuck_pods {
+    if finished_shards(Some(prev)) == finished_shards(Some(&next_known)) && prev.stuck_pods == next_known.stuck_pods {
         Worth::Activity
     } else {
         Worth::Progress
     }
 }
+
+/// How long after the last write a status change worth `worth` (progress or activity) waits.
+fn coalescing_interval(
+    worth: Worth,
+    prev: Option<&PredictionBatchStatus>,
+    next: &PredictionBatchStatus,
+    now: jiff::Timestamp,
+) -> Duration {
+    if transition_pending(next, now) {
+        TRANSITION_PENDING_HOLD
+    } else if worth == Worth::Activity {
+        ACTIVITY_WRITE_INTERVAL
+    } else if finished_shards(prev) == (0, 0) {
+        FIRST_PROGRESS_AFTER
+    } else {
+        PROGRESS_WRITE_INTERVAL
+    }
+}
+
+/// Shards succeeded and failed as `status` has them (none when it has no counts yet).
+fn finished_shards(status: Option<&PredictionBatchStatus>) -> (u32, u32) {
+    status.and_then(|s| s.shards.as_ref()).map_or((0, 0), |c| (c.succeeded, c.failed))
+}
+
+/// The first shards finishing are written this long after the last write (the stage's start,
+/// as a rule), then progress every [`PROGRESS_WRITE_INTERVAL`]: a stage that ends within it
+/// (most of a short batch's) writes no progress of its own, its outcome carries the counts.
+pub const FIRST_PROGRESS_AFTER: Duration = Duration::from_secs(10);
 
 /// A change of only the running shards' count is written when the last write is this old: a
 /// stage of long shards still shows its pods running within seconds, and a short stage (the
@@ -285,6 +307,30 @@ mod tests {
         assert_eq!(worth(Some(&running(Some("u1"), 0, 0)), &running(Some("u2"), 0, 0)), Worth::Transition);
         assert_eq!(worth(Some(&running(Some("u1"), 0, 0)), &running(None, 0, 0)), Worth::Transition);
         assert_eq!(worth(None, &intent), Worth::Transition, "the first status is always written");
+    }
+
+    #[test]
+    fn the_first_finished_shards_wait_longer_than_later_progress() {
+        let (none, some) = (running(Some("u"), 0, 0), running(Some("u"), 1, 0));
+        let far = |mut st: PredictionBatchStatus| {
+            st.eta = Some(crate::api::EtaStatus {
+                completion_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    now().checked_add(jiff::SignedDuration::from_secs(60)).unwrap(),
+                )),
+                ..Default::default()
+            });
+            st
+        };
+        let interval =
+            |prev: &PredictionBatchStatus, next| coalescing_interval(Worth::Progress, Some(prev), next, now());
+        let (first, later) = (far(some.clone()), far(running(Some("u"), 2, 0)));
+        assert_eq!(interval(&none, &first), FIRST_PROGRESS_AFTER);
+        assert_eq!(interval(&some, &later), PROGRESS_WRITE_INTERVAL);
+        assert_eq!(interval(&some, &running(Some("u"), 3, 1)), TRANSITION_PENDING_HOLD, "every shard finished");
+        assert_eq!(
+            coalescing_interval(Worth::Activity, Some(&none), &far(none.clone()), now()),
+            ACTIVITY_WRITE_INTERVAL
+        );
     }
 
     #[test]
