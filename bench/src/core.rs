@@ -1499,7 +1499,7 @@ async fn restart_over(
 /// Writes per batch of the 3-stage pipeline at the CI preset (10 × 20), from the audit log
 /// (controller identity, dry runs included), as measured when the guard was set: 15.0. The guard
 /// fails above this + 2.
-pub const MEASURED_WRITES_PER_BATCH: f64 = 15.0;
+pub const MEASURED_WRITES_PER_BATCH: f64 = 11.2;
 
 /// The regression guard: ours/baseline within `max_ratio`, every stage reacted to in both modes,
 /// and (when the audit log was read) at most `max_writes` API writes per batch.
