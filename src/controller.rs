@@ -420,7 +420,12 @@ async fn run_controller(
     };
     let pod_trigger = {
         let (stuck, jobs, metrics) = (stuck.clone(), job_store.clone(), metrics.clone());
-        watcher(pods, settings.initial_list.config().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
+        let config = settings
+            .initial_list
+            .config()
+            .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
+            .fields(crate::reconcile::stuck::POD_WATCH_FIELDS);
+        watcher(pods, config)
             .default_backoff()
             .filter_map(move |item| {
                 let changed = match item {

@@ -2,9 +2,10 @@
 //! whose configuration is missing, a pod no node can take. The Job controller counts such a pod
 //! as active forever; this module finds them so the batch can say so.
 //!
-//! The controller watches the pods of its Jobs (label-selected) without caching them: each event
-//! only updates [`StuckPods`], an index of the pods that look stuck right now, by batch, and a
-//! batch is reconciled only when its entry changes, never on an ordinary pod transition.
+//! The controller watches the Pending pods of its Jobs (label- and field-selected,
+//! [`POD_WATCH_FIELDS`]) without caching them: each event only updates [`StuckPods`], an index
+//! of the pods that look stuck right now, by batch, and a batch is reconciled only when its entry
+//! changes, never on an ordinary pod transition.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -18,6 +19,13 @@ use kube::runtime::watcher;
 use super::stragglers::COMPLETION_INDEX_ANNOTATION;
 use crate::api::{PredictionBatch, Stage, StuckReason};
 use crate::labels::{BATCH_LABEL, STAGE_LABEL};
+
+/// The pod watch's field selector: only a Pending pod can be stuck ([`stuck_signal`]). A pod
+/// that leaves Pending arrives as a deletion, which clears it from [`StuckPods`]; the running,
+/// finished and deleted pods' events (most of a pod's life) never reach the controller. At
+/// 100 batches x 100 shards on two cores the unfiltered watch cost the controller 6 s more CPU
+/// and the run 1.060 of the bare-Jobs time against 1.035 (docs/benchmarks.md, Headline).
+pub const POD_WATCH_FIELDS: &str = "status.phase=Pending";
 
 /// One pod of a batch that waits for a reason that needs someone to act.
 #[derive(Clone, Debug, PartialEq, Eq)]
