@@ -222,6 +222,33 @@ mod tests {
         assert_eq!(since, "2026-12-01T07:00:01Z".parse().unwrap());
     }
 
+    /// The pod watch sees Pending pods only ([`POD_WATCH_FIELDS`]); that is sound only while no
+    /// pod in another phase can be stuck, whatever its containers say.
+    #[test]
+    fn only_a_pending_pod_can_be_stuck_so_the_watch_asks_for_pending_pods_only() {
+        assert_eq!(POD_WATCH_FIELDS, "status.phase=Pending");
+        for phase in ["Running", "Succeeded", "Failed", "Unknown"] {
+            let mut status = waiting("ImagePullBackOff");
+            status["phase"] = phase.into();
+            assert_eq!(stuck_signal(&pod("p", status)), None, "{phase}");
+        }
+        assert!(stuck_signal(&pod("p", waiting("ImagePullBackOff"))).is_some());
+    }
+
+    #[test]
+    fn a_pod_that_leaves_pending_arrives_as_a_deletion_and_clears() {
+        let (jobs, _) = kube::runtime::reflector::store::<Job>();
+        let idx = StuckPods::default();
+        let b = ObjectRef::<PredictionBatch>::new("b").within("ns");
+        let stuck = pod("p", waiting("ImagePullBackOff"));
+        assert_eq!(idx.on_event(&watcher::Event::Apply(stuck.clone()), &jobs), vec![b.clone()]);
+        // With the field selector the apiserver sends the pod's move to Running as a deletion.
+        let mut running = stuck;
+        running.status.as_mut().unwrap().phase = Some("Running".into());
+        assert_eq!(idx.on_event(&watcher::Event::Delete(running), &jobs), vec![b.clone()]);
+        assert!(idx.of(&b).is_empty());
+    }
+
     #[test]
     fn the_index_changes_only_when_a_pods_stuck_state_does() {
         let (jobs, _) = kube::runtime::reflector::store::<Job>();
