@@ -1,7 +1,8 @@
 //! Test-only API fault injection: a tower layer under the kube client that fails a share of
-//! requests with 409, 429, 500 or a timeout (hidden flag `--inject-api-faults`), and cuts the
-//! replica off from the apiserver while a file exists (hidden flag `--inject-api-partition`). It
-//! exists to prove that retries, backoff, idempotent writes and the leader's renew deadline hold up.
+//! requests with 409, 429, 500 or a timeout (hidden flag `--inject-api-faults`), cuts the
+//! replica off from the apiserver while a file exists (hidden flag `--inject-api-partition`), and
+//! answers 503 while another file exists (hidden flag `--inject-api-outage`). It exists to prove
+//! that retries, backoff, idempotent writes and the leader's renew deadline hold up.
 //!
 //! With the layer installed, every write (any method but GET/HEAD/OPTIONS) is logged at debug
 //! level as `api write` (or `api write dropped`), so a test can tell from the log when a replica
@@ -43,6 +44,8 @@ pub struct FaultLayer {
     state: Arc<AtomicU64>,
     pub injected: Arc<AtomicU64>,
     partition: Option<Arc<Partition>>,
+    /// Requests matched while this is on are answered 503 at once (see [`FaultLayer::with_outage`]).
+    outage: Option<Arc<Partition>>,
     /// Answer streaming lists (`sendInitialEvents=true`) as an apiserver without WatchList does.
     refuse_streaming_lists: bool,
 }
@@ -54,13 +57,24 @@ impl FaultLayer {
             state: Arc::new(AtomicU64::new(seed | 1)),
             injected: Default::default(),
             partition: None,
+            outage: None,
             refuse_streaming_lists: false,
         }
     }
 
     /// Cut the replica off from the apiserver while `file` exists (see [`Partition`]).
     pub fn with_partition(mut self, file: PathBuf) -> Self {
-        self.partition = Some(Arc::new(Partition { file, active: AtomicBool::new(false) }));
+        self.partition = Some(Arc::new(Partition::new(file, "partition")));
+        self
+    }
+
+    /// While `file` exists, answer every request whose URL path contains one of its lines (every
+    /// request if it has none) with 503 at once: an apiserver that is up behind its load
+    /// balancer but failing. Unlike the random faults, it fails every try of a pass for as long
+    /// as it lasts, so a test can count on a pass reaching the controller's backoff. Open watch
+    /// streams are left alone.
+    pub fn with_outage(mut self, file: PathBuf) -> Self {
+        self.outage = Some(Arc::new(Partition::new(file, "outage")));
         self
     }
 
@@ -91,10 +105,16 @@ impl FaultLayer {
 /// instead of delivering it.
 pub struct Partition {
     file: PathBuf,
+    /// What the log calls it ("partition", "outage").
+    what: &'static str,
     active: AtomicBool,
 }
 
 impl Partition {
+    fn new(file: PathBuf, what: &'static str) -> Self {
+        Partition { file, what, active: AtomicBool::new(false) }
+    }
+
     /// Whether a request to `path` is cut right now.
     pub fn cuts(&self, path: &str) -> bool {
         let cut = match std::fs::read_to_string(&self.file) {
@@ -107,9 +127,9 @@ impl Partition {
         let on = cut.is_some();
         if self.active.swap(on, Ordering::Relaxed) != on {
             if on {
-                warn!(file = %self.file.display(), "injected API partition started (test only)");
+                warn!(file = %self.file.display(), "injected API {} started (test only)", self.what);
             } else {
-                warn!(file = %self.file.display(), "injected API partition ended (test only)");
+                warn!(file = %self.file.display(), "injected API {} ended (test only)", self.what);
             }
         }
         cut.unwrap_or(false)
@@ -165,6 +185,14 @@ where
                     "injected partition: the request was lost",
                 )) as BoxError)
             });
+        }
+        if let Some(outage) = &self.faults.outage
+            && outage.cuts(&path)
+        {
+            self.faults.injected.fetch_add(1, Ordering::Relaxed);
+            debug!(target = format!("{} {path}", req.method()), code = 503, "injected fault: outage");
+            let resp = status_response(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "injected outage");
+            return Box::pin(async move { Ok(resp) });
         }
         if write {
             debug!(method = %req.method(), path, "api write");
@@ -251,7 +279,7 @@ mod tests {
     fn a_partition_is_on_while_its_file_exists_and_cuts_its_scopes() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("partition");
-        let p = Partition { file: file.clone(), active: AtomicBool::new(false) };
+        let p = Partition::new(file.clone(), "partition");
         assert!(!p.cuts("/apis/batch/v1/namespaces/a/jobs"));
         std::fs::write(&file, "").unwrap();
         assert!(p.cuts("/apis/batch/v1/namespaces/a/jobs"));
@@ -261,5 +289,32 @@ mod tests {
         assert!(!p.cuts("/apis/coordination.k8s.io/v1/namespaces/a/leases/x"));
         std::fs::remove_file(&file).unwrap();
         assert!(!p.cuts("/apis/predictions.dev/v1alpha1/namespaces/a/predictionbatches"));
+    }
+
+    #[tokio::test]
+    async fn an_outage_answers_503_at_once_to_its_scope_only_while_its_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("outage");
+        let reached = Arc::new(AtomicU64::new(0));
+        let counted = reached.clone();
+        let inner = tower::service_fn(move |_req: Request<Body>| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            async { Ok::<_, BoxError>(status_response(StatusCode::OK, "", "")) }
+        });
+        let mut svc = FaultLayer::new(0.0, 1).with_outage(file.clone()).layer(inner);
+        let mut status = async |path: &str| {
+            let req = Request::builder().method(Method::PATCH).uri(path).body(Body::empty()).unwrap();
+            svc.call(req).await.unwrap().status().as_u16()
+        };
+        let ours = "/apis/predictions.dev/v1alpha1/namespaces/a/predictionbatches/b/status";
+        let other = "/apis/predictions.dev/v1alpha1/namespaces/a/predictionbatches/c/status";
+        assert_eq!(status(ours).await, 200);
+        std::fs::write(&file, "/predictionbatches/b/\n").unwrap();
+        assert_eq!(status(ours).await, 503);
+        assert_eq!(status(ours).await, 503, "every try fails while it lasts");
+        assert_eq!(status(other).await, 200);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(status(ours).await, 200);
+        assert_eq!(reached.load(Ordering::Relaxed), 3, "the refused calls never reached the apiserver");
     }
 }

@@ -147,6 +147,10 @@ struct RunArgs {
     /// or only URL paths containing one of the file's lines). Needs the `test-faults` feature too.
     #[arg(long, hide = true)]
     inject_api_partition: Option<std::path::PathBuf>,
+    /// Test only: while this file exists, answer 503 at once to every request (or only to URL
+    /// paths containing one of the file's lines). Needs the `test-faults` feature too.
+    #[arg(long, hide = true)]
+    inject_api_outage: Option<std::path::PathBuf>,
     /// Test only: answer streaming lists as an apiserver without the WatchList feature does (422).
     /// Needs the `test-faults` feature too.
     #[arg(long, hide = true, default_value_t = false)]
@@ -401,15 +405,18 @@ type FaultLayer = prediction_batch_controller::faults::FaultLayer;
 #[cfg(feature = "test-faults")]
 fn fault_layer(args: &RunArgs) -> anyhow::Result<Option<FaultLayer>> {
     let (fault_rate, partition) = (args.inject_api_faults, args.inject_api_partition.clone());
-    let no_streaming = args.inject_no_streaming_lists;
-    if fault_rate <= 0.0 && partition.is_none() && !no_streaming {
+    let (outage, no_streaming) = (args.inject_api_outage.clone(), args.inject_no_streaming_lists);
+    if fault_rate <= 0.0 && partition.is_none() && outage.is_none() && !no_streaming {
         return Ok(None);
     }
-    warn!(fault_rate, partition = ?partition, no_streaming, "injecting API faults (test only)");
+    warn!(fault_rate, partition = ?partition, outage = ?outage, no_streaming, "injecting API faults (test only)");
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
     let mut layer = FaultLayer::new(fault_rate, seed);
     if let Some(file) = partition {
         layer = layer.with_partition(file);
+    }
+    if let Some(file) = outage {
+        layer = layer.with_outage(file);
     }
     if no_streaming {
         layer = layer.refusing_streaming_lists();
@@ -425,8 +432,11 @@ type FaultLayer = tower::layer::util::Identity;
 #[cfg(not(feature = "test-faults"))]
 fn fault_layer(args: &RunArgs) -> anyhow::Result<Option<FaultLayer>> {
     anyhow::ensure!(
-        args.inject_api_faults <= 0.0 && args.inject_api_partition.is_none() && !args.inject_no_streaming_lists,
-        "--inject-api-faults, --inject-api-partition and --inject-no-streaming-lists are test-only: this binary was built without \
+        args.inject_api_faults <= 0.0
+            && args.inject_api_partition.is_none()
+            && args.inject_api_outage.is_none()
+            && !args.inject_no_streaming_lists,
+        "--inject-api-faults, --inject-api-partition, --inject-api-outage and --inject-no-streaming-lists are test-only: this binary was built without \
          the `test-faults` cargo feature (`cargo test` and tests/run-all build the tests' binary with it)"
     );
     Ok(None)
