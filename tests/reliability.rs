@@ -272,9 +272,7 @@ async fn injected_api_faults_are_retried_with_backoff() {
         let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
         log.lines().any(|l| l.contains("backing off") && l.contains("faulty-2") && l.contains(attempt)).then_some(())
     };
-    wait_until("faulty-2's second failed pass", Duration::from_secs(60), || backed_off("attempt=2"), || {
-        ctl.log_tail()
-    });
+    wait_until("faulty-2's second failed pass", Duration::from_secs(60), || backed_off("attempt=2"), || ctl.log_tail());
     std::fs::remove_file(&outage).unwrap();
     for name in ["faulty-1", "faulty-2"] {
         let done =
