@@ -135,7 +135,7 @@ impl super::PredictionBatch {
 
 impl PredictionBatchStatus {
     /// The status of `stage` (`None` until the stage was planned).
-    pub fn stage(&self, stage: Stage) -> &Option<StageStatus> {
+    pub fn stage(&self, stage: Stage) -> &Option<Box<StageStatus>> {
         match stage {
             Stage::Loader => &self.loader,
             Stage::Workers => &self.workers,
@@ -144,7 +144,7 @@ impl PredictionBatchStatus {
         }
     }
 
-    pub fn stage_mut(&mut self, stage: Stage) -> &mut Option<StageStatus> {
+    pub fn stage_mut(&mut self, stage: Stage) -> &mut Option<Box<StageStatus>> {
         match stage {
             Stage::Loader => &mut self.loader,
             Stage::Workers => &mut self.workers,

@@ -162,7 +162,7 @@ mod tests {
         let st = b.status.as_mut().unwrap();
         st.items = Some(ItemCounts { target: 120, succeeded: 30, failed: 0 });
         let eta: Timestamp = "2026-12-01T18:30:00Z".parse().unwrap();
-        st.eta = Some(EtaStatus { quorum_time: Some(Time(eta)), ..Default::default() });
+        st.eta = Some(Box::new(EtaStatus { quorum_time: Some(Time(eta)), ..Default::default() }));
         let g = batch_gauges([&b]);
         assert_eq!(g.progress, vec![(labels("run"), 0.25)]);
         assert_eq!(g.eta, vec![(labels("run"), eta.as_second())]);

@@ -180,9 +180,9 @@ impl BatchDocument {
             items_ref: status.items_ref.clone(),
             attempt: i64::from(status.attempt()),
             is_complete: phase.is_terminal(),
-            consolidation_triggered: stage_triggered(status.consolidation.as_ref()),
-            consolidation_completed: stage_succeeded(status.consolidation.as_ref()),
-            export_completed: stage_succeeded(status.export.as_ref()),
+            consolidation_triggered: stage_triggered(status.consolidation.as_deref()),
+            consolidation_completed: stage_succeeded(status.consolidation.as_deref()),
+            export_completed: stage_succeeded(status.export.as_deref()),
             started_at: status.start_time.as_ref().map(|t| t.0),
             completed_at: status.completion_time.as_ref().map(|t| t.0),
             message,
@@ -363,7 +363,7 @@ spec:
             progress: Some("112/120".into()),
             failed_shards: Some("3,7".into()),
             start_time: Some(Time(ts("2026-01-02T12:00:01Z"))),
-            consolidation: Some(stage(StageState::Running, Some("u1"))),
+            consolidation: Some(Box::new(stage(StageState::Running, Some("u1")))),
             ..Default::default()
         };
         let d = BatchDocument::from_batch(&batch(Some(status)), ts("2026-01-02T12:05:00Z"), false).unwrap();
@@ -377,12 +377,16 @@ spec:
 
     #[test]
     fn a_consolidation_about_to_be_created_is_not_yet_triggered() {
-        let status =
-            PredictionBatchStatus { consolidation: Some(stage(StageState::Pending, None)), ..Default::default() };
+        let status = PredictionBatchStatus {
+            consolidation: Some(Box::new(stage(StageState::Pending, None))),
+            ..Default::default()
+        };
         let d = BatchDocument::from_batch(&batch(Some(status)), Timestamp::UNIX_EPOCH, false).unwrap();
         assert!(!d.consolidation_triggered);
-        let status =
-            PredictionBatchStatus { consolidation: Some(stage(StageState::Pending, Some("u"))), ..Default::default() };
+        let status = PredictionBatchStatus {
+            consolidation: Some(Box::new(stage(StageState::Pending, Some("u")))),
+            ..Default::default()
+        };
         let d = BatchDocument::from_batch(&batch(Some(status)), Timestamp::UNIX_EPOCH, false).unwrap();
         assert!(d.consolidation_triggered, "created (has a Job UID)");
     }
@@ -405,8 +409,8 @@ spec:
             let status = PredictionBatchStatus {
                 phase: Some(phase),
                 items: Some(ItemCounts { target: 120, succeeded: 120, failed: 0 }),
-                consolidation: Some(stage(StageState::Succeeded, Some("c"))),
-                export: Some(stage(export, Some("e"))),
+                consolidation: Some(Box::new(stage(StageState::Succeeded, Some("c")))),
+                export: Some(Box::new(stage(export, Some("e")))),
                 completion_time: Some(Time(ts("2026-01-02T12:10:00Z"))),
                 conditions: vec![Condition {
                     type_: "Ready".into(),

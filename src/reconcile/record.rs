@@ -288,12 +288,12 @@ mod tests {
 
     fn running(uid: Option<&str>, succeeded: u32, failed: u32) -> PredictionBatchStatus {
         PredictionBatchStatus {
-            workers: Some(StageStatus {
+            workers: Some(Box::new(StageStatus {
                 job_name: "b-workers".into(),
                 job_uid: uid.map(str::to_string),
                 state: StageState::Running,
                 ..Default::default()
-            }),
+            })),
             shards: Some(ShardCounts { total: 4, succeeded, failed, active: 4 - succeeded - failed }),
             ..Default::default()
         }
@@ -313,12 +313,12 @@ mod tests {
     fn the_first_finished_shards_wait_longer_than_later_progress() {
         let (none, some) = (running(Some("u"), 0, 0), running(Some("u"), 1, 0));
         let far = |mut st: PredictionBatchStatus| {
-            st.eta = Some(crate::api::EtaStatus {
+            st.eta = Some(Box::new(crate::api::EtaStatus {
                 completion_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                     now().checked_add(jiff::SignedDuration::from_secs(60)).unwrap(),
                 )),
                 ..Default::default()
-            });
+            }));
             st
         };
         let interval =
@@ -354,7 +354,7 @@ mod tests {
         assert_eq!(worth(Some(&with_active(4, 0)), &with_active(3, 1)), Worth::Progress, "a shard finished");
         let mut first_counts = with_active(4, 0);
         first_counts.progress = Some("0/4".into());
-        first_counts.eta = Some(crate::api::EtaStatus { window_finished_shards: 0, ..Default::default() });
+        first_counts.eta = Some(Box::new(crate::api::EtaStatus { window_finished_shards: 0, ..Default::default() }));
         let mut intent = with_active(0, 0);
         intent.shards = None;
         assert_eq!(worth(Some(&intent), &first_counts), Worth::Activity, "the Job's first counts, none finished");
@@ -382,10 +382,10 @@ mod tests {
         let with_eta = |secs: i64| {
             let mut st = running(Some("u"), 2, 0);
             let at = now().checked_add(jiff::SignedDuration::from_secs(secs)).unwrap();
-            st.eta = Some(crate::api::EtaStatus {
+            st.eta = Some(Box::new(crate::api::EtaStatus {
                 completion_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at)),
                 ..Default::default()
-            });
+            }));
             st
         };
         assert!(transition_pending(&with_eta(1), now()), "the rest is expected within a second");

@@ -43,12 +43,10 @@ impl Sets {
         self.started.contains(shard) && !self.won.contains(shard) && !self.lost.contains(shard)
     }
 
-    fn status(&self) -> Option<BackupStatus> {
+    fn status(&self) -> Option<Box<BackupStatus>> {
         let text = |s: &IndexSet| Some(s.to_string()).filter(|s| !s.is_empty());
-        (!self.started.is_empty()).then(|| BackupStatus {
-            started: text(&self.started),
-            won: text(&self.won),
-            lost: text(&self.lost),
+        (!self.started.is_empty()).then(|| {
+            Box::new(BackupStatus { started: text(&self.started), won: text(&self.won), lost: text(&self.lost) })
         })
     }
 }

@@ -10,7 +10,8 @@ use crate::reconcile::observed::JobOutcome;
 impl Planner<'_> {
     pub(super) fn fail(&mut self, stage: Stage, reason: StallReason, message: String) {
         let job_name = self.job_name(stage);
-        let entry = self.st.stage_mut(stage).get_or_insert_with(|| StageStatus { job_name, ..Default::default() });
+        let entry =
+            self.st.stage_mut(stage).get_or_insert_with(|| Box::new(StageStatus { job_name, ..Default::default() }));
         entry.state = StageState::Failed;
         entry.completion_time.get_or_insert(Time(self.now));
         entry.message = Some(message.clone());

@@ -57,7 +57,7 @@ impl Planner<'_> {
             self.st.completion_time = Some(last.unwrap_or(Time(self.now)));
             return;
         }
-        let in_flight = |s: &Option<StageStatus>| s.as_ref().is_some_and(|s| !s.state.is_finished());
+        let in_flight = |s: &Option<Box<StageStatus>>| s.as_ref().is_some_and(|s| !s.state.is_finished());
         let phase = if self.batch.spec.suspend {
             Phase::Suspended
         } else if in_flight(&self.st.export) {

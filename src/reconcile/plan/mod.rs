@@ -262,7 +262,7 @@ fn previous(stage: Stage) -> Stage {
     Stage::ALL[i.saturating_sub(1)]
 }
 
-fn stage_done(s: &Option<StageStatus>) -> bool {
+fn stage_done(s: &Option<Box<StageStatus>>) -> bool {
     s.as_ref().is_some_and(|s| s.state == StageState::Succeeded)
 }
 

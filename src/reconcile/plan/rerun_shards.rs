@@ -24,11 +24,13 @@ impl Planner<'_> {
         let name = self.name().to_string();
         let attempt = self.st.attempt();
         let now = Time(self.now);
-        let workers = self.st.workers.get_or_insert_with(|| StageStatus {
-            job_name: Stage::Workers.job_name_in(&name, attempt),
-            state: StageState::Running,
-            start_time: Some(now),
-            ..Default::default()
+        let workers = self.st.workers.get_or_insert_with(|| {
+            Box::new(StageStatus {
+                job_name: Stage::Workers.job_name_in(&name, attempt),
+                state: StageState::Running,
+                start_time: Some(now),
+                ..Default::default()
+            })
         });
         if workers.state.is_finished() {
             return;

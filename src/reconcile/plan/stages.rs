@@ -109,7 +109,7 @@ impl<'a> Planner<'a> {
         let entry = self
             .st
             .stage_mut(stage)
-            .get_or_insert_with(|| StageStatus { job_name: job.name.clone(), ..Default::default() });
+            .get_or_insert_with(|| Box::new(StageStatus { job_name: job.name.clone(), ..Default::default() }));
         entry.job_name = job.name.clone();
         entry.job_uid = Some(job.uid.clone());
         entry.state = StageState::Running;
@@ -139,7 +139,7 @@ impl<'a> Planner<'a> {
             Some(s) if s.state == state => s.start_time.clone(),
             _ => (!suspended).then_some(Time(self.now)),
         };
-        *self.st.stage_mut(stage) = Some(StageStatus { job_name, state, start_time, ..Default::default() });
+        *self.st.stage_mut(stage) = Some(Box::new(StageStatus { job_name, state, start_time, ..Default::default() }));
         if suspended {
             return;
         }

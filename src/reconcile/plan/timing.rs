@@ -36,7 +36,7 @@ impl Planner<'_> {
         else {
             return;
         };
-        let (window_start, window_finished) = match &self.prev.eta {
+        let (window_start, window_finished) = match self.prev.eta.as_deref() {
             Some(EtaStatus { window_start_time: Some(t), window_finished_shards, .. })
                 if *window_finished_shards <= finished =>
             {
@@ -53,7 +53,7 @@ impl Planner<'_> {
         };
         let done = finished - window_finished;
         if elapsed <= 0 || done == 0 {
-            self.st.eta = Some(eta);
+            self.st.eta = Some(Box::new(eta));
             return;
         }
         let per_sec = f64::from(done) / elapsed as f64;
@@ -74,7 +74,7 @@ impl Planner<'_> {
             eta.window_start_time = Some(Time(add_secs_f(now, -(ETA_WINDOW_SECS as f64))));
             eta.window_finished_shards = finished.saturating_sub(slid).max(window_finished);
         }
-        self.st.eta = Some(eta);
+        self.st.eta = Some(Box::new(eta));
     }
 
     /// The durations of what ended in this pass, and no ETA once the workers are not running.

@@ -140,7 +140,7 @@ fn creates(p: &Plan) -> Vec<Stage> {
 }
 
 fn stage_of(st: &PredictionBatchStatus, stage: Stage) -> Option<&StageStatus> {
-    st.stage(stage).as_ref()
+    st.stage(stage).as_deref()
 }
 
 fn stage_state(st: &PredictionBatchStatus, stage: Stage) -> Option<StageState> {

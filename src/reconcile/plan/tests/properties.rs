@@ -161,7 +161,8 @@ fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
                     backups,
                 )| {
                     PredictionBatchStatus {
-                        backups: backups.map(|(started, won, lost)| crate::api::BackupStatus { started, won, lost }),
+                        backups: backups
+                            .map(|(started, won, lost)| Box::new(crate::api::BackupStatus { started, won, lost })),
                         suspend_time: suspended.map(Time),
                         grace_paused_seconds: paused,
                         observed_generation: Some(1),
@@ -179,9 +180,9 @@ fn arb_status() -> impl Strategy<Value = Option<PredictionBatchStatus>> {
                         succeeded_shards: None,
                         failed_shards: failed,
                         quorum_time: quorum.map(Time),
-                        workers,
-                        consolidation,
-                        export,
+                        workers: workers.map(Box::new),
+                        consolidation: consolidation.map(Box::new),
+                        export: export.map(Box::new),
                         start_time: start.map(Time),
                         completion_time: done.map(Time),
                         duration: None,

@@ -147,12 +147,12 @@ fn a_one_shot_stage_suspended_by_an_older_controller_is_resumed() {
     let b = batch(spec_with(|s| s.suspend = true), Some(running_status(&spec())));
     let (_, b) = step(&b, &obs_with(100, &[w.clone()]));
     let mut st = b.status.clone().unwrap();
-    st.consolidation = Some(StageStatus {
+    st.consolidation = Some(Box::new(StageStatus {
         job_name: Stage::Consolidation.job_name(NAME),
         job_uid: Some(uid(Stage::Consolidation)),
         state: StageState::Running,
         ..Default::default()
-    });
+    }));
     let b = batch(spec_with(|s| s.suspend = true), Some(st));
     let p = plan(&b, &obs_with(101, &[w, JobView { suspended: true, ..job(Stage::Consolidation) }]));
     assert!(p.actions.contains(&Action::Suspend { stage: Stage::Consolidation, suspend: false }), "{:?}", p.actions);
