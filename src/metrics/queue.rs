@@ -3,6 +3,7 @@
 //! it from the outside, from a change arriving on a watch to the start of the batch's next pass.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,26 +12,35 @@ use kube::runtime::reflector::ObjectRef;
 use crate::api::PredictionBatch;
 
 /// Per batch, when its oldest change not yet handled arrived.
+///
+/// Keyed by a 64-bit hash of the batch's namespace and name, not by its `ObjectRef`: a restart
+/// over 100,000 batches queues every one of them at once, and an `ObjectRef` key (four strings
+/// and a 96-byte struct) costs a few hundred bytes per batch where the hash costs 8. Two batches
+/// sharing a hash would only share one wait measurement.
 #[derive(Debug, Default)]
 pub struct QueueClock {
-    waiting: Mutex<HashMap<ObjectRef<PredictionBatch>, Instant>>,
+    waiting: Mutex<HashMap<u64, Instant>>,
+}
+
+fn key(batch: &ObjectRef<PredictionBatch>) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(batch)
 }
 
 impl QueueClock {
     /// A change of `batch` (or of one of its Jobs) arrived at `at`; an older waiting one is kept.
     pub fn arrived(&self, batch: ObjectRef<PredictionBatch>, at: Instant) {
-        self.waiting.lock().expect("poisoned").entry(batch).or_insert(at);
+        self.waiting.lock().expect("poisoned").entry(key(&batch)).or_insert(at);
     }
 
     /// A pass of `batch` starts at `at`: how long its oldest change waited, if one did (a pass
     /// that a timer or a retry started has none).
     pub fn started(&self, batch: &ObjectRef<PredictionBatch>, at: Instant) -> Option<Duration> {
-        self.waiting.lock().expect("poisoned").remove(batch).map(|t| at.saturating_duration_since(t))
+        self.waiting.lock().expect("poisoned").remove(&key(batch)).map(|t| at.saturating_duration_since(t))
     }
 
     /// The batch is gone: nothing of it will run.
     pub fn forget(&self, batch: &ObjectRef<PredictionBatch>) {
-        self.waiting.lock().expect("poisoned").remove(batch);
+        self.waiting.lock().expect("poisoned").remove(&key(batch));
     }
 
     pub fn depth(&self) -> usize {
@@ -60,5 +70,18 @@ mod tests {
         assert_eq!(clock.started(&b, t0 + Duration::from_millis(30)), None, "a timer's pass waited for nothing");
         clock.forget(&ObjectRef::new("c").within("ns"));
         assert_eq!(clock.depth(), 0);
+    }
+
+    #[test]
+    fn a_batch_is_one_key_whatever_its_resource_version_and_uid() {
+        let clock = QueueClock::default();
+        let t0 = Instant::now();
+        let mut seen = ObjectRef::<PredictionBatch>::new("b").within("ns");
+        seen.extra.resource_version = Some("42".into());
+        seen.extra.uid = Some("u-1".into());
+        clock.arrived(seen, t0);
+        let lean = ObjectRef::<PredictionBatch>::new("b").within("ns");
+        assert_eq!(clock.started(&ObjectRef::new("b").within("other"), t0), None, "another namespace");
+        assert_eq!(clock.started(&lean, t0 + Duration::from_millis(7)), Some(Duration::from_millis(7)));
     }
 }
