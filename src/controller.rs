@@ -131,10 +131,15 @@ fn watch_health<K>(
 }
 
 /// Clocks a batch's change arriving on its watch (see [`QueueClock`]).
+/// A batch's key for the controller's queue: namespace and name, nothing else.
+fn lean_ref(batch: &PredictionBatch) -> ObjectRef<PredictionBatch> {
+    ObjectRef::new(&batch.name_any()).within(batch.namespace().as_deref().unwrap_or_default())
+}
+
 fn batch_arrived(shared: Arc<Shared>) -> impl FnMut(&Result<PredictionBatch, watcher::Error>) {
     move |item| {
         if let Ok(batch) = item {
-            shared.queue.arrived(ObjectRef::from_obj(batch), Instant::now());
+            shared.queue.arrived(lean_ref(batch), Instant::now());
         }
     }
 }
@@ -496,7 +501,13 @@ async fn run_controller(
 
     let ctx_for_orphans = ctx.clone();
     let (queue, queue_for_orphans) = (shared.clone(), shared.clone());
-    let controller = Controller::for_stream(batch_stream, batch_store)
+    // The batches trigger their own passes by name only: kube's own trigger keys each queued pass
+    // by an `ObjectRef` that also carries the resourceVersion and UID (two more strings, kept
+    // twice by its scheduler), and a restart over 100,000 batches queues all of them at once.
+    // Errors of the watch are counted by `watch_health` and retried by its backoff.
+    let batch_refs = batch_stream.filter_map(|item| future::ready(item.ok().map(|batch| lean_ref(&batch))));
+    let controller = Controller::for_stream(futures::stream::pending(), batch_store)
+        .reconcile_on(batch_refs)
         .owns_stream(job_stream)
         .reconcile_on(pod_trigger)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
