@@ -25,7 +25,7 @@ impl Planner<'_> {
     /// record (or none was made yet); otherwise keeps the recorded one.
     pub(super) fn estimate_eta(&mut self, layout: ShardLayout, succeeded: &IndexSet, failed: &IndexSet) {
         let finished = u32::try_from(succeeded.len() + failed.len()).unwrap_or(u32::MAX);
-        let recorded = self.prev.shards.as_ref().map(|s| s.succeeded + s.failed);
+        let recorded = self.prev.shards.as_ref().map(|s| s.succeeded.saturating_add(s.failed));
         if let Some(eta) = &self.prev.eta
             && recorded == Some(finished)
         {
