@@ -8,7 +8,8 @@
 Left: end-to-end wall time of each mode against the number of batches (ours/baseline written
 beside each point). Right: peak RSS of the controller (ours) and of the baseline driver, plus the
 memory runs with suspended batches when present (10,000 and 100,000; one namespace and
-spread over many), with a restart over them.
+spread over many), with a restart over them. A memory run of the same size and spread as one in
+an earlier file given supersedes it, so newer runs go last.
 """
 import argparse
 import json
@@ -32,6 +33,8 @@ def main():
         machine = r.get("machine", machine)
         pairs += [p for p in r.get("pairs", []) if p["preset"] == "scaling"]
         memory += r.get("memory", [])
+    # The newest run of each size and spread (files are given oldest first).
+    memory = list({(m["batches"], m.get("namespaces", 1)): m for m in memory}.values())
     if not pairs:
         raise SystemExit("no scaling pairs in the given results")
     pairs.sort(key=lambda p: p["baseline"]["workload"]["batches"])
