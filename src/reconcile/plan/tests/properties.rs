@@ -319,19 +319,21 @@ fn never_panics() {
         let mut runner =
             proptest::test_runner::TestRunner::new(ProptestConfig { cases: 400, ..ProptestConfig::default() });
         let inputs = (arb_spec(), arb_status(), arb_observed(), proptest::option::of(any::<i64>()));
-        runner.run(&inputs, |(spec, status, obs, generation)| {
-            let mut b = batch(spec, status);
-            b.metadata.generation = generation;
-            let p = plan(&b, &obs);
-            // And its own output is acceptable input.
-            b.status = Some(p.status.clone());
-            let p2 = plan(&b, &obs);
-            prop_assert_eq!(p2.status.observed_generation, generation);
-            prop_assert!(p2.status.conditions.iter().filter(|c| c.type_ == CONDITION_STALLED).count() == 1);
-            backups_are_recorded_before_they_run(&p)?;
-            backups_are_recorded_before_they_run(&p2)?;
-            Ok(())
-        })
+        runner
+            .run(&inputs, |(spec, status, obs, generation)| {
+                let mut b = batch(spec, status);
+                b.metadata.generation = generation;
+                let p = plan(&b, &obs);
+                // And its own output is acceptable input.
+                b.status = Some(p.status.clone());
+                let p2 = plan(&b, &obs);
+                prop_assert_eq!(p2.status.observed_generation, generation);
+                prop_assert!(p2.status.conditions.iter().filter(|c| c.type_ == CONDITION_STALLED).count() == 1);
+                backups_are_recorded_before_they_run(&p)?;
+                backups_are_recorded_before_they_run(&p2)?;
+                Ok(())
+            })
+            .map_err(|failure| failure.to_string())
     };
     let outcome = std::thread::Builder::new().stack_size(64 << 20).spawn(cases).expect("spawn").join();
     if let Err(e) = outcome.expect("the cases' thread panicked") {
