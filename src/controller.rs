@@ -130,12 +130,12 @@ fn watch_health<K>(
     }
 }
 
-/// Clocks a batch's change arriving on its watch (see [`QueueClock`]).
 /// A batch's key for the controller's queue: namespace and name, nothing else.
 fn lean_ref(batch: &PredictionBatch) -> ObjectRef<PredictionBatch> {
     ObjectRef::new(&batch.name_any()).within(batch.namespace().as_deref().unwrap_or_default())
 }
 
+/// Clocks a batch's change arriving on its watch (see [`QueueClock`]).
 fn batch_arrived(shared: Arc<Shared>) -> impl FnMut(&Result<PredictionBatch, watcher::Error>) {
     move |item| {
         if let Ok(batch) = item {
