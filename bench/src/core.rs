@@ -1320,20 +1320,27 @@ pub struct RestartPoint {
 
 /// The restarts of the memory preset: the defaults (auto: streaming on this apiserver), each
 /// initial list forced, kube's default page size, and the unbounded concurrency of old.
-pub const RESTART_LISTS: &[(&str, &[(&str, &str)])] = &[
-    ("defaults (auto, concurrency 256)", &[]),
+pub const RESTART_LISTS: &[RestartList] = &[
+    RESTART_DEFAULTS,
     ("streaming", &[("PBC_INITIAL_LIST", "streaming")]),
     ("paged, 100 per page", &[("PBC_INITIAL_LIST", "paged")]),
     ("paged, 500 per page (kube's default)", &[("PBC_INITIAL_LIST", "paged"), ("PBC_LIST_PAGE_SIZE", "500")]),
     ("auto, unbounded concurrency", &[("PBC_CONCURRENCY", "0")]),
-    // glibc keeps up to 8 malloc arenas per core, and memory freed into one is not reused by
-    // threads on another: the restart's transient allocations (queued passes, decoded pages)
-    // can stay resident. This point shows what capping them changes.
-    ("auto, MALLOC_ARENA_MAX=2", &[("MALLOC_ARENA_MAX", "2")]),
+    RESTART_ARENAS,
 ];
 
+/// A restart's label and the environment of its controller.
+pub type RestartList = (&'static str, &'static [(&'static str, &'static str)]);
+
+const RESTART_DEFAULTS: RestartList = ("defaults (auto, concurrency 256)", &[]);
+
+/// glibc keeps up to 8 malloc arenas per core, and memory freed into one is not reused by threads
+/// on another: the restart's transient allocations (queued passes, decoded pages) can stay
+/// resident. This point shows what capping them changes.
+const RESTART_ARENAS: RestartList = ("auto, MALLOC_ARENA_MAX=2", &[("MALLOC_ARENA_MAX", "2")]);
+
 /// The restarts of the scale preset: the defaults, and the defaults with capped malloc arenas.
-pub const SCALE_RESTARTS: [usize; 2] = [0, 5];
+pub const SCALE_RESTARTS: &[RestartList] = &[RESTART_DEFAULTS, RESTART_ARENAS];
 
 /// N suspended batches (no Jobs, no pods) in the controller's cache, spread over `namespaces`:
 /// its memory and CPU as they arrive, then a fresh controller over them per [`RESTART_LISTS`]
@@ -1391,8 +1398,7 @@ pub async fn memory_suspended(
     let Stopped { peak_rss_kib, rss_kib, cpu_s, reconciles, api } = stop_and_count(env, ctl, &audit_from).await?;
     drop(watches);
 
-    let scale: Vec<_> = SCALE_RESTARTS.iter().map(|&i| RESTART_LISTS[i]).collect();
-    let lists = if all_lists { RESTART_LISTS } else { &scale[..] };
+    let lists = if all_lists { RESTART_LISTS } else { SCALE_RESTARTS };
     let mut restarts = Vec::new();
     for (i, (label, vars)) in lists.iter().enumerate() {
         let point = restart_over(env, scope, &format!("mem-{first}-restart-{i}"), w.batches, label, vars).await?;
