@@ -29,11 +29,12 @@ use crate::error::{Error, count_failure, retry_after};
 use crate::initial_list::ListStrategy;
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::leadership::Leadership;
-use crate::metrics::{BATCH_CONTROLLER, ControllerLabel, Metrics, QueueClock, WatchLabel};
+use crate::metrics::{BATCH_CONTROLLER, ControllerLabel, Metrics, QueueClock, WatchLabel, batch_key};
 use crate::mirror::MirrorHandle;
 use crate::mirror::controller::MirrorContext;
 use crate::reconcile::stuck::StuckPods;
 use crate::reconcile::{reconcile_queued, release_jobs_of};
+use crate::sweep::{SweepGate, batch_triggers, sweeps};
 use crate::watch_health::{Watch, WatchHealth};
 
 /// Settings of the `run` command that shape the controller.
@@ -69,6 +70,8 @@ pub struct Shared {
     pub mirror: Mutex<MirrorHandle>,
     /// Changes of batches waiting for their pass (`prediction_batch_queue_*`).
     pub queue: QueueClock,
+    /// Batches of the sweep after a complete listing handed to kube-runtime's queue.
+    pub sweep: Arc<SweepGate>,
     pub watches: WatchHealth,
     batches_synced: AtomicBool,
     jobs_synced: AtomicBool,
@@ -127,20 +130,6 @@ fn watch_health<K>(
             metrics.watch_errors.get_or_create(&WatchLabel { watch: watch.label() }).inc();
         }
         shared.watches.record(watch, item.as_ref().map(|_| ()), Instant::now());
-    }
-}
-
-/// A batch's key for the controller's queue: namespace and name, nothing else.
-fn lean_ref(batch: &PredictionBatch) -> ObjectRef<PredictionBatch> {
-    ObjectRef::new(&batch.name_any()).within(batch.namespace().as_deref().unwrap_or_default())
-}
-
-/// Clocks a batch's change arriving on its watch (see [`QueueClock`]).
-fn batch_arrived(shared: Arc<Shared>) -> impl FnMut(&Result<PredictionBatch, watcher::Error>) {
-    move |item| {
-        if let Ok(batch) = item {
-            shared.queue.arrived(lean_ref(batch), Instant::now());
-        }
     }
 }
 
@@ -404,6 +393,7 @@ async fn run_controller(
     };
     shared.watches.reset();
     shared.queue.reset();
+    shared.sweep.reset();
     let stuck = Arc::new(StuckPods::default());
     *shared.mirror.lock().expect("poisoned") = mirror.clone();
     let (job_store, job_writer) = reflector::store();
@@ -460,9 +450,7 @@ async fn run_controller(
         .filter_map(move |item| future::ready(item.map(|event| decoder.on_event(event)).transpose()))
         .modify(trim_batch)
         .reflect_shared(batch_writer)
-        .inspect(synced(shared.clone(), Cache::Batches, settings.leader_elect))
-        .applied_objects()
-        .inspect(batch_arrived(shared.clone()));
+        .inspect(synced(shared.clone(), Cache::Batches, settings.leader_elect));
 
     let reporter =
         Reporter { controller: "prediction-batch-controller".into(), instance: Some(settings.identity.clone()) };
@@ -503,9 +491,12 @@ async fn run_controller(
     let (queue, queue_for_orphans) = (shared.clone(), shared.clone());
     // The batches trigger their own passes by name only: kube's own trigger keys each queued pass
     // by an `ObjectRef` that also carries the resourceVersion and UID (two more strings, kept
-    // twice by its scheduler), and a restart over 100,000 batches queues all of them at once.
-    // Errors of the watch are counted by `watch_health` and retried by its backoff.
-    let batch_refs = batch_stream.filter_map(|item| future::ready(item.ok().map(|batch| lean_ref(&batch))));
+    // twice by its scheduler). A complete listing is swept a window at a time (see `sweep`).
+    let (listed_tx, listed_rx) = mpsc::unbounded_channel();
+    let batch_refs = futures::stream::select(
+        batch_stream.filter_map(batch_triggers(shared.clone(), listed_tx)),
+        sweeps(listed_rx, batch_store.clone(), shared.sweep.clone()),
+    );
     let controller = Controller::for_stream(futures::stream::pending(), batch_store)
         .reconcile_on(batch_refs)
         .owns_stream(job_stream)
@@ -514,7 +505,9 @@ async fn run_controller(
         .graceful_shutdown_on(wait_for(shutdown))
         .run(
             move |batch, ctx| {
-                let waited = queue.queue.started(&ObjectRef::from_obj(batch.as_ref()), Instant::now());
+                let key = ObjectRef::from_obj(batch.as_ref());
+                queue.sweep.started(batch_key(&key));
+                let waited = queue.queue.started(&key, Instant::now());
                 if let Some(wait) = waited {
                     let label = ControllerLabel { controller: BATCH_CONTROLLER };
                     ctx.metrics.queue_wait.get_or_create(&label).observe(wait.as_secs_f64());
@@ -529,7 +522,9 @@ async fn run_controller(
             let ctx = ctx_for_orphans.clone();
             if let Err(kube::runtime::controller::Error::ObjectNotFound(batch)) = &result {
                 let key = ObjectRef::<PredictionBatch>::new(&batch.name);
-                queue_for_orphans.queue.forget(&key.within(batch.namespace.as_deref().unwrap_or_default()));
+                let key = key.within(batch.namespace.as_deref().unwrap_or_default());
+                queue_for_orphans.sweep.started(batch_key(&key));
+                queue_for_orphans.queue.forget(&key);
             }
             async move {
                 // A Job of ours changed whose batch is gone (e.g. the garbage collector deletes the

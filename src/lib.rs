@@ -22,4 +22,5 @@ pub mod mirror;
 pub mod reconcile;
 pub mod release;
 pub mod schedule;
+pub mod sweep;
 pub mod watch_health;

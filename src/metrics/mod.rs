@@ -9,7 +9,7 @@ mod queue;
 mod snapshot;
 
 pub use process::{ProcessCollector, ProcessSample};
-pub use queue::QueueClock;
+pub use queue::{QueueClock, batch_key};
 pub use snapshot::{BatchGauges, batch_gauges, schedule_last_success};
 
 use prometheus_client::encoding::EncodeLabelSet;

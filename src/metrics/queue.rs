@@ -22,25 +22,26 @@ pub struct QueueClock {
     waiting: Mutex<HashMap<u64, Instant>>,
 }
 
-fn key(batch: &ObjectRef<PredictionBatch>) -> u64 {
+/// The 64-bit key of a batch in the controller's own queue bookkeeping (namespace and name).
+pub fn batch_key(batch: &ObjectRef<PredictionBatch>) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(batch)
 }
 
 impl QueueClock {
     /// A change of `batch` (or of one of its Jobs) arrived at `at`; an older waiting one is kept.
     pub fn arrived(&self, batch: ObjectRef<PredictionBatch>, at: Instant) {
-        self.waiting.lock().expect("poisoned").entry(key(&batch)).or_insert(at);
+        self.waiting.lock().expect("poisoned").entry(batch_key(&batch)).or_insert(at);
     }
 
     /// A pass of `batch` starts at `at`: how long its oldest change waited, if one did (a pass
     /// that a timer or a retry started has none).
     pub fn started(&self, batch: &ObjectRef<PredictionBatch>, at: Instant) -> Option<Duration> {
-        self.waiting.lock().expect("poisoned").remove(&key(batch)).map(|t| at.saturating_duration_since(t))
+        self.waiting.lock().expect("poisoned").remove(&batch_key(batch)).map(|t| at.saturating_duration_since(t))
     }
 
     /// The batch is gone: nothing of it will run.
     pub fn forget(&self, batch: &ObjectRef<PredictionBatch>) {
-        self.waiting.lock().expect("poisoned").remove(&key(batch));
+        self.waiting.lock().expect("poisoned").remove(&batch_key(batch));
     }
 
     pub fn depth(&self) -> usize {
