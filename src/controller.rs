@@ -78,6 +78,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    #[cfg(test)]
+    pub(crate) fn with_sweep(gate: SweepGate) -> Self {
+        Self { sweep: Arc::new(gate), ..Default::default() }
+    }
+
     /// A new controller (a new term of leadership) starts with empty caches.
     fn reset_synced(&self) {
         self.batches_synced.store(false, Ordering::SeqCst);
@@ -495,7 +500,7 @@ async fn run_controller(
     let (listed_tx, listed_rx) = mpsc::unbounded_channel();
     let batch_refs = futures::stream::select(
         batch_stream.filter_map(batch_triggers(shared.clone(), listed_tx)),
-        sweeps(listed_rx, batch_store.clone(), shared.sweep.clone()),
+        sweeps(listed_rx, batch_store.clone(), shared.clone()),
     );
     let controller = Controller::for_stream(futures::stream::pending(), batch_store)
         .reconcile_on(batch_refs)

@@ -55,7 +55,7 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
         state.metrics.set_schedules(&store.state());
     }
     state.metrics.mirror_out_of_sync.set(shared.mirror.lock().expect("poisoned").out_of_sync() as i64);
-    let depth = i64::try_from(shared.queue.depth()).unwrap_or(i64::MAX);
+    let depth = i64::try_from(shared.queue.depth() + shared.sweep.pending()).unwrap_or(i64::MAX);
     state.metrics.queue_depth.get_or_create(&ControllerLabel { controller: BATCH_CONTROLLER }).set(depth);
     state.metrics.set_watch_failing(&shared.watches.failing(Instant::now()));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())

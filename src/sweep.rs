@@ -8,6 +8,7 @@
 //! A batch that changes during the sweep still triggers its pass at once, beside the sweep.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ pub struct SweepGate {
     stall: Duration,
     queued: Mutex<HashSet<u64>>,
     progress: Notify,
+    /// Batches of the current sweep not handed to kube-runtime yet.
+    pending: AtomicUsize,
 }
 
 impl Default for SweepGate {
@@ -52,7 +55,13 @@ impl Default for SweepGate {
 
 impl SweepGate {
     pub fn new(window: usize, stall: Duration) -> Self {
-        Self { window: window.max(1), stall, queued: Mutex::default(), progress: Notify::new() }
+        Self {
+            window: window.max(1),
+            stall,
+            queued: Mutex::default(),
+            progress: Notify::new(),
+            pending: AtomicUsize::new(0),
+        }
     }
 
     /// Waits for room in the window, then counts the batch `key` in it.
@@ -88,19 +97,25 @@ impl SweepGate {
         self.queued.lock().expect("poisoned").len()
     }
 
+    /// Batches of the current sweep still to be handed to kube-runtime (they wait for their pass
+    /// too, but are not on the queue clock yet).
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// A new term of leadership starts with no sweep.
     pub fn reset(&self) {
         self.queued.lock().expect("poisoned").clear();
+        self.pending.store(0, Ordering::Relaxed);
     }
 }
 
 /// What the batch watch's events trigger: a changed batch its own pass at once (and the queue
-/// clock's start of its wait); a complete listing a sweep (`listed` tells [`sweeps`]). A listed
-/// batch's wait is clocked from when it was listed; its pass comes with the sweep.
-/// Errors of the watch are counted by `watch_health` and retried by its backoff.
+/// clock's start of its wait); a complete listing a sweep (`listed` tells [`sweeps`] when the
+/// listing ended). Errors of the watch are counted by `watch_health` and retried by its backoff.
 pub fn batch_triggers(
     shared: Arc<Shared>,
-    listed: mpsc::UnboundedSender<()>,
+    listed: mpsc::UnboundedSender<Instant>,
 ) -> impl FnMut(Result<watcher::Event<PredictionBatch>, watcher::Error>) -> future::Ready<Option<ObjectRef<PredictionBatch>>>
 {
     move |item| {
@@ -110,46 +125,55 @@ pub fn batch_triggers(
                 shared.queue.arrived(batch.clone(), Instant::now());
                 Some(batch)
             }
-            Ok(watcher::Event::InitApply(batch)) => {
-                shared.queue.arrived(lean_ref(&batch), Instant::now());
-                None
-            }
             Ok(watcher::Event::InitDone) => {
                 // The receiver ends only with the controller.
-                let _ = listed.send(());
+                let _ = listed.send(Instant::now());
                 None
             }
-            Ok(watcher::Event::Init | watcher::Event::Delete(_)) | Err(_) => None,
+            // A listed batch waits for the sweep; it is clocked from the listing's end (100,000
+            // clock entries at a restart would cost more than the window saves).
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::Delete(_)) | Err(_) => None,
         })
     }
 }
 
-/// Every batch of the store, after each complete listing (one message on `listed` each), admitted
-/// through `gate`. A newer listing supersedes what is left of an older sweep.
+/// Every batch of the store, after each complete listing (`listed` says when each ended),
+/// admitted through the shared [`SweepGate`] and clocked from the listing's end. A newer listing
+/// supersedes what is left of an older sweep.
 pub fn sweeps(
-    listed: mpsc::UnboundedReceiver<()>,
+    listed: mpsc::UnboundedReceiver<Instant>,
     store: Store<PredictionBatch>,
-    gate: Arc<SweepGate>,
+    shared: Arc<Shared>,
 ) -> impl Stream<Item = ObjectRef<PredictionBatch>> {
-    let todo: std::vec::IntoIter<Arc<PredictionBatch>> = Vec::new().into_iter();
-    futures::stream::unfold((listed, todo), move |(mut listed, mut todo)| {
-        let (store, gate) = (store.clone(), gate.clone());
+    struct Sweep {
+        listed: mpsc::UnboundedReceiver<Instant>,
+        todo: std::vec::IntoIter<Arc<PredictionBatch>>,
+        at: Instant,
+    }
+    let start = Sweep { listed, todo: Vec::new().into_iter(), at: Instant::now() };
+    futures::stream::unfold(start, move |mut sweep| {
+        let (store, shared) = (store.clone(), shared.clone());
         async move {
             loop {
-                let mut relisted = false;
-                while listed.try_recv().is_ok() {
-                    relisted = true;
+                let mut relisted = None;
+                while let Ok(at) = sweep.listed.try_recv() {
+                    relisted = Some(at);
                 }
-                if relisted {
-                    todo = store.state().into_iter();
+                if relisted.is_none() && sweep.todo.len() == 0 {
+                    relisted = Some(sweep.listed.recv().await?);
                 }
-                if let Some(batch) = todo.next() {
+                if let Some(at) = relisted {
+                    sweep.todo = store.state().into_iter();
+                    sweep.at = at;
+                    shared.sweep.pending.store(sweep.todo.len(), Ordering::Relaxed);
+                }
+                if let Some(batch) = sweep.todo.next() {
                     let batch = lean_ref(&batch);
-                    gate.admit(batch_key(&batch)).await;
-                    return Some((batch, (listed, todo)));
+                    shared.sweep.admit(batch_key(&batch)).await;
+                    shared.queue.arrived(batch.clone(), sweep.at);
+                    shared.sweep.pending.store(sweep.todo.len(), Ordering::Relaxed);
+                    return Some((batch, sweep));
                 }
-                listed.recv().await?;
-                todo = store.state().into_iter();
             }
         }
     })
@@ -200,11 +224,10 @@ mod tests {
     #[tokio::test]
     async fn a_listing_sweeps_every_batch_a_window_at_a_time_and_changes_pass_at_once() {
         let (store, mut writer) = reflector::store::<PredictionBatch>();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::with_sweep(SweepGate::new(2, Duration::from_secs(3600))));
         let (listed_tx, listed_rx) = mpsc::unbounded_channel();
         let mut trigger = batch_triggers(shared.clone(), listed_tx);
-        let gate = Arc::new(SweepGate::new(2, Duration::from_secs(3600)));
-        let mut swept = Box::pin(sweeps(listed_rx, store, gate.clone()));
+        let mut swept = Box::pin(sweeps(listed_rx, store, shared.clone()));
 
         for event in [watcher::Event::Init]
             .into_iter()
@@ -214,19 +237,24 @@ mod tests {
             writer.apply_watcher_event(&event);
             assert_eq!(trigger(Ok(event)).await, None, "a listed batch waits for the sweep");
         }
-        assert_eq!(shared.queue.depth(), 3, "each listed batch's wait is clocked from its listing");
-        let changed = trigger(Ok(watcher::Event::Apply(batch("c")))).await;
-        assert_eq!(changed, Some(ObjectRef::new("c").within("ns")), "a change triggers its pass at once");
+        assert_eq!(shared.queue.depth(), 0, "a listed batch is clocked once handed on");
 
         let mut names = Vec::new();
         for _ in 0..2 {
             names.push(swept.next().await.expect("swept").name);
         }
         assert!(swept.next().now_or_never().is_none(), "the window of 2 is full");
-        gate.started(batch_key(&ObjectRef::new(&names[0]).within("ns")));
+        assert_eq!((shared.sweep.pending(), shared.queue.depth()), (1, 2), "one to hand on, two clocked");
+        let first = ObjectRef::new(&names[0]).within("ns");
+        shared.sweep.started(batch_key(&first));
+        assert!(shared.queue.started(&first, Instant::now()).is_some(), "its wait runs from the listing's end");
         names.push(swept.next().await.expect("swept").name);
+        assert_eq!(shared.sweep.pending(), 0);
         names.sort();
         assert_eq!(names, ["a", "b", "c"]);
         assert!(swept.next().now_or_never().is_none(), "nothing more until the next listing");
+
+        let changed = trigger(Ok(watcher::Event::Apply(batch("c")))).await;
+        assert_eq!(changed, Some(ObjectRef::new("c").within("ns")), "a change triggers its pass at once");
     }
 }

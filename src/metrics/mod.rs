@@ -230,7 +230,7 @@ impl Default for Metrics {
         let queue_depth = Family::<ControllerLabel, Gauge>::default();
         registry.register(
             "queue_depth",
-            "Batches with a change the reconciler has not started a pass on yet",
+            "Batches with a change (or listed) the reconciler has not started a pass on yet",
             queue_depth.clone(),
         );
         let queue_wait = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
@@ -238,7 +238,7 @@ impl Default for Metrics {
         });
         registry.register(
             "queue_wait_seconds",
-            "From a batch's change (or its Job's) arriving on the watch to the start of the pass that handles it",
+            "From a batch's change (or its Job's) arriving on the watch, or its listing's end, to the start of the pass that handles it",
             queue_wait.clone(),
         );
         let transition = Family::<TransitionLabels, Histogram>::new_with_constructor(|| {
